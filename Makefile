@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: demo test test-fast lint bench clean-venv
+.PHONY: demo test test-fast lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,18 +23,16 @@ demo: $(STAMP)
 	$(PY) launch.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m ruff check jcexp tests launch.py hydra_plugins bench
+	$(PY) -m ruff check jcexp tests launch.py
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow and not slurm" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff format jcexp tests launch.py hydra_plugins bench
-	$(PY) -m ruff check --fix jcexp tests launch.py hydra_plugins bench
+	$(PY) -m ruff format jcexp tests launch.py
+	$(PY) -m ruff check --fix jcexp tests launch.py
 
-bench: $(STAMP)
-	$(PY) bench/run_all.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -252,7 +252,9 @@ def check_values(cfg: DictConfig) -> None:
 
     b = cfg.benchmark
     if not b.scores and not b.perplexity:
-        errors.append(f"benchmark={b.name} lists no task (benchmark.scores and benchmark.perplexity are empty)")
+        errors.append(
+            f"benchmark={b.name} lists no task (benchmark.scores and benchmark.perplexity are empty)"
+        )
     if b.limit is not None and b.limit <= 0:
         errors.append(f"benchmark.limit={b.limit} must be positive (a count, or a fraction < 1)")
     if not re.fullmatch(r"[1-9]\d*|auto(:\d+)?", str(b.batch_size)):

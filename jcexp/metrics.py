@@ -56,9 +56,7 @@ def semantic_retention(
     ``kind="sr1"``: mean of per-task ratios, eq. (11).
     """
     if set(compressed) != set(original):
-        raise ValueError(
-            f"task sets differ: compressed {sorted(compressed)} vs original {sorted(original)}"
-        )
+        raise ValueError(f"task sets differ: compressed {sorted(compressed)} vs original {sorted(original)}")
     if not original:
         raise ValueError("semantic retention needs at least one task")
     tasks = sorted(original)

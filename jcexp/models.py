@@ -64,8 +64,9 @@ class ModelSource:
         import torch
         from transformers import AutoModelForCausalLM
 
+        config = self.hf_config()  # outside the meta context: it may convert or read files
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(self.hf_config())
+            skeleton = AutoModelForCausalLM.from_config(config)
         return {
             name: mod.in_features
             for name, mod in skeleton.named_modules()
@@ -95,7 +96,9 @@ class LocalModel(ModelSource):
 
     def check(self) -> None:
         if not (Path(self.path) / "config.json").is_file():
-            raise ModelSourceError(f"model.source.path={self.path!r}: no HF checkpoint there (config.json missing)")
+            raise ModelSourceError(
+                f"model.source.path={self.path!r}: no HF checkpoint there (config.json missing)"
+            )
 
     def hf_config(self):
         from transformers import AutoConfig
@@ -110,7 +113,12 @@ class LocalModel(ModelSource):
     def identity(self) -> dict[str, Any]:
         cfg = Path(self.path) / "config.json"
         digest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.exists() else None
-        return {"kind": self.kind, "path": os.path.abspath(self.path), "config_sha": digest, "dtype": self.dtype}
+        return {
+            "kind": self.kind,
+            "path": os.path.abspath(self.path),
+            "config_sha": digest,
+            "dtype": self.dtype,
+        }
 
 
 class HubModel(ModelSource):
@@ -211,7 +219,9 @@ class PackagedGGUF(ModelSource):
         gguf = self.gguf_path()
         final.parent.mkdir(parents=True, exist_ok=True)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(self.dtype))
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(self.dtype)
+        )
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -238,7 +248,12 @@ class PackagedGGUF(ModelSource):
         return self._load_dir(self.hf_dir(), self.dtype)
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "package": self.package, "filename": self.filename, "fingerprint": self._fingerprint()}
+        return {
+            "kind": self.kind,
+            "package": self.package,
+            "filename": self.filename,
+            "fingerprint": self._fingerprint(),
+        }
 
 
 class TinyRandomLlama(ModelSource):

@@ -51,7 +51,9 @@ class Stage:
 class Pruner(Stage):
     kind = "prune"
 
-    def __init__(self, name: str, sparsity: float = 0.0, mask: str | None = None, modifier: Any | None = None):
+    def __init__(
+        self, name: str, sparsity: float = 0.0, mask: str | None = None, modifier: Any | None = None
+    ):
         super().__init__(name, modifier)
         self.sparsity = float(sparsity)
         self.mask = mask

@@ -17,7 +17,7 @@ def lastword(seed: int = 1234, **_: object) -> DatasetDict:
     """LAMBADA-style cloze: a paragraph without its final word; the target is that word."""
     rows = []
     for text in prose_split("eval"):
-        body = text.rstrip(".:)\"")
+        body = text.rstrip('.:)"')
         if not text.endswith("."):
             continue
         head, _, word = body.rpartition(" ")

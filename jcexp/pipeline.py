@@ -1,0 +1,334 @@
+"""One run: config -> model -> prune -> quantize -> evaluate -> metrics -> result.json -> tracking.
+
+Every check that can fail on bad input runs before the model's weights are read. A finished result is
+never recomputed: a rerun with the same effective config (by hash) returns the stored result.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from jcexp import metrics
+from jcexp.config import ConfigError, check_values
+from jcexp.results import (
+    RESULT_FILE,
+    SCHEMA_VERSION,
+    atomic_write_json,
+    complete_result,
+    config_hash,
+    read_json,
+)
+
+log = logging.getLogger("jcexp")
+
+VERSIONED = (
+    "torch",
+    "transformers",
+    "llmcompressor",
+    "compressed-tensors",
+    "lm_eval",
+    "datasets",
+    "hydra-core",
+    "wandb",
+)
+
+
+def library_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for pkg in VERSIONED:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def run_dir(cfg: DictConfig, chash: str) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # composed outside @hydra.main (tests, notebooks): one directory per config
+        return Path(cfg.paths.root) / "runs" / chash
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".jcexp-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output directory {path} is not writable: {exc}") from exc
+
+
+def _pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is visible")
+    return name
+
+
+class Plan:
+    """The instantiated parts of a run, checked before any weight is read."""
+
+    def __init__(self, cfg: DictConfig):
+        from jcexp.compress import check_stages
+        from jcexp.evaluate import check_tasks
+
+        check_values(cfg)
+        self.cfg = cfg
+        self.resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        self.hash = config_hash(self.resolved)
+        self.source = instantiate(cfg.model.source)
+        self.pruner = instantiate(cfg.pruner)
+        self.quant = instantiate(cfg.quant)
+        self.calibration = instantiate(cfg.calibration)
+        self.tracker = instantiate(cfg.logger)
+        self.source.check()
+        if hasattr(self.calibration, "check"):
+            self.calibration.check()
+        check_tasks(cfg.benchmark)
+        self.layer_widths = self.source.layer_widths()
+        check_stages([self.pruner, self.quant], self.layer_widths)
+        self.device = _pick_device(cfg.device)
+
+    @property
+    def stages(self):
+        return [s for s in (self.pruner, self.quant) if s.active]
+
+
+def _baseline_key(plan: Plan) -> dict[str, Any]:
+    from jcexp.data import fingerprint, prose_split
+
+    return {
+        "model": plan.source.identity(),
+        "benchmark": plan.resolved["benchmark"],
+        "seed": plan.cfg.seed,
+        "device_type": plan.device.split(":")[0],
+        "lm_eval": library_versions()["lm_eval"],
+        "transformers": library_versions()["transformers"],
+        "offline_data": fingerprint(prose_split("eval")),
+    }
+
+
+def dense_baseline(plan: Plan, model, tokenizer, records: dict[str, Any]):
+    """Evaluate the dense model once per (model, benchmark settings, seed, data, versions) and cache it.
+    The full key is stored beside the scores and compared on load, so a change of settings never reuses an
+    old baseline."""
+    from jcexp import measure
+    from jcexp.evaluate import EvalResult, evaluate
+
+    key = _baseline_key(plan)
+    path = Path(plan.cfg.paths.cache_dir) / "baselines" / f"{config_hash(key)}.json"
+    cached = read_json(path)
+    if cached and cached.get("key") == key:
+        log.info("dense baseline: reusing %s", path)
+        return EvalResult.from_dict(cached["eval"]), str(path), True
+    with measure.stage(records, "eval_dense"):
+        result = evaluate(model, tokenizer, plan.cfg.benchmark, plan.cfg.seed)
+    atomic_write_json(path, {"key": key, "eval": result.to_dict()})
+    return result, str(path), False
+
+
+def _task_rows(compressed, dense) -> dict[str, Any]:
+    rows = {}
+    for task, s in compressed.scores.items():
+        base = dense.scores[task].value
+        rows[task] = {
+            "metric": s.metric,
+            "value": s.value,
+            "stderr": s.stderr,
+            "chance": s.chance,
+            "baseline": base,
+            "baseline_stderr": dense.scores[task].stderr,
+            "retention": metrics.retention(s.value, base) if base else None,
+        }
+    return rows
+
+
+def _perplexity_rows(compressed, dense) -> dict[str, Any]:
+    return {
+        task: {
+            "metric": s.metric,
+            "value": s.value,
+            "baseline": dense.perplexity[task].value,
+            "retention": metrics.perplexity_retention(s.value, dense.perplexity[task].value),
+        }
+        for task, s in compressed.perplexity.items()
+    }
+
+
+def compute_metrics(plan: Plan, compressed, dense, measured_sparsity: float) -> dict[str, Any]:
+    sparsity = plan.pruner.target_sparsity
+    bits = plan.quant.bits if plan.quant.active else 16
+    comp = {t: s.value for t, s in compressed.scores.items()}
+    base = {t: s.value for t, s in dense.scores.items()}
+    note = None
+    try:
+        sr = metrics.semantic_retention(comp, base, kind="sr2")
+    except ValueError as exc:  # no scored task, or a dense model at 0 everywhere (e.g. random init)
+        sr, note = None, str(exc)
+    sr1 = metrics.semantic_retention(comp, base, kind="sr1") if comp and all(base.values()) else None
+    return {
+        "sr_undefined_because": note,
+        "tcr": metrics.tcr(sparsity, bits),
+        "tcr_measured_sparsity": metrics.tcr(min(99.999, 100 * measured_sparsity), bits),
+        "sr": sr,
+        "sr1": sr1,
+        "srcr": metrics.srcr(sr, sparsity, bits) if sr is not None else None,
+        "mean_score": sum(comp.values()) / len(comp) if comp else None,
+        "mean_score_dense": sum(base.values()) / len(base) if base else None,
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one configured compression + evaluation and return the result record (also in result.json)."""
+    import torch
+
+    from jcexp import measure
+    from jcexp.compress import apply_stage, seed_everything
+    from jcexp.evaluate import evaluate
+
+    plan = Plan(cfg)  # every config, model, task and shape check: before any weights are read
+    out = run_dir(cfg, plan.hash)
+    _check_writable(out)
+    _check_writable(Path(cfg.paths.cache_dir))
+    done = complete_result(out / RESULT_FILE, plan.hash)
+    if done:
+        log.info("result for config %s already complete in %s: nothing to do", plan.hash, out)
+        return done
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    records: dict[str, Any] = {}
+    with measure.stage(records, "load"):
+        model, tokenizer = plan.source.load()
+    lm_head_before = measure.lm_head_digest(model)
+    dense, baseline_path, baseline_reused = dense_baseline(plan, model, tokenizer, records)
+
+    measured: dict[str, Any] = {"sparsity": {"after_prune": None, "after_quant": None}}
+    calibration = None
+    if plan.stages:
+        with measure.stage(records, "calibration_data"):
+            calibration = plan.calibration.dataset(tokenizer)
+    if plan.pruner.active:
+        with measure.stage(records, "prune"):
+            apply_stage(plan.pruner, model, tokenizer, calibration, cfg.seed)
+        measured["prune"] = measure.sparsity(model)
+        measured["sparsity"]["after_prune"] = measured["prune"]["overall"]
+        if plan.pruner.nm:
+            measured["nm_after_prune"] = measure.nm_structure(model, *plan.pruner.nm)
+    pruned_masks = measure.zero_masks(model) if plan.pruner.active and plan.quant.active else None
+    if plan.quant.active:
+        with measure.stage(records, "quantize"):
+            apply_stage(plan.quant, model, tokenizer, calibration, cfg.seed)
+        measured["quant"] = measure.sparsity(model)
+        measured["sparsity"]["after_quant"] = measured["quant"]["overall"]
+        if pruned_masks is not None:
+            measured["quant"].update(measure.zeros_after_quantization(model, pruned_masks))
+        if plan.pruner.nm:
+            measured["nm_after_quant"] = measure.nm_structure(model, *plan.pruner.nm)
+    final_sparsity = measure.sparsity(model)["overall"]
+    measured["sparsity"]["final"] = final_sparsity
+    measured["lm_head_unchanged"] = measure.lm_head_digest(model) == lm_head_before
+
+    if plan.stages:
+        if plan.device != "cpu":
+            model.to(plan.device)
+        with measure.stage(records, "eval"):
+            compressed = evaluate(model, tokenizer, cfg.benchmark, cfg.seed)
+    else:
+        compressed = dense  # nothing was compressed: the dense scores are this run's scores
+
+    saved: dict[str, Any] = {"path": None, "bytes": None}
+    if cfg.save_model:
+        path = out / "model"
+        try:
+            with measure.stage(records, "save"):
+                # compressed-tensors packs quantized weights; bytes on disk are measured from this directory.
+                model.save_pretrained(path, save_compressed=plan.quant.active)
+                tokenizer.save_pretrained(path)
+            saved = {
+                "path": str(path),
+                "bytes": measure.dir_bytes(path),
+                "format": "compressed-tensors" if plan.quant.active else "dense",
+            }
+        except Exception as exc:  # noqa: BLE001 - a failed save must not lose the scores already computed
+            log.error("saving the compressed model failed: %s", exc)
+            shutil.rmtree(path, ignore_errors=True)
+            saved = {"path": None, "bytes": None, "error": f"{type(exc).__name__}: {exc}"}
+
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "status": "complete",
+        "config_hash": plan.hash,
+        "run_name": cfg.run_name,
+        "run_dir": str(out),
+        "config": plan.resolved,
+        "seed": cfg.seed,
+        "device": plan.device,
+        "model": {"name": cfg.model.name, **plan.source.identity(), "linear_layers": len(plan.layer_widths)},
+        "calibration": plan.calibration.describe(),
+        "benchmark": {
+            "name": cfg.benchmark.name,
+            "limit": cfg.benchmark.limit,
+            "num_fewshot": cfg.benchmark.num_fewshot,
+        },
+        "compression": {"pruner": plan.pruner.describe(), "quant": plan.quant.describe()},
+        "measured": measured,
+        "tasks": _task_rows(compressed, dense),
+        "perplexity": _perplexity_rows(compressed, dense),
+        "metrics": compute_metrics(plan, compressed, dense, final_sparsity),
+        "baseline": {"path": baseline_path, "reused": baseline_reused},
+        "stages": records,
+        "peak_rss_mb": measure.process_peak_rss_mb(),
+        "saved_model": saved,
+        "versions": library_versions(),
+        "task_versions": compressed.task_versions,
+        "n_samples": compressed.n_samples,
+    }
+    atomic_write_json(out / RESULT_FILE, result)
+    log.info("wrote %s", out / RESULT_FILE)
+    result["tracking"] = plan.tracker.log_run(result, cfg.run_name, plan.resolved)
+    atomic_write_json(out / RESULT_FILE, result)
+    _summary(result)
+    return result
+
+
+def _summary(result: dict[str, Any]) -> None:
+    m, s = result["metrics"], result["measured"]["sparsity"]
+    lines = [
+        f"run {result['run_name']} ({result['config_hash']}) -> {result['run_dir']}",
+        f"  TCr {m['tcr']:.4f}  Sr {_fmt(m['sr'])}  Sr1 {_fmt(m['sr1'])}  SrCr {_fmt(m['srcr'])}",
+        f"  sparsity after prune {s['after_prune']}  after quant {s['after_quant']}",
+    ]
+    for task, row in result["tasks"].items():
+        lines.append(
+            f"  {task}: {row['value']:.4f} +- {row['stderr'] or 0:.4f} (dense {row['baseline']:.4f}, chance {row['chance']}, R_t {_fmt(row['retention'])})"
+        )
+    for task, row in result["perplexity"].items():
+        lines.append(
+            f"  {task}: {row['value']:.2f} (dense {row['baseline']:.2f}, retention {_fmt(row['retention'])})"
+        )
+    lines.append(
+        "  stages: "
+        + ", ".join(f"{k} {v['seconds']:.1f}s/{v['peak_rss_mb']:.0f}MB" for k, v in result["stages"].items())
+    )
+    print("\n".join(lines), flush=True)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

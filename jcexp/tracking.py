@@ -1,0 +1,95 @@
+"""Experiment tracking. W&B failures are caught and reported: the local result.json is written first and
+is never lost to a tracking error."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def flat_config(result: dict[str, Any]) -> dict[str, Any]:
+    """The keys users filter runs by in the W&B UI, flat."""
+    c = result["compression"]
+    return {
+        "model": result["model"]["name"],
+        "pruner": c["pruner"].get("name"),
+        "sparsity": c["pruner"].get("sparsity", 0.0),
+        "mask": c["pruner"].get("mask"),
+        "quant": c["quant"].get("name"),
+        "bits": c["quant"].get("bits", 16),
+        "group_size": c["quant"].get("group_size"),
+        "case": c["quant"].get("case"),
+        "calibration": result["calibration"]["name"],
+        "benchmark": result["benchmark"]["name"],
+        "seed": result["seed"],
+        "config_hash": result["config_hash"],
+    }
+
+
+class NullTracker:
+    def __init__(self, name: str = "none", **_: Any):
+        self.name = name
+
+    def log_run(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
+        return {"backend": self.name, "status": "disabled"}
+
+
+class WandbTracker:
+    def __init__(
+        self,
+        name: str = "wandb",
+        project: str = "jcexp",
+        entity: str | None = None,
+        mode: str = "offline",
+        group: str | None = None,
+        tags: list[str] | None = None,
+        dir: str = ".",
+    ):
+        self.name, self.project, self.entity, self.mode = name, project, entity, mode
+        self.group, self.tags, self.dir = group, list(tags or []), dir
+
+    def log_run(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self._log(result, run_name, config)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure must leave the run's result intact
+            log.error("W&B logging failed (result.json is intact): %s: %s", type(exc).__name__, exc)
+            return {"backend": self.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+    def _log(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
+        import wandb
+
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+        # Even offline, wandb writes under ~/.cache and ~/.local/share: keep it all under our output root.
+        for var, sub in (("WANDB_CACHE_DIR", ".wandb-cache"), ("WANDB_DATA_DIR", ".wandb-data")):
+            os.environ.setdefault(var, str(Path(self.dir) / sub))
+        run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            mode=self.mode,
+            group=self.group,
+            tags=self.tags,
+            dir=self.dir,
+            name=run_name,
+            config={**flat_config(result), "full": config},
+            reinit="finish_previous",
+        )
+        summary = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float) or v is None}
+        summary.update(
+            {f"sparsity/{k}": v for k, v in result["measured"]["sparsity"].items() if v is not None}
+        )
+        run.summary.update(summary)
+        rows = [
+            [t, s["metric"], s["value"], s["stderr"], s.get("chance"), s["baseline"], s["retention"]]
+            for t, s in result["tasks"].items()
+        ]
+        table = wandb.Table(
+            columns=["task", "metric", "score", "stderr", "chance", "dense", "retention"], data=rows
+        )
+        run.log({"tasks": table})
+        info = {"backend": self.name, "status": "logged", "mode": self.mode, "run_id": run.id, "dir": run.dir}
+        run.finish()
+        return info

@@ -1,0 +1,43 @@
+"""Shared test setup: no hub, W&B offline, every output in a temp dir, configs composed from conf/."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The hub cannot be reached here: make any accidental download fail fast instead of hanging.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One cache (converted models, baselines) for the whole session, as in real use."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def compose(tmp_path, shared_cache, monkeypatch):
+    """Compose the real conf/ with overrides; outputs go to a fresh temp dir per test."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import jcexp.config  # noqa: F401  (schema + resolvers)
+
+    monkeypatch.setenv("JCEXP_OUTPUTS", str(tmp_path / "outputs"))
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return hydra_compose(
+                "config", overrides=[f"paths.cache_dir={shared_cache}", "logger=none", *overrides]
+            )
+
+    return _compose
+
+
+TINY = ("model=tiny_random", "benchmark=tiny", "calibration.num_samples=16", "calibration.seq_len=64")

@@ -1,0 +1,166 @@
+"""Composition of the real configs, and clear errors on bad input before any compute."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from jcexp.config import ConfigError, check_values, parse_mask
+from jcexp.models import ModelSourceError
+from jcexp.pipeline import Plan
+
+from .conftest import ROOT, TINY
+
+GROUPS = ["model", "pruner", "quant", "calibration", "benchmark", "logger"]
+
+
+def choices(group):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+def test_defaults_are_the_offline_smollm2_joint_run(compose):
+    cfg = compose()
+    assert cfg.model.name == "smollm2_135m"
+    assert (cfg.pruner.name, cfg.pruner.sparsity, cfg.quant.name, cfg.quant.bits) == (
+        "sparsegpt",
+        25,
+        "gptq",
+        4,
+    )
+    assert cfg.quant.group_size == 64  # SmolLM2's hidden 576 is not a multiple of 128
+    assert (cfg.calibration.name, cfg.benchmark.name) == ("local", "offline")
+    assert cfg.pruner.modifier.dampening_frac == 0.01 and cfg.pruner.modifier.block_size == 128
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_choice_composes_and_instantiates(compose, group):
+    for choice in choices(group):
+        cfg = compose(f"{group}={choice}")
+        node = cfg[group]
+        if group == "model":
+            if choice == "local_dir":
+                continue  # needs model.source.path (tested below)
+            instantiate(node.source)
+        elif "_target_" in node:
+            instantiate(node)
+
+
+def test_sweep_values_become_floats(compose):
+    cfg = compose("pruner.sparsity=33")
+    assert isinstance(cfg.pruner.sparsity, float)
+    assert cfg.pruner.modifier.sparsity == pytest.approx(0.33)
+
+
+def test_mask_sets_sparsity_and_an_exact_block_size(compose):
+    cfg = compose("pruner.mask=2:6")
+    assert cfg.pruner.sparsity == pytest.approx(33.333)
+    assert cfg.pruner.modifier.mask_structure == "2:6"
+    assert cfg.pruner.modifier.block_size == 126  # largest multiple of 6 <= 128: groups never straddle blocks
+    assert compose("pruner.mask=2:8").pruner.modifier.block_size == 128
+
+
+@pytest.mark.parametrize(
+    "override,error",
+    [
+        ("pruner.sparsitty=25", ConfigCompositionException),  # typo in a key
+        ("quant.bits=four", ConfigCompositionException),  # wrong type
+        ("+model.source.unknown=1", None),  # unknown source arg: fails at instantiate (below)
+        ("pruner=sparsgpt", ConfigCompositionException),  # unknown group choice
+    ],
+)
+def test_typos_and_wrong_types_fail_at_composition(compose, override, error):
+    if error is None:
+        cfg = compose("model=tiny_random", override)
+        with pytest.raises(Exception, match="unknown"):
+            instantiate(cfg.model.source)
+        return
+    with pytest.raises((error, ConfigKeyError, ValidationError)):
+        compose(override)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (("pruner.sparsity=100",), r"pruner.sparsity=100.0 is outside \[0, 100\)"),
+        (("pruner.sparsity=-5",), "outside"),
+        (("quant.bits=5",), r"quant.bits=5 is not supported"),
+        (("quant.bits=1",), "not supported"),
+        (("pruner.mask=8:8",), "needs 0 < N < M"),
+        (("pruner.mask=0:4",), "needs 0 < N < M"),
+        (("pruner.mask=2-8",), "not of the form 'N:M'"),
+        (("pruner.mask=a:b",), "not of the form"),
+        (("pruner.mask=2:8", "pruner.sparsity=50"), "disagrees with pruner.mask"),
+        (("pruner=none", "pruner.mask=2:8"), "needs a pruner"),
+        (("calibration.num_samples=0",), "num_samples"),
+        (("benchmark.batch_size=0",), "batch_size"),
+        (("device=tpu",), "device"),
+    ],
+)
+def test_bad_values_are_named(compose, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_values(compose(*overrides))
+
+
+def test_parse_mask():
+    assert parse_mask("2:8") == (2, 8) and parse_mask(None) is None and parse_mask("0:0") is None
+    with pytest.raises(ConfigError):
+        parse_mask("2:2:8")
+
+
+def test_group_size_that_does_not_divide_a_layer(compose):
+    with pytest.raises(ConfigError, match=r"quant.group_size=48 does not divide the input width \[64, 128\]"):
+        Plan(compose(*TINY, "quant.group_size=48"))
+
+
+def test_group_size_128_on_smollm2_is_refused_before_loading(compose):
+    with pytest.raises(
+        ConfigError, match=r"does not divide the input width \[576\].*dividing every layer is 64"
+    ):
+        Plan(compose("quant.group_size=128"))
+
+
+def test_nm_mask_that_does_not_divide_a_layer(compose):
+    with pytest.raises(ConfigError, match="M=5 does not divide"):
+        Plan(compose(*TINY, "pruner.mask=2:5"))
+
+
+def test_unknown_task(compose):
+    with pytest.raises(
+        ConfigError, match=r"unknown lm-eval task.*'jc_lastwrod' \(did you mean \['jc_lastword'"
+    ):
+        Plan(compose(*TINY, "+benchmark.scores.jc_lastwrod=acc,none"))
+
+
+def test_missing_model_path(compose, tmp_path):
+    with pytest.raises(ModelSourceError, match="no HF checkpoint there"):
+        Plan(compose("model=local_dir", f"model.source.path={tmp_path / 'nope'}"))
+
+
+def test_missing_model_package(compose):
+    with pytest.raises(ModelSourceError, match="package 'no_such_pkg' is not installed"):
+        Plan(compose("model.source.package=no_such_pkg"))
+
+
+@pytest.mark.parametrize("model", ["llama3_1_8b", "mistral_7b_v0_3"])
+def test_hub_models_are_correct_up_to_the_download(compose, model):
+    # The hub is unreachable here (HF_HUB_OFFLINE=1): the config composes, the source instantiates, and the
+    # first network access fails with a clear message instead of deep inside a stage.
+    cfg = compose(f"model={model}", "calibration=c4", "benchmark=paper")
+    check_values(cfg)
+    assert cfg.quant.group_size == 128 and cfg.calibration.num_samples == 512
+    with pytest.raises(ModelSourceError, match="not reachable.*hub access"):
+        Plan(cfg)
+
+
+def test_case_b_is_refused_until_built(compose):
+    with pytest.raises(ConfigError, match="Case B"):
+        Plan(compose(*TINY, "quant.preserve_sparsity=true"))
+
+
+def test_unwritable_output_dir_fails_before_compute(compose, tmp_path):
+    from jcexp.pipeline import run
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")  # a path under a file cannot be created, even by root
+    with pytest.raises(ConfigError, match="not writable"):
+        run(compose(*TINY, f"paths.root={blocker / 'outputs'}"))

@@ -1,0 +1,167 @@
+"""End to end on a tiny random-init Llama: the real llm-compressor (SparseGPT, GPTQ, Wanda, RTN) and the
+real lm-eval, in seconds. Nothing of ours is mocked; the hub and a W&B server are absent (W&B runs offline)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jcexp.pipeline import run
+from jcexp.results import RESULT_FILE
+
+from .conftest import ROOT, TINY
+
+
+@pytest.fixture(scope="module")
+def joint(tmp_path_factory, shared_cache):
+    """One 25% SparseGPT + 4-bit GPTQ run, shared by the assertions below."""
+    from hydra import compose, initialize_config_dir
+
+    out = tmp_path_factory.mktemp("joint")
+    os.environ["JCEXP_OUTPUTS"] = str(out)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.cache_dir={shared_cache}", "logger=none", *TINY])
+    return cfg, run(cfg)
+
+
+def test_result_json_holds_what_the_issue_lists(joint):
+    cfg, result = joint
+    on_disk = json.loads((Path(result["run_dir"]) / RESULT_FILE).read_text())
+    assert on_disk["status"] == "complete" and on_disk["config_hash"] == result["config_hash"]
+    assert on_disk["config"]["pruner"]["sparsity"] == 25.0  # config sparsity stays in percent
+    m = on_disk["metrics"]
+    assert m["tcr"] == pytest.approx(0.8125)
+    assert set(on_disk["tasks"]) == {"jc_lastword", "jc_nextsentence"}
+    for row in on_disk["tasks"].values():
+        assert {"value", "stderr", "chance", "baseline", "retention"} <= set(row)
+    assert set(on_disk["perplexity"]) == {"jc_prose_ppl"}
+    assert {"load", "prune", "quantize", "eval", "save"} <= set(on_disk["stages"])
+    assert all(s["seconds"] >= 0 and s["peak_rss_mb"] > 0 for s in on_disk["stages"].values())
+    assert on_disk["saved_model"]["bytes"] > 0
+    assert on_disk["seed"] == 0
+    assert {"torch", "transformers", "llmcompressor", "lm_eval"} <= set(on_disk["versions"])
+    assert on_disk["task_versions"]["jc_lastword"] == 1.0
+    assert on_disk["compression"]["quant"] == {
+        **on_disk["compression"]["quant"],
+        "bits": 4,
+        "group_size": 32,
+        "case": "A",
+    }
+
+
+def test_sparsity_is_measured_after_each_stage(joint):
+    _, result = joint
+    s = result["measured"]["sparsity"]
+    assert s["after_prune"] == pytest.approx(0.25, abs=0.01)  # fractions, measured from the weights
+    assert s["after_quant"] is not None and s["after_quant"] >= 0.2
+    q = result["measured"]["quant"]
+    assert 0.9 <= q["pruned_still_zero"] <= 1.0  # Case A: GPTQ may revive a few pruned weights
+    assert 0 <= q["kept_rounded_to_zero"] < 0.2
+
+
+def test_lm_head_and_tied_embeddings_stay_untouched(joint):
+    _, result = joint
+    assert result["measured"]["lm_head_unchanged"] is True
+
+
+def test_rerun_with_same_config_resumes_without_compute(joint, monkeypatch):
+    cfg, result = joint
+    import jcexp.compress.stages as stages
+
+    monkeypatch.setattr(stages, "apply_stage", lambda *a, **k: pytest.fail("recompressed a finished run"))
+    again = run(cfg)
+    assert again["config_hash"] == result["config_hash"] and again["stages"] == result["stages"]
+
+
+def test_dense_baseline_is_cached_and_keyed_by_settings(compose, joint):
+    _, first = joint
+    second = run(compose(*TINY, "quant.bits=8"))
+    assert second["baseline"]["reused"] is True and second["baseline"]["path"] == first["baseline"]["path"]
+    other = run(compose(*TINY, "quant.bits=8", "benchmark.limit=8"))
+    assert other["baseline"]["reused"] is False and other["baseline"]["path"] != first["baseline"]["path"]
+
+
+def test_semi_structured_2_8_holds_in_every_group_after_pruning(compose):
+    result = run(compose(*TINY, "pruner.mask=2:8", "quant=none"))
+    assert result["measured"]["sparsity"]["after_prune"] == pytest.approx(0.25, abs=1e-9)
+    assert result["measured"]["nm_after_prune"]["groups_holding"] == 1.0
+    assert result["metrics"]["tcr"] == pytest.approx(0.25)
+
+
+def test_exact_2_6_with_the_derived_block_size(compose):
+    result = run(
+        compose(
+            *TINY,
+            "pruner.mask=2:6",
+            "quant=none",
+            "model.source.hidden_size=48",
+            "model.source.intermediate_size=96",
+            "model.group_size=16",
+        )
+    )
+    assert result["measured"]["sparsity"]["after_prune"] == pytest.approx(1 / 3, abs=1e-9)
+    assert result["measured"]["nm_after_prune"]["groups_holding"] == 1.0
+
+
+@pytest.mark.parametrize("pruner,quant", [("wanda", "rtn"), ("none", "gptq"), ("sparsegpt", "none")])
+def test_other_stage_choices_run(compose, pruner, quant):
+    result = run(compose(*TINY, f"pruner={pruner}", f"quant={quant}", "save_model=false"))
+    bits = 16 if quant == "none" else 4
+    sparsity = 0 if pruner == "none" else 25
+    from jcexp.metrics import tcr
+
+    assert result["metrics"]["tcr"] == pytest.approx(tcr(sparsity, bits))
+    if pruner != "none":
+        assert result["measured"]["sparsity"]["after_prune"] == pytest.approx(0.25, abs=0.01)
+
+
+def test_dense_point_reuses_baseline_scores(compose):
+    result = run(compose(*TINY, "pruner.sparsity=0", "quant.bits=16", "save_model=false"))
+    assert "prune" not in result["stages"] and "quantize" not in result["stages"]
+    assert result["metrics"]["tcr"] == 0.0 and result["metrics"]["srcr"] == 0.0
+
+
+def test_same_seed_same_numbers(compose, tmp_path):
+    a = run(compose(*TINY, "save_model=false", f"paths.root={tmp_path / 'a'}"))
+    b = run(compose(*TINY, "save_model=false", f"paths.root={tmp_path / 'b'}"))
+    assert a["measured"]["sparsity"] == b["measured"]["sparsity"]
+    assert {t: r["value"] for t, r in a["tasks"].items()} == {t: r["value"] for t, r in b["tasks"].items()}
+    assert a["perplexity"] == b["perplexity"]
+
+
+def test_launch_py_writes_result_and_offline_wandb_run(tmp_path, shared_cache):
+    """The user's command, as a real process, with the W&B logger on (offline: no server here)."""
+    env = {**os.environ, "JCEXP_OUTPUTS": str(tmp_path), "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "launch.py", *TINY, f"paths.cache_dir={shared_cache}", "quant.bits=3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = list(tmp_path.glob("runs/*/*/result.json"))
+    assert len(results) == 1
+    result = json.loads(results[0].read_text())
+    assert (
+        "quant.bits=3" in result["run_name"] and "model=tiny_random" in result["run_name"]
+    )  # named after overrides
+    assert result["tracking"]["status"] == "logged" and result["tracking"]["mode"] == "offline"
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def test_launch_py_bad_input_exits_2_with_the_message(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "launch.py", *TINY, "quant.bits=5"],
+        cwd=ROOT,
+        env={**os.environ, "JCEXP_OUTPUTS": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "quant.bits=5 is not supported" in proc.stderr

@@ -128,7 +128,7 @@ def test_unknown_task(compose):
     with pytest.raises(
         ConfigError, match=r"unknown lm-eval task.*'jc_lastwrod' \(did you mean \['jc_lastword'"
     ):
-        Plan(compose(*TINY, "+benchmark.scores.jc_lastwrod=acc,none"))
+        Plan(compose(*TINY, "+benchmark.scores.jc_lastwrod='acc,none'"))
 
 
 def test_missing_model_path(compose, tmp_path):
@@ -164,3 +164,26 @@ def test_unwritable_output_dir_fails_before_compute(compose, tmp_path):
     blocker.write_text("not a directory")  # a path under a file cannot be created, even by root
     with pytest.raises(ConfigError, match="not writable"):
         run(compose(*TINY, f"paths.root={blocker / 'outputs'}"))
+
+
+@pytest.mark.parametrize("experiment", choices("experiment"))
+def test_named_experiments_compose(compose, experiment):
+    cfg = compose(f"experiment={experiment}")
+    check_values(cfg)
+
+
+@pytest.mark.parametrize(
+    "point,sparsity,bits",
+    [("s50_w8", 50, 8), ("s0_w4", 0, 4), ("s25_w4", 25, 4), ("s33_w3", 33.333, 3), ("nm26", 33.333, 4)],
+)
+def test_points_set_explicit_pairs(compose, point, sparsity, bits):
+    cfg = compose(f"+point={point}")
+    check_values(cfg)
+    assert (cfg.pruner.sparsity, cfg.quant.bits) == (pytest.approx(sparsity), bits)
+
+
+def test_quantization_only_experiment_disables_pruning(compose):
+    cfg = compose("experiment=quantization_only")
+    assert cfg.pruner.name == "none" and cfg.quant.name == "gptq"
+    cfg = compose("experiment=pruning_only")
+    assert cfg.quant.name == "none" and cfg.pruner.name == "sparsegpt"

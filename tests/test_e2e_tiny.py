@@ -165,3 +165,34 @@ def test_launch_py_bad_input_exits_2_with_the_message(tmp_path):
     )
     assert proc.returncode == 2
     assert "quant.bits=5 is not supported" in proc.stderr
+
+
+def test_multirun_grid_writes_one_result_per_point_under_outputs(tmp_path, shared_cache):
+    env = {**os.environ, "JCEXP_OUTPUTS": str(tmp_path)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "-m",
+            *TINY,
+            f"paths.cache_dir={shared_cache}",
+            "logger=none",
+            "save_model=false",
+            "pruner.sparsity=0,25",
+            "quant.bits=4,16",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("multirun/*/*/*/result.json")]
+    assert sorted((r["config"]["pruner"]["sparsity"], r["config"]["quant"]["bits"]) for r in results) == [
+        (0.0, 4),
+        (0.0, 16),
+        (25.0, 4),
+        (25.0, 16),
+    ]
+    assert len({r["baseline"]["path"] for r in results}) == 1  # one dense baseline serves the grid

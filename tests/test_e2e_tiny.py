@@ -15,6 +15,19 @@ from jcexp.results import RESULT_FILE
 from .conftest import ROOT, TINY
 
 
+def launch(*args: str, outputs: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python launch.py ...` as the user runs it, in a real process, writing under ``outputs``."""
+    env = {**os.environ, "JCEXP_OUTPUTS": str(outputs), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "launch.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture(scope="module")
 def joint(tmp_path_factory, shared_cache):
     """One 25% SparseGPT + 4-bit GPTQ run, shared by the assertions below."""
@@ -134,15 +147,7 @@ def test_same_seed_same_numbers(compose, tmp_path):
 
 def test_launch_py_writes_result_and_offline_wandb_run(tmp_path, shared_cache):
     """The user's command, as a real process, with the W&B logger on (offline: no server here)."""
-    env = {**os.environ, "JCEXP_OUTPUTS": str(tmp_path), "WANDB_MODE": "offline"}
-    proc = subprocess.run(
-        [sys.executable, "launch.py", *TINY, f"paths.cache_dir={shared_cache}", "quant.bits=3"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = launch(*TINY, f"paths.cache_dir={shared_cache}", "quant.bits=3", outputs=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = list(tmp_path.glob("runs/*/*/result.json"))
     assert len(results) == 1
@@ -155,37 +160,21 @@ def test_launch_py_writes_result_and_offline_wandb_run(tmp_path, shared_cache):
 
 
 def test_launch_py_bad_input_exits_2_with_the_message(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "launch.py", *TINY, "quant.bits=5"],
-        cwd=ROOT,
-        env={**os.environ, "JCEXP_OUTPUTS": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = launch(*TINY, "quant.bits=5", outputs=tmp_path, timeout=300)
     assert proc.returncode == 2
     assert "quant.bits=5 is not supported" in proc.stderr
 
 
 def test_multirun_grid_writes_one_result_per_point_under_outputs(tmp_path, shared_cache):
-    env = {**os.environ, "JCEXP_OUTPUTS": str(tmp_path)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "launch.py",
-            "-m",
-            *TINY,
-            f"paths.cache_dir={shared_cache}",
-            "logger=none",
-            "save_model=false",
-            "pruner.sparsity=0,25",
-            "quant.bits=4,16",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    proc = launch(
+        "-m",
+        *TINY,
+        f"paths.cache_dir={shared_cache}",
+        "logger=none",
+        "save_model=false",
+        "pruner.sparsity=0,25",
+        "quant.bits=4,16",
+        outputs=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in tmp_path.glob("multirun/*/*/*/result.json")]

@@ -117,6 +117,9 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch intra-op threads; null keeps torch's default
     save_model: bool = True  # write the compressed checkpoint (bytes on disk are measured from it)
+    cache_pruned: bool = (
+        True  # keep each pruned model so every bit width reuses it (prune once, quantize many)
+    )
     run_name: str = "default"
     tags: list[str] = field(default_factory=list)
 

@@ -142,6 +142,54 @@ def dense_baseline(plan: Plan, model, tokenizer, records: dict[str, Any]):
     return result, str(path), False
 
 
+def _prune_key(plan: Plan) -> dict[str, Any]:
+    return {
+        "model": plan.source.identity(),
+        "pruner": plan.resolved["pruner"],
+        "calibration": plan.resolved["calibration"],
+        "seed": plan.cfg.seed,
+        "llmcompressor": library_versions()["llmcompressor"],
+    }
+
+
+def pruned_model(plan: Plan, model, tokenizer, calibration_fn, records: dict[str, Any]):
+    """Prune once per (model, pruner settings, calibration, seed, llm-compressor version) and keep the pruned
+    checkpoint, so a grid of S sparsities x Q bit widths runs SparseGPT S times, not S x Q. The entry is
+    published by an atomic rename with its key inside; a partial or foreign entry is rebuilt, never used."""
+    import tempfile
+
+    from jcexp.compress import apply_stage
+    from jcexp.models import ModelSource, _publish_dir
+
+    key = _prune_key(plan)
+    final = Path(plan.cfg.paths.cache_dir) / "pruned" / config_hash(key)
+    marker = read_json(final / "jcexp_prune_key.json")
+    if plan.cfg.cache_pruned and marker == key:
+        log.info("pruned model: reusing %s", final)
+        with measure_stage(records, "load_pruned"):
+            model, tokenizer = ModelSource._load_dir(final, plan.source.dtype)
+        return model, tokenizer, {"path": str(final), "reused": True}
+    with measure_stage(records, "prune"):
+        apply_stage(plan.pruner, model, tokenizer, calibration_fn(), plan.cfg.seed)
+    if not plan.cfg.cache_pruned:
+        return model, tokenizer, {"path": None, "reused": False}
+    if final.exists():  # partial or stale: rebuilt, never used
+        shutil.rmtree(final, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    model.save_pretrained(tmp, save_compressed=False)
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(tmp / "jcexp_prune_key.json", key)
+    _publish_dir(tmp, final)
+    return model, tokenizer, {"path": str(final), "reused": False}
+
+
+def measure_stage(records: dict[str, Any], name: str):
+    from jcexp import measure
+
+    return measure.stage(records, name)
+
+
 def _task_rows(compressed, dense) -> dict[str, Any]:
     rows = {}
     for task, s in compressed.scores.items():
@@ -221,12 +269,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     measured: dict[str, Any] = {"sparsity": {"after_prune": None, "after_quant": None}}
     calibration = None
-    if plan.stages:
-        with measure.stage(records, "calibration_data"):
-            calibration = plan.calibration.dataset(tokenizer)
+
+    def calibration_data():
+        nonlocal calibration
+        if calibration is None:  # built only when a stage actually runs
+            with measure.stage(records, "calibration_data"):
+                calibration = plan.calibration.dataset(tokenizer)
+        return calibration
+
+    prune_cache = None
     if plan.pruner.active:
-        with measure.stage(records, "prune"):
-            apply_stage(plan.pruner, model, tokenizer, calibration, cfg.seed)
+        model, tokenizer, prune_cache = pruned_model(plan, model, tokenizer, calibration_data, records)
         measured["prune"] = measure.sparsity(model)
         measured["sparsity"]["after_prune"] = measured["prune"]["overall"]
         if plan.pruner.nm:
@@ -234,7 +287,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     pruned_masks = measure.zero_masks(model) if plan.pruner.active and plan.quant.active else None
     if plan.quant.active:
         with measure.stage(records, "quantize"):
-            apply_stage(plan.quant, model, tokenizer, calibration, cfg.seed)
+            apply_stage(plan.quant, model, tokenizer, calibration_data(), cfg.seed)
         measured["quant"] = measure.sparsity(model)
         measured["sparsity"]["after_quant"] = measured["quant"]["overall"]
         if pruned_masks is not None:
@@ -293,6 +346,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "perplexity": _perplexity_rows(compressed, dense),
         "metrics": compute_metrics(plan, compressed, dense, final_sparsity),
         "baseline": {"path": baseline_path, "reused": baseline_reused},
+        "prune_cache": prune_cache,
         "stages": records,
         "peak_rss_mb": measure.process_peak_rss_mb(),
         "saved_model": saved,

@@ -12,7 +12,7 @@ from typing import Any
 RESULT_FILE = "result.json"
 SCHEMA_VERSION = 1
 # Keys that name or place a run but do not change what it computes.
-_NOT_IN_HASH = ("paths", "logger", "run_name", "tags", "threads", "hydra")
+_NOT_IN_HASH = ("paths", "logger", "run_name", "tags", "threads", "hydra", "cache_pruned")
 
 
 def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -82,9 +82,14 @@ def test_lm_head_and_tied_embeddings_stay_untouched(joint):
 
 def test_rerun_with_same_config_resumes_without_compute(joint, monkeypatch):
     cfg, result = joint
+    import jcexp.compress
     import jcexp.compress.stages as stages
 
-    monkeypatch.setattr(stages, "apply_stage", lambda *a, **k: pytest.fail("recompressed a finished run"))
+    def fail(*a, **k):
+        pytest.fail("recompressed a finished run")
+
+    monkeypatch.setattr(stages, "apply_stage", fail)
+    monkeypatch.setattr(jcexp.compress, "apply_stage", fail)
     again = run(cfg)
     assert again["config_hash"] == result["config_hash"] and again["stages"] == result["stages"]
 
@@ -185,3 +190,36 @@ def test_multirun_grid_writes_one_result_per_point_under_outputs(tmp_path, share
         (25.0, 16),
     ]
     assert len({r["baseline"]["path"] for r in results}) == 1  # one dense baseline serves the grid
+
+
+def test_prune_once_quantize_many(compose, tmp_path):
+    """Every bit width after the same pruning reuses the cached pruned model; results match a fresh prune."""
+    cache = tmp_path / "cache"
+    first = run(compose(*TINY, "save_model=false", "quant.bits=4", f"paths.cache_dir={cache}"))
+    second = run(compose(*TINY, "save_model=false", "quant.bits=8", f"paths.cache_dir={cache}"))
+    assert first["prune_cache"]["reused"] is False and "prune" in first["stages"]
+    assert second["prune_cache"] == {**first["prune_cache"], "reused": True}
+    assert "prune" not in second["stages"] and "load_pruned" in second["stages"]
+    fresh = run(
+        compose(
+            *TINY,
+            "save_model=false",
+            "quant.bits=8",
+            "cache_pruned=false",
+            f"paths.cache_dir={tmp_path / 'c2'}",
+        )
+    )
+    assert fresh["measured"]["sparsity"] == second["measured"]["sparsity"]
+    assert {t: r["value"] for t, r in fresh["tasks"].items()} == {
+        t: r["value"] for t, r in second["tasks"].items()
+    }
+
+
+def test_corrupt_prune_cache_entry_is_rebuilt(compose, tmp_path):
+    cache = tmp_path / "cache"
+    first = run(compose(*TINY, "save_model=false", "quant.bits=4", f"paths.cache_dir={cache}"))
+    entry = Path(first["prune_cache"]["path"])
+    (entry / "jcexp_prune_key.json").write_text("{truncated")
+    again = run(compose(*TINY, "save_model=false", "quant.bits=3", f"paths.cache_dir={cache}"))
+    assert again["prune_cache"]["reused"] is False and "prune" in again["stages"]
+    assert json.loads((entry / "jcexp_prune_key.json").read_text())["seed"] == 0

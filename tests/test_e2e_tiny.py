@@ -190,6 +190,14 @@ def test_multirun_grid_writes_one_result_per_point_under_outputs(tmp_path, share
         (25.0, 16),
     ]
     assert len({r["baseline"]["path"] for r in results}) == 1  # one dense baseline serves the grid
+    assert (
+        sum(r["prune_cache"] is not None and r["prune_cache"]["reused"] for r in results) == 1
+    )  # 25%: pruned once
+
+    from jcexp.report import write_report
+
+    md = write_report(next(tmp_path.glob("multirun/*/*"))).read_text()
+    assert "4 complete run(s), 0 missing or failed" in md and "| tiny_random | 25% 4bit | 81.25% |" in md
 
 
 def test_prune_once_quantize_many(compose, tmp_path):

@@ -1,0 +1,167 @@
+"""Paper-style tables and the verdict from a directory of result.json files (a sweep, or any tree of runs).
+
+    python -m jcexp.report <sweep_dir>
+
+Writes ``report.md`` and ``report.csv`` into the directory. Works on a partial sweep: points without a
+complete result are listed as missing. Reads results only: no torch, no W&B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from jcexp import metrics
+from jcexp.results import RESULT_FILE
+
+
+def collect(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Complete results under ``root``, and the run directories that have none (failed or unfinished)."""
+    results, missing = [], []
+    for path in sorted(Path(root).rglob(RESULT_FILE)):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            missing.append(str(path.parent))
+            continue
+        if data.get("status") == "complete":
+            results.append(data)
+        else:
+            missing.append(str(path.parent))
+    for hydra_dir in sorted(Path(root).rglob(".hydra")):
+        if not (hydra_dir.parent / RESULT_FILE).exists():
+            missing.append(str(hydra_dir.parent))
+    return results, missing
+
+
+def point(result: dict[str, Any]) -> tuple[float, str | None, int]:
+    """(sparsity %, mask, bits) of a run, as compressed."""
+    p, q = result["compression"]["pruner"], result["compression"]["quant"]
+    return float(p.get("sparsity") or 0.0), p.get("mask"), int(q.get("bits") or 16)
+
+
+def label(result: dict[str, Any]) -> str:
+    s, mask, bits = point(result)
+    prune = mask or (f"{s:g}%" if s else "")
+    quant = f"{bits}bit" if bits < 16 else ""
+    return " ".join(x for x in (prune, quant) if x) or "dense"
+
+
+def _fmt(x: float | None, scale: float = 1.0, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x * scale:.{digits}f}"
+
+
+def tcr_table(results: list[dict[str, Any]]) -> list[str]:
+    """Table I for the sparsities and bit widths this sweep covers (16 bit and 0% always included)."""
+    sparsities = sorted({0.0, *(point(r)[0] for r in results)})
+    bits = sorted({16, *(point(r)[2] for r in results)}, reverse=True)
+    lines = ["| Quant. \\ Pruning | " + " | ".join(f"{s:g}%" for s in sparsities) + " |"]
+    lines.append("|---" * (len(sparsities) + 1) + "|")
+    for b in bits:
+        lines.append(
+            f"| {b} bit | " + " | ".join(f"{100 * metrics.tcr(s, b):.4g}%" for s in sparsities) + " |"
+        )
+    return lines
+
+
+def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in sorted(results, key=lambda r: (r["model"]["name"], -metrics.tcr(*_sb(r)), label(r))):
+        row = {"model": r["model"]["name"], "config": label(r), "tcr": r["metrics"]["tcr"]}
+        for task, t in r["tasks"].items():
+            row[task] = t["value"]
+            row[f"{task}_stderr"] = t["stderr"]
+        for task, t in r.get("perplexity", {}).items():
+            row[task] = t["value"]
+        row.update(
+            sr=r["metrics"]["sr"],
+            sr1=r["metrics"]["sr1"],
+            srcr=r["metrics"]["srcr"],
+            sparsity_measured=r["measured"]["sparsity"]["final"],
+            run_dir=r["run_dir"],
+        )
+        rows.append(row)
+    return rows
+
+
+def _sb(r: dict[str, Any]) -> tuple[float, int]:
+    s, _, b = point(r)
+    return s, b
+
+
+def verdict(results: list[dict[str, Any]]) -> list[str]:
+    """The paper's question on this sweep's data: at each TCr where both exist, does joint compression retain
+    more than quantization alone, and by how many points of Sr?"""
+    lines = []
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_model.setdefault(r["model"]["name"], []).append(r)
+    for model, runs in sorted(by_model.items()):
+        quant_only = {round(r["metrics"]["tcr"], 6): r for r in runs if _sb(r)[0] == 0 and _sb(r)[1] < 16}
+        joint = [r for r in runs if _sb(r)[0] > 0 and _sb(r)[1] < 16]
+        for j in sorted(joint, key=lambda r: r["metrics"]["tcr"]):
+            q = quant_only.get(round(j["metrics"]["tcr"], 6))
+            if q is None or j["metrics"]["sr"] is None or q["metrics"]["sr"] is None:
+                continue
+            gain = 100 * (j["metrics"]["sr"] - q["metrics"]["sr"])
+            word = "retains more than" if gain > 0 else "retains less than" if gain < 0 else "ties"
+            lines.append(
+                f"- {model}, TCr {100 * j['metrics']['tcr']:.4g}%: {label(j)} (Sr {j['metrics']['sr']:.3f}) "
+                f"{word} {label(q)} (Sr {q['metrics']['sr']:.3f}) by {gain:+.1f} points of Sr"
+            )
+    return lines or ["- no TCr has both a joint and a quantization-only point in this sweep"]
+
+
+def write_report(root: str | Path) -> Path:
+    root = Path(root)
+    results, missing = collect(root)
+    rows = score_rows(results)
+    tasks = sorted({t for r in results for t in r["tasks"]})
+    ppl = sorted({t for r in results for t in r.get("perplexity", {})})
+    md = [
+        f"# jcexp report: {root}",
+        "",
+        f"{len(results)} complete run(s), {len(missing)} missing or failed.",
+        "",
+    ]
+    md += ["## Theoretical compression rate (Table I)", "", *tcr_table(results), ""]
+    md += ["## Scores (x100, ± stderr), retention and SrCr", ""]
+    head = ["model", "config", "TCr", *tasks, *ppl, "Sr", "Sr1", "SrCr", "measured sparsity"]
+    md += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for row in rows:
+        cells = [row["model"], row["config"], f"{100 * row['tcr']:.4g}%"]
+        cells += [f"{_fmt(row.get(t), 100, 1)} ± {_fmt(row.get(f'{t}_stderr'), 100, 1)}" for t in tasks]
+        cells += [_fmt(row.get(t), 1, 2) for t in ppl]
+        cells += [
+            _fmt(row["sr"]),
+            _fmt(row["sr1"]),
+            _fmt(row["srcr"]),
+            _fmt(row["sparsity_measured"], 100, 2) + "%",
+        ]
+        md.append("| " + " | ".join(cells) + " |")
+    md += ["", "## Verdict: joint vs quantization-only at equal TCr", "", *verdict(results), ""]
+    if missing:
+        md += ["## Missing or failed points", "", *(f"- {m}" for m in missing), ""]
+    (root / "report.md").write_text("\n".join(md))
+    with open(root / "report.csv", "w", newline="") as fh:
+        fields = sorted(
+            {k for row in rows for k in row}, key=lambda k: (k not in ("model", "config", "tcr"), k)
+        )
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "report.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir")
+    args = parser.parse_args(argv)
+    print(write_report(args.sweep_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -174,7 +174,7 @@ def test_multirun_grid_writes_one_result_per_point_under_outputs(tmp_path, share
     proc = launch(
         "-m",
         *TINY,
-        f"paths.cache_dir={shared_cache}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
         "logger=none",
         "save_model=false",
         "pruner.sparsity=0,25",
@@ -194,9 +194,7 @@ def test_multirun_grid_writes_one_result_per_point_under_outputs(tmp_path, share
         sum(r["prune_cache"] is not None and r["prune_cache"]["reused"] for r in results) == 1
     )  # 25%: pruned once
 
-    from jcexp.report import write_report
-
-    md = write_report(next(tmp_path.glob("multirun/*/*"))).read_text()
+    md = (next(tmp_path.glob("multirun/*/*")) / "report.md").read_text()  # written by the sweep's callback
     assert "4 complete run(s), 0 missing or failed" in md and "| tiny_random | 25% 4bit | 81.25% |" in md
 
 

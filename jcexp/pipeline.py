@@ -112,13 +112,14 @@ class Plan:
 def _baseline_key(plan: Plan) -> dict[str, Any]:
     from jcexp.data import fingerprint, prose_split
 
+    versions = library_versions()
     return {
         "model": plan.source.identity(),
         "benchmark": plan.resolved["benchmark"],
         "seed": plan.cfg.seed,
         "device_type": plan.device.split(":")[0],
-        "lm_eval": library_versions()["lm_eval"],
-        "transformers": library_versions()["transformers"],
+        "lm_eval": versions["lm_eval"],
+        "transformers": versions["transformers"],
         "offline_data": fingerprint(prose_split("eval")),
     }
 
@@ -158,6 +159,7 @@ def pruned_model(plan: Plan, model, tokenizer, calibration_fn, records: dict[str
     published by an atomic rename with its key inside; a partial or foreign entry is rebuilt, never used."""
     import tempfile
 
+    from jcexp import measure
     from jcexp.compress import apply_stage
     from jcexp.models import ModelSource, _publish_dir
 
@@ -166,10 +168,10 @@ def pruned_model(plan: Plan, model, tokenizer, calibration_fn, records: dict[str
     marker = read_json(final / "jcexp_prune_key.json")
     if plan.cfg.cache_pruned and marker == key:
         log.info("pruned model: reusing %s", final)
-        with measure_stage(records, "load_pruned"):
+        with measure.stage(records, "load_pruned"):
             model, tokenizer = ModelSource._load_dir(final, plan.source.dtype)
         return model, tokenizer, {"path": str(final), "reused": True}
-    with measure_stage(records, "prune"):
+    with measure.stage(records, "prune"):
         apply_stage(plan.pruner, model, tokenizer, calibration_fn(), plan.cfg.seed)
     if not plan.cfg.cache_pruned:
         return model, tokenizer, {"path": None, "reused": False}
@@ -182,12 +184,6 @@ def pruned_model(plan: Plan, model, tokenizer, calibration_fn, records: dict[str
     atomic_write_json(tmp / "jcexp_prune_key.json", key)
     _publish_dir(tmp, final)
     return model, tokenizer, {"path": str(final), "reused": False}
-
-
-def measure_stage(records: dict[str, Any], name: str):
-    from jcexp import measure
-
-    return measure.stage(records, name)
 
 
 def _task_rows(compressed, dense) -> dict[str, Any]:
@@ -294,7 +290,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             measured["quant"].update(measure.zeros_after_quantization(model, pruned_masks))
         if plan.pruner.nm:
             measured["nm_after_quant"] = measure.nm_structure(model, *plan.pruner.nm)
-    final_sparsity = measure.sparsity(model)["overall"]
+    # The last stage's measurement is the model's final state; only an uncompressed model needs its own pass.
+    last = measured.get("quant") or measured.get("prune") or measure.sparsity(model)
+    final_sparsity = last["overall"]
     measured["sparsity"]["final"] = final_sparsity
     measured["lm_head_unchanged"] = measure.lm_head_digest(model) == lm_head_before
 

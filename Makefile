@@ -23,15 +23,15 @@ demo: $(STAMP)
 	$(PY) launch.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m ruff check jcexp tests launch.py
+	$(PY) -m ruff check jcexp hydra_plugins tests launch.py
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow and not slurm" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff format jcexp tests launch.py
-	$(PY) -m ruff check --fix jcexp tests launch.py
+	$(PY) -m ruff format jcexp hydra_plugins tests launch.py
+	$(PY) -m ruff check --fix jcexp hydra_plugins tests launch.py
 
 
 clean-venv:

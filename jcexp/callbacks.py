@@ -1,22 +1,72 @@
-"""Hydra callbacks: the report is written at the end of every multirun, whatever the launcher."""
+"""Hydra callbacks: a failed job leaves its traceback in its own directory; every multirun ends with the
+report, then fails (exit 1) naming the points that did not finish."""
 
 from __future__ import annotations
 
 import logging
+import time
+import traceback
+from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger("jcexp")
 
+FAILURE_FILE = "failure.json"
+
+
+class SweepFailed(CompactHydraException):
+    """Raised after the report is written: Hydra prints the message alone and exits 1."""
+
+
+class FailureRecorder(Callback):
+    """Runs in the worker. Hydra catches a job's exception into its JobReturn and logs it nowhere."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED:
+            return
+        from hydra.core.hydra_config import HydraConfig
+
+        from jcexp.results import atomic_write_json
+
+        exc = job_return._return_value
+        path = Path(HydraConfig.get().runtime.output_dir) / FAILURE_FILE
+        atomic_write_json(
+            path,
+            {
+                "overrides": list(job_return.overrides or []),
+                "cause": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+        log.error("job failed; traceback in %s", path)
+
 
 class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from jcexp.report import write_report
+        from jcexp.report import collect_failures, write_report
 
+        sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            path = write_report(config.hydra.sweep.dir)
-            log.info("sweep report: %s", path)
-        except Exception as exc:  # noqa: BLE001 - a report failure must not turn a finished sweep into an error
+            report = write_report(sweep_dir)
+            log.info("sweep report: %s", report.markdown)
+            self._track(config, report)
+        except Exception as exc:  # noqa: BLE001 - a report failure must not hide the sweep's own outcome
             log.error("writing the sweep report failed: %s: %s", type(exc).__name__, exc)
+        failures = collect_failures(sweep_dir)
+        if failures:
+            lines = [f"  {f['point']}: {f['cause']} ({f['record']})" for f in failures]
+            raise SweepFailed(f"{len(failures)} point(s) of the sweep failed:\n" + "\n".join(lines))
+
+    @staticmethod
+    def _track(config: DictConfig, report: Any) -> None:
+        from hydra.utils import instantiate
+
+        tracker = instantiate(config.logger)
+        info = tracker.log_sweep(report, name=f"summary_{config.logger.group or 'sweep'}")
+        log.info("sweep summary run: %s", info)

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -198,11 +199,27 @@ def _override_name(default: str = "default") -> str:
         return default
 
 
+def _sweep_group() -> str | None:
+    """The W&B group of a sweep: its directory, date and time and uid (unique per launch). None for one run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = Path(str(hc.sweep.dir))
+    return f"{sweep_dir.parent.name}_{sweep_dir.name}"
+
+
 def register_resolvers() -> None:
     resolvers = {
         "jc.uid": _run_uid,
         "jc.abspath": _abspath,
         "jc.override_name": _override_name,
+        "jc.sweep_group": _sweep_group,
         "jc.mask_sparsity": _mask_sparsity,
         "jc.mask_structure": _mask_structure,
         "jc.nm_block_size": _nm_block_size,

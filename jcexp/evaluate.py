@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -106,6 +107,9 @@ def evaluate(model, tokenizer, bench, seed: int) -> EvalResult:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    # lm-eval bootstraps stderr in a fork()ed multiprocessing Pool; forked from a process that holds torch's
+    # threads, the children deadlocked inside submitit workers. 1000 draws in process take well under a second.
+    os.environ["DISABLE_MULTIPROC"] = "1"
     start = time.perf_counter()
     lm = HFLM(
         pretrained=model,

@@ -24,7 +24,10 @@ from jcexp.results import (
     atomic_write_json,
     complete_result,
     config_hash,
+    file_lock,
+    index_path,
     read_json,
+    reuse_result,
 )
 
 log = logging.getLogger("jcexp")
@@ -61,11 +64,13 @@ def run_dir(cfg: DictConfig, chash: str) -> Path:
 
 
 def _check_writable(path: Path) -> None:
+    import tempfile
+
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".jcexp-write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # A unique probe: concurrent jobs share the cache dir, and one fixed name raced (one unlinked the other's).
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".jcexp-write-test-"):
+            pass
     except OSError as exc:
         raise ConfigError(f"output directory {path} is not writable: {exc}") from exc
 
@@ -128,11 +133,17 @@ def dense_baseline(plan: Plan, model, tokenizer, records: dict[str, Any]):
     """Evaluate the dense model once per (model, benchmark settings, seed, data, versions) and cache it.
     The full key is stored beside the scores and compared on load, so a change of settings never reuses an
     old baseline."""
-    from jcexp import measure
-    from jcexp.evaluate import EvalResult, evaluate
 
     key = _baseline_key(plan)
     path = Path(plan.cfg.paths.cache_dir) / "baselines" / f"{config_hash(key)}.json"
+    with file_lock(path.with_suffix(".lock")):
+        return _dense_baseline(plan, key, path, model, tokenizer, records)
+
+
+def _dense_baseline(plan: Plan, key, path: Path, model, tokenizer, records: dict[str, Any]):
+    from jcexp import measure
+    from jcexp.evaluate import EvalResult, evaluate
+
     cached = read_json(path)
     if cached and cached.get("key") == key:
         log.info("dense baseline: reusing %s", path)
@@ -157,14 +168,20 @@ def pruned_model(plan: Plan, model, tokenizer, calibration_fn, records: dict[str
     """Prune once per (model, pruner settings, calibration, seed, llm-compressor version) and keep the pruned
     checkpoint, so a grid of S sparsities x Q bit widths runs SparseGPT S times, not S x Q. The entry is
     published by an atomic rename with its key inside; a partial or foreign entry is rebuilt, never used."""
+
+    key = _prune_key(plan)
+    final = Path(plan.cfg.paths.cache_dir) / "pruned" / config_hash(key)
+    with file_lock(final.with_suffix(".lock")):
+        return _pruned_model(plan, key, final, model, tokenizer, calibration_fn, records)
+
+
+def _pruned_model(plan: Plan, key, final: Path, model, tokenizer, calibration_fn, records: dict[str, Any]):
     import tempfile
 
     from jcexp import measure
     from jcexp.compress import apply_stage
     from jcexp.models import ModelSource, _publish_dir
 
-    key = _prune_key(plan)
-    final = Path(plan.cfg.paths.cache_dir) / "pruned" / config_hash(key)
     marker = read_json(final / "jcexp_prune_key.json")
     if plan.cfg.cache_pruned and marker == key:
         log.info("pruned model: reusing %s", final)
@@ -253,6 +270,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if done:
         log.info("result for config %s already complete in %s: nothing to do", plan.hash, out)
         return done
+    stored = complete_result(index_path(cfg.paths.cache_dir, plan.hash), plan.hash)
+    if stored:
+        log.info("result for config %s was computed in %s: reusing it", plan.hash, stored["run_dir"])
+        return reuse_result(stored, out)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -356,6 +377,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("wrote %s", out / RESULT_FILE)
     result["tracking"] = plan.tracker.log_run(result, cfg.run_name, plan.resolved)
     atomic_write_json(out / RESULT_FILE, result)
+    atomic_write_json(index_path(cfg.paths.cache_dir, plan.hash), result)
     _summary(result)
     return result
 

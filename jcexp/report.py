@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jcexp import metrics
-from jcexp.results import RESULT_FILE
+from jcexp.results import RESULT_FILE, read_json
+
+FAILURE_FILE = "failure.json"
 
 
 def collect(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
@@ -31,10 +34,60 @@ def collect(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             results.append(data)
         else:
             missing.append(str(path.parent))
-    for hydra_dir in sorted(Path(root).rglob(".hydra")):
-        if not (hydra_dir.parent / RESULT_FILE).exists():
-            missing.append(str(hydra_dir.parent))
+    has_result = {str(p.parent) for p in Path(root).rglob(RESULT_FILE)}
+    for marker in (".hydra", FAILURE_FILE):
+        for found in sorted(Path(root).rglob(marker)):
+            run = str(found.parent)
+            if run not in has_result and run not in missing:
+                missing.append(run)
     return results, missing
+
+
+def collect_failures(root: str | Path) -> list[dict[str, Any]]:
+    """Points that left a failure.json (the worker's traceback or the launcher's exit cause) and no result."""
+    failures = []
+    for record in sorted(Path(root).rglob(FAILURE_FILE)):
+        if (record.parent / RESULT_FILE).exists():
+            continue
+        data = read_json(record) or {}
+        failures.append(
+            {
+                "point": ",".join(data.get("overrides") or []) or record.parent.name,
+                "cause": data.get("cause", "unknown"),
+                "record": str(record),
+            }
+        )
+    return failures
+
+
+def stage_counts(results: list[dict[str, Any]]) -> dict[str, int]:
+    """How much work this sweep did versus reused: the prune-once and resume guarantees, counted."""
+    counts = dict.fromkeys(
+        (
+            "results_reused",
+            "baseline_evaluated",
+            "baseline_reused",
+            "prune_ran",
+            "prune_reused",
+            "quantize_ran",
+            "eval_ran",
+        ),
+        0,
+    )
+    for r in results:
+        if r.get("resumed_from"):
+            counts["results_reused"] += 1
+            continue
+        stages = r.get("stages", {})
+        counts["baseline_reused" if (r.get("baseline") or {}).get("reused") else "baseline_evaluated"] += 1
+        cache = r.get("prune_cache")
+        if cache and cache.get("reused"):
+            counts["prune_reused"] += 1
+        elif "prune" in stages:
+            counts["prune_ran"] += 1
+        counts["quantize_ran"] += "quantize" in stages
+        counts["eval_ran"] += "eval" in stages
+    return counts
 
 
 def point(result: dict[str, Any]) -> tuple[float, str | None, int]:
@@ -115,19 +168,43 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
     return lines or ["- no TCr has both a joint and a quantization-only point in this sweep"]
 
 
-def write_report(root: str | Path) -> Path:
+@dataclass
+class Report:
+    """What write_report produced: the files, and the tables the W&B summary run carries."""
+
+    markdown: Path
+    csv: Path
+    plots: list[Path]
+    rows: list[dict[str, Any]]
+    tcr_table: list[str]
+    verdict: list[str]
+    counts: dict[str, int]
+    failures: list[dict[str, Any]]
+    missing: list[str]
+
+
+def write_report(root: str | Path) -> Report:
+    from jcexp.plots import write_plots
+
     root = Path(root)
     results, missing = collect(root)
+    failures = collect_failures(root)
+    failed_dirs = {str(Path(f["record"]).parent) for f in failures}
+    missing = [m for m in missing if m not in failed_dirs]
     rows = score_rows(results)
     tasks = sorted({t for r in results for t in r["tasks"]})
     ppl = sorted({t for r in results for t in r.get("perplexity", {})})
+    counts = stage_counts(results)
+    table_i = tcr_table(results)
+    verdict_lines = verdict(results)
+    plots = write_plots(results, root / "plots") if results else []
     md = [
         f"# jcexp report: {root}",
         "",
-        f"{len(results)} complete run(s), {len(missing)} missing or failed.",
+        f"{len(results)} complete run(s), {len(failures)} failed, {len(missing)} missing.",
         "",
     ]
-    md += ["## Theoretical compression rate (Table I)", "", *tcr_table(results), ""]
+    md += ["## Theoretical compression rate (Table I)", "", *table_i, ""]
     md += ["## Scores (x100, ± stderr), retention and SrCr", ""]
     head = ["model", "config", "TCr", *tasks, *ppl, "Sr", "Sr1", "SrCr", "measured sparsity"]
     md += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -142,9 +219,28 @@ def write_report(root: str | Path) -> Path:
             _fmt(row["sparsity_measured"], 100, 2) + "%",
         ]
         md.append("| " + " | ".join(cells) + " |")
-    md += ["", "## Verdict: joint vs quantization-only at equal TCr", "", *verdict(results), ""]
+    md += ["", "## Verdict: joint vs quantization-only at equal TCr", "", *verdict_lines, ""]
+    md += [
+        "## Work done vs reused",
+        "",
+        f"- results reused from earlier launches (same config hash): {counts['results_reused']}",
+        f"- dense baseline: evaluated {counts['baseline_evaluated']}, reused {counts['baseline_reused']}",
+        f"- prune (SparseGPT/Wanda): ran {counts['prune_ran']}, reused from cache {counts['prune_reused']}",
+        f"- quantize: ran {counts['quantize_ran']}",
+        f"- compressed-model evaluations: ran {counts['eval_ran']}",
+        "",
+    ]
+    if plots:
+        md += ["## Plots", "", *(f"![{p.stem}]({p.relative_to(root)})" for p in plots), ""]
+    if failures:
+        md += [
+            "## Failed points",
+            "",
+            *(f"- {f['point']}: {f['cause']} ({f['record']})" for f in failures),
+            "",
+        ]
     if missing:
-        md += ["## Missing or failed points", "", *(f"- {m}" for m in missing), ""]
+        md += ["## Missing points (no result, no failure record)", "", *(f"- {m}" for m in missing), ""]
     (root / "report.md").write_text("\n".join(md))
     with open(root / "report.csv", "w", newline="") as fh:
         fields = sorted(
@@ -153,14 +249,24 @@ def write_report(root: str | Path) -> Path:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    return root / "report.md"
+    return Report(
+        markdown=root / "report.md",
+        csv=root / "report.csv",
+        plots=plots,
+        rows=rows,
+        tcr_table=table_i,
+        verdict=verdict_lines,
+        counts=counts,
+        failures=failures,
+        missing=missing,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir")
     args = parser.parse_args(argv)
-    print(write_report(args.sweep_dir))
+    print(write_report(args.sweep_dir).markdown)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +57,51 @@ def complete_result(path: str | Path, expected_hash: str) -> dict[str, Any] | No
     if data and data.get("status") == "complete" and data.get("config_hash") == expected_hash:
         return data
     return None
+
+
+# A stable index of finished results, keyed by config hash only. Hydra gives every launch a new run or sweep
+# directory, so "same directory" cannot be how a rerun recognises finished work.
+def index_path(cache_dir: str | Path, chash: str) -> Path:
+    return Path(cache_dir) / "results" / f"{chash}.json"
+
+
+def task_config_hash(cfg: Any) -> str:
+    """The hash of a composed task config (a DictConfig, with or without its ``hydra`` node)."""
+    from omegaconf import OmegaConf
+
+    if "hydra" in cfg:  # the driver holds the full config; the worker's task config has no hydra node
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    return config_hash(resolved)
+
+
+def stored_result(cfg: Any) -> dict[str, Any] | None:
+    """The complete result of this config if any earlier launch finished it, else None."""
+    chash = task_config_hash(cfg)
+    return complete_result(index_path(cfg.paths.cache_dir, chash), chash)
+
+
+def reuse_result(stored: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """Copy a finished result into a new run directory, saying where it was computed."""
+    result = dict(stored)
+    result["resumed_from"] = stored.get("resumed_from") or stored.get("run_dir")
+    result["run_dir"] = str(run_dir)
+    atomic_write_json(Path(run_dir) / RESULT_FILE, result)
+    return result
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive flock: concurrent sweep jobs wait for one another instead of computing the same cache
+    entry twice. The kernel drops it when the holder dies, so a killed job never leaves it stuck."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

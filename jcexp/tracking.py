@@ -37,6 +37,9 @@ class NullTracker:
     def log_run(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
         return {"backend": self.name, "status": "disabled"}
 
+    def log_sweep(self, report: Any, name: str) -> dict[str, Any]:
+        return {"backend": self.name, "status": "disabled"}
+
 
 class WandbTracker:
     def __init__(
@@ -59,24 +62,60 @@ class WandbTracker:
             log.error("W&B logging failed (result.json is intact): %s: %s", type(exc).__name__, exc)
             return {"backend": self.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
-    def _log(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
+    def log_sweep(self, report: Any, name: str) -> dict[str, Any]:
+        """One summary run per sweep, in the sweep's group: the report's tables and plots."""
+        try:
+            return self._log_sweep(report, name)
+        except Exception as exc:  # noqa: BLE001 - the report files are written already; W&B is a copy
+            log.error("W&B sweep summary failed (report.md is intact): %s: %s", type(exc).__name__, exc)
+            return {"backend": self.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+    def _init(self, **kwargs: Any) -> Any:
         import wandb
 
         Path(self.dir).mkdir(parents=True, exist_ok=True)
         # Even offline, wandb writes under ~/.cache and ~/.local/share: keep it all under our output root.
         for var, sub in (("WANDB_CACHE_DIR", ".wandb-cache"), ("WANDB_DATA_DIR", ".wandb-data")):
             os.environ.setdefault(var, str(Path(self.dir) / sub))
-        run = wandb.init(
+        return wandb.init(
             project=self.project,
             entity=self.entity,
             mode=self.mode,
             group=self.group,
             tags=self.tags,
             dir=self.dir,
-            name=run_name,
-            config={**flat_config(result), "full": config},
             reinit="finish_previous",
+            **kwargs,
         )
+
+    def _log_sweep(self, report: Any, name: str) -> dict[str, Any]:
+        import wandb
+
+        run = self._init(name=name, job_type="sweep-summary", config={"sweep_counts": report.counts})
+        columns = sorted(
+            {k for row in report.rows for k in row}, key=lambda k: (k not in ("model", "config"), k)
+        )
+        payload: dict[str, Any] = {
+            "scores": wandb.Table(
+                columns=columns, data=[[row.get(c) for c in columns] for row in report.rows]
+            ),
+            "verdict": wandb.Table(columns=["verdict"], data=[[line] for line in report.verdict]),
+            "failed_points": wandb.Table(
+                columns=["point", "cause", "record"],
+                data=[[f["point"], f["cause"], f["record"]] for f in report.failures],
+            ),
+        }
+        payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in report.plots})
+        run.log(payload)
+        run.summary.update({f"count/{k}": v for k, v in report.counts.items()})
+        info = {"backend": self.name, "status": "logged", "mode": self.mode, "run_id": run.id, "dir": run.dir}
+        run.finish()
+        return info
+
+    def _log(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
+        import wandb
+
+        run = self._init(name=run_name, config={**flat_config(result), "full": config})
         summary = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float) or v is None}
         summary.update(
             {f"sparsity/{k}": v for k, v in result["measured"]["sparsity"].items() if v is not None}

@@ -1,0 +1,159 @@
+"""The paper's figures from a sweep's results (PNG, matplotlib Agg: no display, no torch, no W&B).
+
+- Figs. 1/7: R_t per task and Sr, pruning only (unstructured and N:M side by side);
+- Fig. 2: the same for quantization only;
+- Figs. 5/8: joint compression next to quantization only at equal TCr;
+- Figs. 3/6: SrCr against TCr, with each joint point's SrCr_j beside its estimate SrCr_p·SrCr_q.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from jcexp import metrics  # noqa: E402
+
+Result = dict[str, Any]
+
+
+def _point(r: Result) -> tuple[float, str | None, int]:
+    p, q = r["compression"]["pruner"], r["compression"]["quant"]
+    return float(p.get("sparsity") or 0.0), p.get("mask"), int(q.get("bits") or 16)
+
+
+def _label(r: Result) -> str:
+    s, mask, bits = _point(r)
+    parts = [mask or (f"{s:g}%" if s else ""), f"{bits}bit" if bits < 16 else ""]
+    return " ".join(x for x in parts if x) or "dense"
+
+
+def is_pruning_only(r: Result) -> bool:
+    s, _, b = _point(r)
+    return s > 0 and b == 16
+
+
+def is_quant_only(r: Result) -> bool:
+    s, _, b = _point(r)
+    return s == 0 and b < 16
+
+
+def is_joint(r: Result) -> bool:
+    s, _, b = _point(r)
+    return s > 0 and b < 16
+
+
+def _retention_bars(runs: list[Result], title: str, path: Path) -> Path | None:
+    if not runs:
+        return None
+    tasks = sorted({t for r in runs for t in r["tasks"]})
+    series = [*tasks, "Sr"]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(runs) + 2), 3.6))
+    for k, name in enumerate(series):
+        values = [
+            (r["metrics"]["sr"] if name == "Sr" else (r["tasks"].get(name) or {}).get("retention")) or 0.0
+            for r in runs
+        ]
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(runs))]
+        ax.bar(xs, values, width, label=name, hatch="//" if name == "Sr" else None)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(runs)), [f"{_label(r)}\nTCr {100 * r['metrics']['tcr']:.4g}%" for r in runs])
+    ax.set_ylabel("retention")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncols=min(4, len(series)))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _srcr_plot(runs: list[Result], title: str, path: Path) -> Path | None:
+    kinds: list[tuple[str, Callable[[Result], bool], str]] = [
+        ("pruning only (SrCr_p)", is_pruning_only, "o"),
+        ("quantization only (SrCr_q)", is_quant_only, "s"),
+        ("joint (SrCr_j)", is_joint, "^"),
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for name, keep, marker in kinds:
+        pts = sorted(
+            (r["metrics"]["tcr"], r["metrics"]["srcr"]) for r in runs if keep(r) and r["metrics"]["srcr"]
+        )
+        if pts:
+            ax.plot([100 * t for t, _ in pts], [v for _, v in pts], marker=marker, label=name)
+            drawn = True
+    est = []
+    for j in filter(is_joint, runs):
+        s, mask, b = _point(j)
+        p = next((r for r in runs if is_pruning_only(r) and _point(r)[:2] == (s, mask)), None)
+        q = next((r for r in runs if is_quant_only(r) and _point(r)[2] == b), None)
+        if p and q and p["metrics"]["sr"] is not None and q["metrics"]["sr"] is not None:
+            est.append(
+                (j["metrics"]["tcr"], metrics.srcr_estimate(p["metrics"]["sr"], q["metrics"]["sr"], s, b))
+            )
+    if est:
+        ax.scatter(
+            [100 * t for t, _ in est], [v for _, v in est], marker="x", color="k", label="SrCr_p·SrCr_q"
+        )
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("TCr (%)")
+    ax.set_ylabel("SrCr")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_plots(results: list[Result], out_dir: str | Path) -> list[Path]:
+    """One set of figures per model; returns the files written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = sorted({r["model"]["name"] for r in results})
+    written: list[Path] = []
+    for model in models:
+        runs = [r for r in results if r["model"]["name"] == model]
+        by_tcr = sorted(runs, key=lambda r: (r["metrics"]["tcr"], _label(r)))
+        suffix = f"_{model}" if len(models) > 1 else ""
+        joint_tcrs = {round(r["metrics"]["tcr"], 6) for r in runs if is_joint(r)}
+        compare = [
+            r
+            for r in by_tcr
+            if is_joint(r) or (is_quant_only(r) and round(r["metrics"]["tcr"], 6) in joint_tcrs)
+        ]
+        figures = [
+            (
+                _retention_bars,
+                [r for r in by_tcr if is_pruning_only(r)],
+                "pruning only (Figs. 1, 7)",
+                "fig1_pruning_only",
+            ),
+            (
+                _retention_bars,
+                [r for r in by_tcr if is_quant_only(r)],
+                "quantization only (Fig. 2)",
+                "fig2_quant_only",
+            ),
+            (
+                _retention_bars,
+                compare,
+                "joint vs quantization only at equal TCr (Figs. 5, 8)",
+                "fig5_joint_vs_quant",
+            ),
+            (_srcr_plot, runs, "SrCr vs compression (Figs. 3, 6)", "fig3_srcr"),
+        ]
+        for draw, subset, title, name in figures:
+            path = draw(subset, f"{model}: {title}", out_dir / f"{name}{suffix}.png")
+            if path is not None:
+                written.append(path)
+    return written

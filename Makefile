@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: demo test test-fast lint clean-venv
+.PHONY: demo test test-fast lint clean-venv slurm-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +22,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) launch.py $(ARGS)
 
-test: $(STAMP)
+# The SLURM test starts a single-node cluster on localhost; it needs Debian's daemons, installed as root.
+# Best effort: without root or apt, tests/test_slurm.py skips its real-cluster test and says why.
+slurm-deps:
+	@if ! command -v sbatch >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null 2>&1) \
+		|| echo "slurm-deps: could not install SLURM; its real-cluster test will skip"; fi
+
+test: $(STAMP) slurm-deps
 	$(PY) -m ruff check jcexp hydra_plugins tests launch.py
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 

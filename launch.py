@@ -8,6 +8,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import jcexp.config  # noqa: E402,F401  (registers the schema and resolvers before composition)
@@ -22,6 +24,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = run(cfg)
     except (ConfigError, ModelSourceError) as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a sweep job: the FailureRecorder callback keeps the message with this point
         print(f"jcexp: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     return result["metrics"]["sr"]

@@ -1,26 +1,22 @@
 """Hydra callbacks: a failed job leaves its traceback in its own directory; every multirun ends with the
-report, then fails (exit 1) naming the points that did not finish."""
+report, then exits 1 naming the points that did not finish."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 log = logging.getLogger("jcexp")
 
 FAILURE_FILE = "failure.json"
-
-
-class SweepFailed(CompactHydraException):
-    """Raised after the report is written: Hydra prints the message alone and exits 1."""
 
 
 class FailureRecorder(Callback):
@@ -60,8 +56,12 @@ class ReportCallback(Callback):
             log.error("writing the sweep report failed: %s: %s", type(exc).__name__, exc)
         failures = collect_failures(sweep_dir)
         if failures:
-            lines = [f"  {f['point']}: {f['cause']} ({f['record']})" for f in failures]
-            raise SweepFailed(f"{len(failures)} point(s) of the sweep failed:\n" + "\n".join(lines))
+            lines = [f"  {f['point']}: {f['cause'].splitlines()[0]} ({f['record']})" for f in failures]
+            print(
+                f"jcexp: {len(failures)} point(s) of the sweep failed:\n" + "\n".join(lines), file=sys.stderr
+            )
+            # Hydra turns a callback's exception into a warning (exit 0); SystemExit is the one way out.
+            raise SystemExit(1)
 
     @staticmethod
     def _track(config: DictConfig, report: Any) -> None:

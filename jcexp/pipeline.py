@@ -7,6 +7,7 @@ never recomputed: a rerun with the same effective config (by hash) returns the s
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
 from importlib.metadata import PackageNotFoundError, version
@@ -352,6 +353,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "config": plan.resolved,
         "seed": cfg.seed,
         "device": plan.device,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "model": {"name": cfg.model.name, **plan.source.identity(), "linear_layers": len(plan.layer_widths)},
         "calibration": plan.calibration.describe(),
         "benchmark": {

@@ -108,7 +108,14 @@ class WandbTracker:
         payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in report.plots})
         run.log(payload)
         run.summary.update({f"count/{k}": v for k, v in report.counts.items()})
-        info = {"backend": self.name, "status": "logged", "mode": self.mode, "run_id": run.id, "dir": run.dir}
+        info = {
+            "backend": self.name,
+            "status": "logged",
+            "mode": self.mode,
+            "run_id": run.id,
+            "dir": run.dir,
+            "group": self.group,
+        }
         run.finish()
         return info
 
@@ -129,6 +136,13 @@ class WandbTracker:
             columns=["task", "metric", "score", "stderr", "chance", "dense", "retention"], data=rows
         )
         run.log({"tasks": table})
-        info = {"backend": self.name, "status": "logged", "mode": self.mode, "run_id": run.id, "dir": run.dir}
+        info = {
+            "backend": self.name,
+            "status": "logged",
+            "mode": self.mode,
+            "run_id": run.id,
+            "dir": run.dir,
+            "group": self.group,
+        }
         run.finish()
         return info

@@ -1,6 +1,8 @@
 """Shared test setup: no hub, W&B offline, every output in a temp dir, configs composed from conf/."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,19 @@ def compose(tmp_path, shared_cache, monkeypatch):
 
 
 TINY = ("model=tiny_random", "benchmark=tiny", "calibration.num_samples=16", "calibration.seq_len=64")
+
+
+def launch(
+    *args: str, outputs: Path, timeout: int = 900, cwd: Path = ROOT, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python launch.py ...` as the user runs it, in a real process, writing under ``outputs``."""
+    full_env = {**os.environ, "JCEXP_OUTPUTS": str(outputs), "WANDB_MODE": "offline", **(env or {})}
+    full_env.pop("JCEXP_UID", None)  # each launch draws its own sweep id, as from a fresh shell
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -3,8 +3,6 @@ real lm-eval, in seconds. Nothing of ours is mocked; the hub and a W&B server ar
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,20 +10,7 @@ import pytest
 from jcexp.pipeline import run
 from jcexp.results import RESULT_FILE
 
-from .conftest import ROOT, TINY
-
-
-def launch(*args: str, outputs: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python launch.py ...` as the user runs it, in a real process, writing under ``outputs``."""
-    env = {**os.environ, "JCEXP_OUTPUTS": str(outputs), "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "launch.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from .conftest import ROOT, TINY, launch
 
 
 @pytest.fixture(scope="module")
@@ -168,34 +153,6 @@ def test_launch_py_bad_input_exits_2_with_the_message(tmp_path):
     proc = launch(*TINY, "quant.bits=5", outputs=tmp_path, timeout=300)
     assert proc.returncode == 2
     assert "quant.bits=5 is not supported" in proc.stderr
-
-
-def test_multirun_grid_writes_one_result_per_point_under_outputs(tmp_path, shared_cache):
-    proc = launch(
-        "-m",
-        *TINY,
-        f"paths.cache_dir={tmp_path / 'cache'}",
-        "logger=none",
-        "save_model=false",
-        "pruner.sparsity=0,25",
-        "quant.bits=4,16",
-        outputs=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(p.read_text()) for p in tmp_path.glob("multirun/*/*/*/result.json")]
-    assert sorted((r["config"]["pruner"]["sparsity"], r["config"]["quant"]["bits"]) for r in results) == [
-        (0.0, 4),
-        (0.0, 16),
-        (25.0, 4),
-        (25.0, 16),
-    ]
-    assert len({r["baseline"]["path"] for r in results}) == 1  # one dense baseline serves the grid
-    assert (
-        sum(r["prune_cache"] is not None and r["prune_cache"]["reused"] for r in results) == 1
-    )  # 25%: pruned once
-
-    md = (next(tmp_path.glob("multirun/*/*")) / "report.md").read_text()  # written by the sweep's callback
-    assert "4 complete run(s), 0 missing or failed" in md and "| tiny_random | 25% 4bit | 81.25% |" in md
 
 
 def test_prune_once_quantize_many(compose, tmp_path):

@@ -46,7 +46,7 @@ def test_report_tables_and_verdict(tmp_path):
 
     main([str(tmp_path)])
     md = (tmp_path / "report.md").read_text()
-    assert "4 complete run(s), 1 missing or failed" in md
+    assert "4 complete run(s), 0 failed, 1 missing." in md
     assert "| 4 bit | 75% | 81.25% |" in md and "| 3 bit | 81.25% | 85.94% |" in md  # Table I cells
     assert (
         "| llama3_1_8b | 25% 4bit | 81.25% | 53.4 ± 0.4 | 10.5 ± 0.4 | 30.5 ± 0.4 | 0.818 | n/a | 0.205 | 25.00% |"

@@ -28,6 +28,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.errors import CompactHydraException
 from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -175,7 +176,23 @@ class _JcexpLaunch:
             with _as_current(config):
                 job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
             points.append(_Point(idx, list(overrides), config, job_dir))
+        self._check(points)
         return points
+
+    @staticmethod
+    def _check(points: list[_Point]) -> None:
+        """Value checks for every point before any job is submitted: one bad point fails the sweep up front."""
+        from jcexp.config import ConfigError, check_values
+
+        errors = []
+        for point in points:
+            with _as_current(point.config):
+                try:
+                    check_values(point.config)
+                except ConfigError as exc:
+                    errors.append(f"#{point.idx} {' '.join(filter_overrides(point.overrides))}: {exc}")
+        if errors:
+            raise CompactHydraException("jcexp: sweep not started, bad point(s):\n" + "\n".join(errors))
 
     def _reused(self, point: _Point) -> JobReturn | None:
         from jcexp.results import reuse_result, stored_result
@@ -235,7 +252,7 @@ class _JcexpLaunch:
         if ret.status == JobStatus.FAILED:
             exc = ret._return_value
             cause = f"{type(exc).__name__}: {exc}"
-            record = Path(ret.working_dir or point.job_dir) / FAILURE_FILE
+            record = point.job_dir / FAILURE_FILE  # not ret.working_dir: that is the launch dir
             if not record.exists():  # the worker's FailureRecorder callback normally wrote it
                 tb = "".join(traceback.format_exception(exc)) if isinstance(exc, BaseException) else cause
                 record = write_failure(point.job_dir, point.overrides, cause, traceback=tb)
@@ -306,7 +323,8 @@ class JcexpLocalLauncher(_JcexpLaunch, LocalLauncher):
                 point = queue.popleft()
                 gpu = slots[slot]
                 if gpu is not None:
-                    executor.update_parameters(gpus_per_node=1, local_visible_gpus=[gpu])
+                    # LocalExecutor takes visible_gpus; AutoExecutor does not pass it through, so set it underneath.
+                    executor._executor.update_parameters(gpus_per_node=1, visible_gpus=[gpu])
                 running[slot] = (point, executor.submit(self, *self._job_args(point)))
             time.sleep(poll)
             for slot, (point, job) in list(running.items()):

@@ -214,12 +214,20 @@ def _sweep_group() -> str | None:
     return f"{sweep_dir.parent.name}_{sweep_dir.name}"
 
 
+def _gptq_modifier(preserve_sparsity: bool) -> str:
+    """Case A is llm-compressor's GPTQModifier; Case B is jcexp's sparsity-preserving extension of it."""
+    if preserve_sparsity:
+        return "jcexp.compress.case_b.SparsityPreservingGPTQModifier"
+    return "llmcompressor.modifiers.quantization.GPTQModifier"
+
+
 def register_resolvers() -> None:
     resolvers = {
         "jc.uid": _run_uid,
         "jc.abspath": _abspath,
         "jc.override_name": _override_name,
         "jc.sweep_group": _sweep_group,
+        "jc.gptq_modifier": _gptq_modifier,
         "jc.mask_sparsity": _mask_sparsity,
         "jc.mask_structure": _mask_structure,
         "jc.nm_block_size": _nm_block_size,

@@ -247,6 +247,14 @@ def compute_metrics(plan: Plan, compressed, dense, measured_sparsity: float) -> 
         "sr_undefined_because": note,
         "tcr": metrics.tcr(sparsity, bits),
         "tcr_measured_sparsity": metrics.tcr(min(99.999, 100 * measured_sparsity), bits),
+        # What the paper cites for storing the sparsity pattern (IV-B.4); compare saved_model.bits_per_weight.
+        "mask_overhead_bits_per_weight": (
+            metrics.mask_overhead_bits(*plan.pruner.nm)
+            if plan.pruner.nm
+            else metrics.mask_overhead_bits()
+            if plan.pruner.active
+            else 0.0
+        ),
         "sr": sr,
         "sr1": sr1,
         "srcr": metrics.srcr(sr, sparsity, bits) if sr is not None else None,
@@ -338,6 +346,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "path": str(path),
                 "bytes": measure.dir_bytes(path),
                 "format": "compressed-tensors" if plan.quant.active else "dense",
+                **measure.stored_bits(
+                    path, {n: m.weight.numel() for n, m in measure.compressible_linears(model).items()}
+                ),
             }
         except Exception as exc:  # noqa: BLE001 - a failed save must not lose the scores already computed
             log.error("saving the compressed model failed: %s", exc)

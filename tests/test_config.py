@@ -152,9 +152,12 @@ def test_hub_models_are_correct_up_to_the_download(compose, model):
         Plan(cfg)
 
 
-def test_case_b_is_refused_until_built(compose):
+def test_case_b_selects_the_preserving_gptq_and_is_refused_for_rtn(compose):
+    plan = Plan(compose(*TINY, "quant.preserve_sparsity=true"))
+    assert type(plan.quant.modifier).__name__ == "SparsityPreservingGPTQModifier"
+    assert type(Plan(compose(*TINY)).quant.modifier).__name__ == "GPTQModifier"
     with pytest.raises(ConfigError, match="Case B"):
-        Plan(compose(*TINY, "quant.preserve_sparsity=true"))
+        Plan(compose(*TINY, "quant=rtn", "quant.preserve_sparsity=true"))
 
 
 def test_unwritable_output_dir_fails_before_compute(compose, tmp_path):

@@ -60,6 +60,17 @@ def test_sparsity_is_measured_after_each_stage(joint):
     assert 0 <= q["kept_rounded_to_zero"] < 0.2
 
 
+def test_physical_bits_per_weight_beside_tcr(joint):
+    """4-bit values plus one fp32 scale per group of 32 (the tiny model is fp32): 4 + 32/32 = 5 bits per weight,
+    read from the saved compressed-tensors checkpoint, next to TCr's ideal of 4 bits (75% at 0% sparsity)."""
+    _, result = joint
+    saved = result["saved_model"]
+    assert saved["format"] == "compressed-tensors"
+    assert saved["bits_per_weight"] == pytest.approx(5.0, abs=0.01)  # plus each layer's 2-int64 shape
+    assert saved["physical_compression_rate"] == pytest.approx(1 - saved["bits_per_weight"] / 16)
+    assert result["metrics"]["mask_overhead_bits_per_weight"] == 1.0  # unstructured: a full bitmap
+
+
 def test_lm_head_and_tied_embeddings_stay_untouched(joint):
     _, result = joint
     assert result["measured"]["lm_head_unchanged"] is True

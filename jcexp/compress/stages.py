@@ -87,6 +87,10 @@ class Pruner(Stage):
         }
 
 
+# Modifiers that leave pruned weights exactly zero.
+PRESERVING = ("SparsityPreservingGPTQModifier",)
+
+
 class Quantizer(Stage):
     kind = "quant"
 
@@ -113,10 +117,10 @@ class Quantizer(Stage):
         if not self.active:
             return []
         errors = group_size_errors(self.group_size, layer_widths)
-        if self.preserve_sparsity and type(self.modifier).__name__ == "GPTQModifier":
+        if self.preserve_sparsity and type(self.modifier).__name__ not in PRESERVING:
             errors.append(
-                "quant.preserve_sparsity=true (the paper's Case B) is not available with the stock GPTQModifier: "
-                "llm-compressor >= 0.13 removed its sparsity-preserving path"
+                f"quant.preserve_sparsity=true (the paper's Case B) is not available with "
+                f"{type(self.modifier).__name__}: only GPTQ has a Case B here (quant=gptq)"
             )
         return errors
 

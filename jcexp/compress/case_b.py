@@ -1,0 +1,105 @@
+"""Case B GPTQ: quantize only the weights pruning kept, and let the error compensation land only on them.
+
+The paper (III-B) contrasts Case A, quantizing every weight after pruning, with Case B, quantizing the
+kept ones. llm-compressor 0.14's GPTQ is Case A: its column updates write into pruned positions, so pruned
+zeros come back. Its sparsity-preserving path was removed in 0.13, and 0.14 has no hook inside the column
+sweep. So this module supplies the one piece that must differ, the sweep, built from llm-compressor's
+own helpers (activation ordering, Hessian factorization, per-column qparams, fake_quantize). It swaps that
+sweep in for the duration of ``compress_module_list``. Everything else stays the stock GPTQModifier:
+calibration, Hessian accumulation, observers, batching, and how qparams are written back.
+
+The mask is read from the incoming weights (exact zeros = pruned). A pruned weight is never quantized
+(0 is exact for integer grids) and never receives compensation. The update uses the dense Hessian inverse,
+restricted by masking: the practical Case B of SparseGPT's joint mode and the old llm-compressor path, not
+a per-row re-solve.
+"""
+
+from __future__ import annotations
+
+from copy import copy
+from unittest import mock
+
+import torch
+from compressed_tensors.quantization import QuantizationStrategy, fake_quantize
+from llmcompressor.modifiers.gptq import base as gptq_base
+from llmcompressor.modifiers.gptq.helpers import (
+    GPTQ_PRECISION,
+    apply_activation_ordering,
+    column_scale_window,
+    factorize_hessian,
+)
+from llmcompressor.modifiers.quantization import GPTQModifier
+
+
+def quantize_kept_weights(
+    weights: torch.Tensor,
+    hessians: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    global_scale: torch.Tensor | None,
+    quant_args,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop-in for llm-compressor's ``quantize_weight`` (same arguments and returns, [batch, rows, cols])."""
+    batch, rows, cols = weights.shape
+    out_dtype, device = weights.dtype, weights.device
+    W = weights.to(device=device, dtype=GPTQ_PRECISION)
+    H = hessians.to(device=device, dtype=GPTQ_PRECISION)
+    scale, zero_point = scale.to(device), zero_point.to(device)
+    global_scale = None if global_scale is None else global_scale.to(device)
+    W, H, perm = apply_activation_ordering(W, H, quant_args.actorder)
+    keep = (W != 0).to(W.dtype)  # after any column permutation, so it lines up with W
+
+    g_idx = None
+    if quant_args.strategy in (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP):
+        g_idx = torch.arange(cols, device=device, dtype=torch.int) // quant_args.group_size
+        if perm is not None and quant_args.actorder == "weight":
+            g_idx = torch.gather(g_idx.unsqueeze(0).expand(batch, -1), 1, perm)
+    elif quant_args.strategy == QuantizationStrategy.BLOCK:
+        raise NotImplementedError("Case B GPTQ supports tensor, channel and group strategies")
+
+    losses = torch.zeros(batch, rows, device=device)
+    fallback = torch.zeros(batch, dtype=torch.bool, device=device)
+    Hinv = factorize_hessian(W, H, percdamp, fallback)
+    per_column = copy(quant_args)
+    per_column.strategy = QuantizationStrategy.CHANNEL  # column_scale_window expands qparams per column
+
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, keep1, Hinv1 = W[:, :, i1:i2].clone(), keep[:, :, i1:i2], Hinv[:, i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        eff, zp = column_scale_window(
+            scale, zero_point, global_scale, g_idx, quant_args, num_rows=rows, i1=i1, i2=i2
+        )
+        for i in range(i2 - i1):
+            w = W1[:, :, i]
+            q = fake_quantize(
+                w.transpose(0, 1),
+                eff[:, :, i].transpose(0, 1),
+                None if zp is None else zp[:, :, i].transpose(0, 1),
+                per_column,
+            ).transpose(0, 1)
+            q = q * keep1[:, :, i]  # a pruned weight stays exactly zero
+            err = (w - q) / Hinv1[:, i, i][:, None]  # zero at pruned rows: w = q = 0 there
+            W1[:, :, i:] -= err.unsqueeze(-1) * Hinv1[:, i, i:].unsqueeze(1)
+            W1[:, :, i:] *= keep1[:, :, i:]  # compensation lands on kept weights only
+            W1[:, :, i] = q
+            Err1[:, :, i] = err
+            losses += err.square() / 2
+        W[:, :, i1:i2] = W1
+        W[:, :, i2:] -= torch.bmm(Err1, Hinv[:, i1:i2, i2:])
+        W[:, :, i2:] *= keep[:, :, i2:]
+
+    if perm is not None:
+        W = torch.gather(W, -1, torch.argsort(perm, dim=-1).unsqueeze(-2).expand(-1, rows, -1))
+    return W.to(out_dtype), losses.sum(dim=1), fallback
+
+
+class SparsityPreservingGPTQModifier(GPTQModifier):
+    """GPTQModifier in Case B: ``quant.preserve_sparsity=true`` selects it (conf/quant/gptq.yaml)."""
+
+    def compress_module_list(self, module_list):
+        # base.py binds quantize_weight at import; swapping that name is the narrowest seam 0.14 offers.
+        with mock.patch.object(gptq_base, "quantize_weight", quantize_kept_weights):
+            return super().compress_module_list(module_list)

@@ -1,0 +1,61 @@
+"""Case A vs Case B (quant.preserve_sparsity). The Case B column sweep is checked against llm-compressor's own
+GPTQ on an unpruned matrix (they must agree), and on a pruned one (no pruned weight may come back)."""
+
+import pytest
+import torch
+from compressed_tensors.quantization import QuantizationArgs
+from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
+
+from jcexp.compress.case_b import quantize_kept_weights
+from jcexp.pipeline import run
+
+from .conftest import TINY
+
+ROWS, COLS, GROUP = 24, 64, 16
+
+
+def _problem(seed: int = 0, prune: float = 0.0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(1, ROWS, COLS, generator=g)
+    if prune:
+        W[torch.rand(W.shape, generator=g) < prune] = 0.0
+    # Correlated inputs (rank-8 plus noise), as in real layers: GPTQ's compensation then reaches far.
+    X = torch.randn(256, 8, generator=g) @ torch.randn(8, COLS, generator=g) + 0.1 * torch.randn(
+        256, COLS, generator=g
+    )
+    H = (X.T @ X / 256).unsqueeze(0)
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=GROUP)
+    scale = W.reshape(1, ROWS, COLS // GROUP, GROUP).abs().amax(-1) / 7 + 1e-8
+    zero_point = torch.zeros_like(scale, dtype=torch.int8)
+    return W, H, scale, zero_point, args
+
+
+def test_case_b_equals_stock_gptq_when_nothing_is_pruned():
+    W, H, scale, zp, args = _problem()
+    ours, loss_ours, _ = quantize_kept_weights(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
+    stock, loss_stock, _ = quantize_weight(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
+    assert torch.allclose(ours, stock, atol=1e-5)
+    assert torch.allclose(loss_ours, loss_stock, rtol=1e-4)
+
+
+def test_case_b_keeps_every_pruned_zero_where_case_a_revives_some():
+    W, H, scale, zp, args = _problem(prune=0.5)
+    pruned = W == 0
+    ours, _, _ = quantize_kept_weights(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
+    stock, _, _ = quantize_weight(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
+    assert torch.all(ours[pruned] == 0)
+    assert (stock[pruned] != 0).float().mean() > 0.02  # Case A: compensation writes into pruned positions
+
+
+@pytest.mark.parametrize("case", ["A", "B"])
+def test_case_switch_end_to_end_on_2_8(compose, case):
+    result = run(
+        compose(*TINY, "save_model=false", "pruner.mask=2:8", f"quant.preserve_sparsity={case == 'B'}")
+    )
+    quant = result["measured"]["quant"]
+    assert result["compression"]["quant"]["case"] == case
+    if case == "B":
+        assert quant["pruned_still_zero"] == 1.0 and quant["pruned_revived"] == 0
+        assert result["measured"]["nm_after_quant"]["groups_holding"] == 1.0
+    else:
+        assert quant["pruned_revived"] > 0 and result["measured"]["nm_after_quant"]["groups_holding"] < 1.0

@@ -335,17 +335,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         compressed = dense  # nothing was compressed: the dense scores are this run's scores
 
     saved: dict[str, Any] = {"path": None, "bytes": None}
+    # llm-compressor's quantizers pack into compressed-tensors; NF4/int8 here are simulated, saved dense.
+    packed = plan.quant.active and not hasattr(plan.quant.modifier, "apply_to")
     if cfg.save_model:
         path = out / "model"
         try:
             with measure.stage(records, "save"):
                 # compressed-tensors packs quantized weights; bytes on disk are measured from this directory.
-                model.save_pretrained(path, save_compressed=plan.quant.active)
+                model.save_pretrained(path, save_compressed=packed)
                 tokenizer.save_pretrained(path)
             saved = {
                 "path": str(path),
                 "bytes": measure.dir_bytes(path),
-                "format": "compressed-tensors" if plan.quant.active else "dense",
+                "format": "compressed-tensors" if packed else "dense",
                 **measure.stored_bits(
                     path, {n: m.weight.numel() for n, m in measure.compressible_linears(model).items()}
                 ),

@@ -59,3 +59,48 @@ def test_case_switch_end_to_end_on_2_8(compose, case):
         assert result["measured"]["nm_after_quant"]["groups_holding"] == 1.0
     else:
         assert quant["pruned_revived"] > 0 and result["measured"]["nm_after_quant"]["groups_holding"] < 1.0
+
+
+# ------------------------------------------------------------------ the simpler quantizers (Table IV)
+def test_nf4_uses_the_16_levels_per_block_of_64():
+    from jcexp.compress.simple_quant import NF4_LEVELS, nf4_roundtrip
+
+    w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
+    w[0, :5] = 0.0
+    q = nf4_roundtrip(w, 64)
+    blocks, qb = w.reshape(-1, 64), q.reshape(-1, 64)
+    absmax = blocks.abs().amax(1, keepdim=True)
+    levels = torch.tensor(NF4_LEVELS)
+    normalized = qb / absmax
+    assert torch.all((normalized.unsqueeze(-1) - levels).abs().amin(-1) < 1e-6)  # every value is a level
+    assert torch.allclose(qb.abs().amax(1), absmax.squeeze(1))  # each block's absmax is kept exactly
+    assert torch.all(q[0, :5] == 0)  # zero is a level: pruned weights stay pruned
+    assert len(torch.unique(normalized)) <= 16 * len(blocks)
+
+
+def test_int8_absmax_per_row():
+    from jcexp.compress.simple_quant import int8_absmax_roundtrip
+
+    w = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    q = int8_absmax_roundtrip(w)
+    scale = w.abs().amax(1, keepdim=True) / 127
+    steps = q / scale
+    assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= 127 + 1e-4
+    assert (q - w).abs().max() <= scale.max() / 2 + 1e-6
+
+
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_simple_quantizers_end_to_end(compose, quant):
+    result = run(compose(*TINY, "save_model=false", f"quant={quant}"))
+    q = result["compression"]["quant"]
+    assert q["modifier"] in ("NF4Quantize", "Int8AbsmaxQuantize") and q["backend"] == "torch"
+    assert result["measured"]["quant"]["pruned_still_zero"] == 1.0  # no error compensation: zeros stay
+    assert "quantize" in result["stages"]
+
+
+def test_nf4_is_4_bit_only(compose):
+    from jcexp.config import ConfigError
+    from jcexp.pipeline import Plan
+
+    with pytest.raises(ConfigError, match="4-bit only"):
+        Plan(compose(*TINY, "quant=nf4", "quant.bits=3"))

@@ -117,6 +117,8 @@ class Quantizer(Stage):
         if not self.active:
             return []
         errors = group_size_errors(self.group_size, layer_widths)
+        if hasattr(self.modifier, "apply_to"):  # jcexp's data-free quantizers (NF4, int8)
+            errors += self.modifier.check(self.bits)
         if self.preserve_sparsity and type(self.modifier).__name__ not in PRESERVING:
             errors.append(
                 f"quant.preserve_sparsity=true (the paper's Case B) is not available with "
@@ -132,6 +134,7 @@ class Quantizer(Stage):
             "symmetric": self.symmetric,
             "preserve_sparsity": self.preserve_sparsity,
             "case": ("B" if self.preserve_sparsity else "A") if self.active else None,
+            **(self.modifier.describe() if hasattr(self.modifier, "describe") else {}),
         }
 
 
@@ -143,9 +146,12 @@ def check_stages(stages: list[Stage], layer_widths: dict[str, int]) -> None:
 
 def apply_stage(stage: Stage, model, tokenizer, calibration, seed: int) -> None:
     """Run one stage in place with llm-compressor's oneshot on pre-tokenized calibration windows."""
+    seed_everything(seed)
+    if hasattr(stage.modifier, "apply_to"):  # data-free (NF4, int8): no calibration pass
+        stage.modifier.apply_to(model)
+        return
     from llmcompressor import oneshot
 
-    seed_everything(seed)
     oneshot(
         model=model,
         tokenizer=tokenizer,

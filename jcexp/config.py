@@ -45,6 +45,8 @@ class PrunerConfig:
     mask: str | None = None  # "N:M": N pruned of every M consecutive weights (the paper's convention)
     # The llm-compressor modifier (``_target_`` + its own arguments); null for no pruning.
     modifier: dict[str, Any] | None = None
+    # true: the quantizer prunes inside its own column sweep (pruner=onepass with quant=gptq_onepass).
+    fused: bool = False
 
 
 @dataclass
@@ -264,7 +266,7 @@ def check_values(cfg: DictConfig) -> None:
                 f"pruner.sparsity={p.sparsity} disagrees with pruner.mask={p.mask} "
                 f"({nm[0]} pruned of every {nm[1]} = {implied:.3f}%); drop one of them"
             )
-        if p.modifier is None:
+        if p.modifier is None and not p.get("fused", False):
             errors.append(f"pruner.mask={p.mask} needs a pruner (pruner={p.name} prunes nothing)")
 
     if q.bits not in SUPPORTED_BITS:

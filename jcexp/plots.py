@@ -18,19 +18,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jcexp import metrics  # noqa: E402
+from jcexp.report import label as _label  # noqa: E402
+from jcexp.report import point as _point  # noqa: E402
 
 Result = dict[str, Any]
-
-
-def _point(r: Result) -> tuple[float, str | None, int]:
-    p, q = r["compression"]["pruner"], r["compression"]["quant"]
-    return float(p.get("sparsity") or 0.0), p.get("mask"), int(q.get("bits") or 16)
-
-
-def _label(r: Result) -> str:
-    s, mask, bits = _point(r)
-    parts = [mask or (f"{s:g}%" if s else ""), f"{bits}bit" if bits < 16 else ""]
-    return " ".join(x for x in parts if x) or "dense"
 
 
 def is_pruning_only(r: Result) -> bool:

@@ -96,11 +96,20 @@ def point(result: dict[str, Any]) -> tuple[float, str | None, int]:
     return float(p.get("sparsity") or 0.0), p.get("mask"), int(q.get("bits") or 16)
 
 
+DEFAULT_METHODS = ("sparsegpt", "gptq", "none", None)
+
+
 def label(result: dict[str, Any]) -> str:
+    """'25% 4bit', with the method named when it is not the paper's (SparseGPT -> GPTQ, Case A)."""
     s, mask, bits = point(result)
+    p, q = result["compression"]["pruner"], result["compression"]["quant"]
     prune = mask or (f"{s:g}%" if s else "")
     quant = f"{bits}bit" if bits < 16 else ""
-    return " ".join(x for x in (prune, quant) if x) or "dense"
+    methods = [m for m in (p.get("name"), q.get("name")) if m not in DEFAULT_METHODS]
+    if q.get("case") == "B":
+        methods.append("case B")
+    base = " ".join(x for x in (prune, quant) if x) or "dense"
+    return f"{base} ({', '.join(methods)})" if methods else base
 
 
 def _fmt(x: float | None, scale: float = 1.0, digits: int = 3) -> str:

@@ -104,3 +104,25 @@ def test_nf4_is_4_bit_only(compose):
 
     with pytest.raises(ConfigError, match="4-bit only"):
         Plan(compose(*TINY, "quant=nf4", "quant.bits=3"))
+
+
+# ------------------------------------------------------------------ one-pass joint compression (open question 1)
+@pytest.mark.parametrize("mask", [None, "2:8"])
+def test_one_pass_prunes_and_quantizes_in_one_sweep(compose, mask):
+    extra = [f"pruner.mask={mask}"] if mask else ["pruner.sparsity=25"]
+    result = run(compose(*TINY, "save_model=false", "pruner=onepass", "quant=gptq_onepass", *extra))
+    assert "prune" not in result["stages"] and "quantize" in result["stages"]
+    assert result["compression"]["pruner"]["fused"] is True
+    assert result["metrics"]["tcr"] == pytest.approx(0.8125)  # 25% + 4 bit
+    # Pruned weights are set to zero as the sweep passes them; GPTQ rounding may add a few more zeros.
+    assert 0.25 <= result["measured"]["sparsity"]["final"] < 0.3
+    if mask:
+        assert result["measured"]["nm_after_quant"]["groups_holding"] == 1.0
+
+
+def test_one_pass_needs_both_halves(compose):
+    from jcexp.config import ConfigError
+    from jcexp.pipeline import Plan
+
+    with pytest.raises(ConfigError, match="one-pass"):
+        Plan(compose(*TINY, "pruner=onepass"))

@@ -52,9 +52,15 @@ class Pruner(Stage):
     kind = "prune"
 
     def __init__(
-        self, name: str, sparsity: float = 0.0, mask: str | None = None, modifier: Any | None = None
+        self,
+        name: str,
+        sparsity: float = 0.0,
+        mask: str | None = None,
+        modifier: Any | None = None,
+        fused: bool = False,
     ):
         super().__init__(name, modifier)
+        self.fused = fused
         self.sparsity = float(sparsity)
         self.mask = mask
         self.nm = parse_mask(mask)
@@ -65,13 +71,14 @@ class Pruner(Stage):
 
     @property
     def target_sparsity(self) -> float:
-        """Percent of weights this stage removes (an N:M mask fixes it at 100·N/M)."""
-        if not self.active:
+        """Percent of weights this stage removes (an N:M mask fixes it at 100·N/M). A fused pruner removes
+        them inside the quantizer's sweep, so it runs no stage of its own but still sets the target."""
+        if not (self.active or self.fused):
             return 0.0
         return 100.0 * self.nm[0] / self.nm[1] if self.nm else self.sparsity
 
     def check(self, layer_widths: dict[str, int]) -> list[str]:
-        if self.nm is None or not self.active:
+        if self.nm is None or not (self.active or self.fused):
             return []
         m = self.nm[1]
         bad = sorted({w for w in layer_widths.values() if w % m})
@@ -82,6 +89,7 @@ class Pruner(Stage):
             **super().describe(),
             "sparsity": self.target_sparsity,
             "mask": f"{self.nm[0]}:{self.nm[1]}" if self.nm else None,
+            "fused": self.fused,
             "block_size": getattr(self.modifier, "block_size", None),
             "dampening_frac": getattr(self.modifier, "dampening_frac", None),
         }
@@ -140,6 +148,19 @@ class Quantizer(Stage):
 
 def check_stages(stages: list[Stage], layer_widths: dict[str, int]) -> None:
     errors = [e for s in stages for e in s.check(layer_widths)]
+    pruner = next((s for s in stages if isinstance(s, Pruner)), None)
+    quant = next((s for s in stages if isinstance(s, Quantizer)), None)
+    one_pass = (
+        quant is not None
+        and quant.active
+        and hasattr(quant.modifier, "mask")
+        and hasattr(quant.modifier, "sparsity")
+    )
+    if pruner is not None and pruner.fused != one_pass:
+        errors.append(
+            "one-pass joint compression needs both pruner=onepass and quant=gptq_onepass "
+            f"(got pruner={pruner.name}, quant={quant.name if quant else None})"
+        )
     if errors:
         raise ConfigError("invalid config for this model:\n  - " + "\n  - ".join(errors))
 

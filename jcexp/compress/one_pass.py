@@ -1,0 +1,114 @@
+"""One-pass joint compression: prune and quantize in the same GPTQ column sweep, as SparseGPT's joint mode.
+
+The paper's open question 1 (Section VI): does truly joint optimization beat SparseGPT -> GPTQ? Here each
+block of columns first picks its mask with SparseGPT's saliency, w² / [H⁻¹]²_jj (unstructured: the block's
+smallest fraction; N:M: the N smallest of every M). The sweep then walks the columns: a pruned weight
+becomes 0, a kept one is quantized, and the combined error is compensated into every column not yet
+visited. llm-compressor 0.14 has neither mode: its SparseGPT only prunes, and its GPTQ only quantizes. So,
+as with Case B, only the column sweep is ours. It runs inside the stock GPTQModifier (case_b.py explains
+the seam). Quantization scales come from the observer on the dense weights, before the sweep.
+"""
+
+from __future__ import annotations
+
+import functools
+from copy import copy
+from unittest import mock
+
+import torch
+from compressed_tensors.quantization import QuantizationStrategy, fake_quantize
+from llmcompressor.modifiers.gptq import base as gptq_base
+from llmcompressor.modifiers.gptq.helpers import GPTQ_PRECISION, column_scale_window, factorize_hessian
+from llmcompressor.modifiers.quantization import GPTQModifier
+
+
+def _block_mask(W1: torch.Tensor, hinv_diag: torch.Tensor, sparsity: float, nm: tuple[int, int] | None):
+    """True where SparseGPT would prune in this block: lowest w²/[H⁻¹]²_jj, per batch item."""
+    saliency = W1.square() / hinv_diag.square().unsqueeze(1)
+    if nm is not None:
+        n, m = nm
+        b, r, c = saliency.shape
+        groups = saliency.reshape(b, r, c // m, m)
+        idx = groups.topk(n, dim=-1, largest=False).indices
+        return torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, idx, True).reshape(b, r, c)
+    flat = saliency.reshape(saliency.shape[0], -1)
+    k = int(flat.shape[1] * sparsity)
+    if k == 0:
+        return torch.zeros_like(W1, dtype=torch.bool)
+    thresh = flat.kthvalue(k, dim=1).values
+    return saliency <= thresh[:, None, None]
+
+
+def prune_and_quantize(
+    weights: torch.Tensor,
+    hessians: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    global_scale: torch.Tensor | None,
+    quant_args,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    *,
+    sparsity: float,
+    nm: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same signature and returns as llm-compressor's ``quantize_weight``, plus the pruning target."""
+    if quant_args.actorder:
+        raise ValueError("one-pass joint compression does not support activation ordering")
+    batch, rows, cols = weights.shape
+    out_dtype, device = weights.dtype, weights.device
+    W = weights.to(device=device, dtype=GPTQ_PRECISION)
+    H = hessians.to(device=device, dtype=GPTQ_PRECISION)
+    scale, zero_point = scale.to(device), zero_point.to(device)
+    global_scale = None if global_scale is None else global_scale.to(device)
+    g_idx = None
+    if quant_args.strategy in (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP):
+        g_idx = torch.arange(cols, device=device, dtype=torch.int) // quant_args.group_size
+    losses = torch.zeros(batch, rows, device=device)
+    fallback = torch.zeros(batch, dtype=torch.bool, device=device)
+    Hinv = factorize_hessian(W, H, percdamp, fallback)
+    per_column = copy(quant_args)
+    per_column.strategy = QuantizationStrategy.CHANNEL
+    if nm is not None and blocksize % nm[1]:
+        blocksize = max(nm[1], blocksize // nm[1] * nm[1])  # N:M groups must not straddle blocks
+
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, Hinv1 = W[:, :, i1:i2].clone(), Hinv[:, i1:i2, i1:i2]
+        pruned = _block_mask(W1, torch.diagonal(Hinv1, dim1=1, dim2=2), sparsity, nm)
+        Err1 = torch.zeros_like(W1)
+        eff, zp = column_scale_window(
+            scale, zero_point, global_scale, g_idx, quant_args, num_rows=rows, i1=i1, i2=i2
+        )
+        for i in range(i2 - i1):
+            w = W1[:, :, i]
+            q = fake_quantize(
+                w.transpose(0, 1),
+                eff[:, :, i].transpose(0, 1),
+                None if zp is None else zp[:, :, i].transpose(0, 1),
+                per_column,
+            ).transpose(0, 1)
+            q = torch.where(pruned[:, :, i], torch.zeros_like(q), q)
+            err = (w - q) / Hinv1[:, i, i][:, None]
+            W1[:, :, i:] -= err.unsqueeze(-1) * Hinv1[:, i, i:].unsqueeze(1)
+            W1[:, :, i] = q
+            Err1[:, :, i] = err
+            losses += err.square() / 2
+        W[:, :, i1:i2] = W1
+        W[:, :, i2:] -= torch.bmm(Err1, Hinv[:, i1:i2, i2:])
+    return W.to(out_dtype), losses.sum(dim=1), fallback
+
+
+class OnePassSparseGPTQModifier(GPTQModifier):
+    """GPTQModifier whose column sweep also prunes (quant=gptq_onepass with pruner=onepass)."""
+
+    sparsity: float = 0.0  # fraction pruned
+    mask: str | None = None  # "N:M", N pruned of every M (jcexp's convention, as pruner.mask)
+
+    def compress_module_list(self, module_list):
+        from jcexp.config import parse_mask
+
+        nm = parse_mask(self.mask)
+        sweep = functools.partial(prune_and_quantize, sparsity=self.sparsity, nm=nm)
+        with mock.patch.object(gptq_base, "quantize_weight", sweep):
+            return super().compress_module_list(module_list)

@@ -337,6 +337,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     saved: dict[str, Any] = {"path": None, "bytes": None}
     # llm-compressor's quantizers pack into compressed-tensors; NF4/int8 here are simulated, saved dense.
     packed = plan.quant.active and not hasattr(plan.quant.modifier, "apply_to")
+    # Counted before saving: save_pretrained(save_compressed=True) swaps each Linear's weight for packed tensors.
+    weight_counts = {n: m.weight.numel() for n, m in measure.compressible_linears(model).items()}
     if cfg.save_model:
         path = out / "model"
         try:
@@ -348,9 +350,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "path": str(path),
                 "bytes": measure.dir_bytes(path),
                 "format": "compressed-tensors" if packed else "dense",
-                **measure.stored_bits(
-                    path, {n: m.weight.numel() for n, m in measure.compressible_linears(model).items()}
-                ),
+                **measure.stored_bits(path, weight_counts),
             }
         except Exception as exc:  # noqa: BLE001 - a failed save must not lose the scores already computed
             log.error("saving the compressed model failed: %s", exc)

@@ -66,7 +66,7 @@ def test_physical_bits_per_weight_beside_tcr(joint):
     _, result = joint
     saved = result["saved_model"]
     assert saved["format"] == "compressed-tensors"
-    assert saved["bits_per_weight"] == pytest.approx(5.0, abs=0.01)  # plus each layer's 2-int64 shape
+    assert saved["bits_per_weight"] == pytest.approx(5.0, abs=0.05)  # + 2 int64 (shape) per layer
     assert saved["physical_compression_rate"] == pytest.approx(1 - saved["bits_per_weight"] / 16)
     assert result["metrics"]["mask_overhead_bits_per_weight"] == 1.0  # unstructured: a full bitmap
 

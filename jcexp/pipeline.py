@@ -16,6 +16,7 @@ from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from jcexp import metrics
 from jcexp.config import ConfigError, check_values
@@ -60,7 +61,10 @@ def run_dir(cfg: DictConfig, chash: str) -> Path:
 
     try:
         return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # composed outside @hydra.main (tests, notebooks): one directory per config
+    except (
+        ValueError,
+        MissingMandatoryValue,
+    ):  # composed outside @hydra.main (tests, notebooks): one directory per config
         return Path(cfg.paths.root) / "runs" / chash
 
 

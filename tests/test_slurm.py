@@ -26,10 +26,19 @@ def _compose_slurm(*overrides: str):
 
 def test_sbatch_script_renders_from_the_yaml(tmp_path):
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import instantiate
 
     cfg = _compose_slurm("hydra.launcher.partition=a100", "hydra.launcher.array_parallelism=3")
+    previous = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
+    try:
+        _render_and_check(cfg, tmp_path)
+    finally:
+        HydraConfig.instance().cfg = previous  # never leak a job config into later in-process runs
+
+
+def _render_and_check(cfg, tmp_path):
+    from hydra.utils import instantiate
+
     launcher_cfg = cfg.hydra.launcher
     assert launcher_cfg._target_.endswith("JcexpSlurmLauncher")
     params = {k: v for k, v in launcher_cfg.items() if k != "_target_"}
@@ -126,7 +135,7 @@ PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
             60,
             f"SLURM node never became idle; see {base}/slurmctld.log and slurmd.log",
         )
-        yield env
+        yield {"SLURM_CONF": str(conf)}  # only what differs: launch() adds it to the current environment
     finally:
         for pid_file in ("slurmd.pid", "slurmctld.pid"):
             pid = base / pid_file

@@ -36,7 +36,9 @@ def test_result_json_holds_what_the_issue_lists(joint):
     for row in on_disk["tasks"].values():
         assert {"value", "stderr", "chance", "baseline", "retention"} <= set(row)
     assert set(on_disk["perplexity"]) == {"jc_prose_ppl"}
-    assert {"load", "prune", "quantize", "eval", "save"} <= set(on_disk["stages"])
+    assert {"load", "quantize", "eval", "save"} <= set(on_disk["stages"])
+    # SparseGPT ran here, or an earlier test with the same pruner and calibration left it in the shared cache.
+    assert {"prune", "load_pruned"} & set(on_disk["stages"])
     assert all(s["seconds"] >= 0 and s["peak_rss_mb"] > 0 for s in on_disk["stages"].values())
     assert on_disk["saved_model"]["bytes"] > 0
     assert on_disk["seed"] == 0

@@ -88,6 +88,18 @@ class WandbTracker:
             **kwargs,
         )
 
+    def _finish(self, run: Any) -> dict[str, Any]:
+        info = {
+            "backend": self.name,
+            "status": "logged",
+            "mode": self.mode,
+            "run_id": run.id,
+            "dir": run.dir,
+            "group": self.group,
+        }
+        run.finish()
+        return info
+
     def _log_sweep(self, report: Any, name: str) -> dict[str, Any]:
         import wandb
 
@@ -108,16 +120,7 @@ class WandbTracker:
         payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in report.plots})
         run.log(payload)
         run.summary.update({f"count/{k}": v for k, v in report.counts.items()})
-        info = {
-            "backend": self.name,
-            "status": "logged",
-            "mode": self.mode,
-            "run_id": run.id,
-            "dir": run.dir,
-            "group": self.group,
-        }
-        run.finish()
-        return info
+        return self._finish(run)
 
     def _log(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
         import wandb
@@ -136,13 +139,4 @@ class WandbTracker:
             columns=["task", "metric", "score", "stderr", "chance", "dense", "retention"], data=rows
         )
         run.log({"tasks": table})
-        info = {
-            "backend": self.name,
-            "status": "logged",
-            "mode": self.mode,
-            "run_id": run.id,
-            "dir": run.dir,
-            "group": self.group,
-        }
-        run.finish()
-        return info
+        return self._finish(run)

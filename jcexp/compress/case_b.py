@@ -31,6 +31,18 @@ from llmcompressor.modifiers.gptq.helpers import (
 from llmcompressor.modifiers.quantization import GPTQModifier
 
 
+def qdq_column(
+    w: torch.Tensor, eff: torch.Tensor, zp: torch.Tensor | None, i: int, per_column
+) -> torch.Tensor:
+    """Quantize-dequantize column ``i`` of a block ([batch, rows]) with its per-column qparams, in one call."""
+    return fake_quantize(
+        w.transpose(0, 1),
+        eff[:, :, i].transpose(0, 1),
+        None if zp is None else zp[:, :, i].transpose(0, 1),
+        per_column,
+    ).transpose(0, 1)
+
+
 def quantize_kept_weights(
     weights: torch.Tensor,
     hessians: torch.Tensor,
@@ -74,12 +86,7 @@ def quantize_kept_weights(
         )
         for i in range(i2 - i1):
             w = W1[:, :, i]
-            q = fake_quantize(
-                w.transpose(0, 1),
-                eff[:, :, i].transpose(0, 1),
-                None if zp is None else zp[:, :, i].transpose(0, 1),
-                per_column,
-            ).transpose(0, 1)
+            q = qdq_column(w, eff, zp, i, per_column)
             q = q * keep1[:, :, i]  # a pruned weight stays exactly zero
             err = (w - q) / Hinv1[:, i, i][:, None]  # zero at pruned rows: w = q = 0 there
             W1[:, :, i:] -= err.unsqueeze(-1) * Hinv1[:, i, i:].unsqueeze(1)

@@ -16,10 +16,12 @@ from copy import copy
 from unittest import mock
 
 import torch
-from compressed_tensors.quantization import QuantizationStrategy, fake_quantize
+from compressed_tensors.quantization import QuantizationStrategy
 from llmcompressor.modifiers.gptq import base as gptq_base
 from llmcompressor.modifiers.gptq.helpers import GPTQ_PRECISION, column_scale_window, factorize_hessian
 from llmcompressor.modifiers.quantization import GPTQModifier
+
+from jcexp.compress.case_b import qdq_column
 
 
 def _block_mask(W1: torch.Tensor, hinv_diag: torch.Tensor, sparsity: float, nm: tuple[int, int] | None):
@@ -82,12 +84,7 @@ def prune_and_quantize(
         )
         for i in range(i2 - i1):
             w = W1[:, :, i]
-            q = fake_quantize(
-                w.transpose(0, 1),
-                eff[:, :, i].transpose(0, 1),
-                None if zp is None else zp[:, :, i].transpose(0, 1),
-                per_column,
-            ).transpose(0, 1)
+            q = qdq_column(w, eff, zp, i, per_column)
             q = torch.where(pruned[:, :, i], torch.zeros_like(q), q)
             err = (w - q) / Hinv1[:, i, i][:, None]
             W1[:, :, i:] -= err.unsqueeze(-1) * Hinv1[:, i, i:].unsqueeze(1)

@@ -108,6 +108,14 @@ class PathsConfig:
 
 
 @dataclass
+class ErrorAnalysisConfig:
+    enabled: bool = False  # per-layer ||WX - W^X||^2 after each stage (jcexp/errors.py)
+    samples: int = 4  # calibration windows run through the dense model to record each layer's inputs
+    tokens: int = 256  # token rows kept per layer (memory: tokens x (in + out) float32 per Linear)
+    case_ratio: bool = False  # also run the other GPTQ case on the same pruned model: E_A / E_B (eq. 7)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     pruner: PrunerConfig = MISSING
@@ -125,6 +133,7 @@ class RunConfig:
     )
     run_name: str = "default"
     tags: list[str] = field(default_factory=list)
+    errors: ErrorAnalysisConfig = field(default_factory=ErrorAnalysisConfig)
 
 
 def register_configs() -> None:
@@ -294,6 +303,23 @@ def check_values(cfg: DictConfig) -> None:
         errors.append(f"device={cfg.device!r} must be auto, cpu, cuda or cuda:N")
     if cfg.threads is not None and cfg.threads <= 0:
         errors.append(f"threads={cfg.threads} must be positive")
+
+    e = cfg.errors
+    if e.enabled:
+        if not 1 <= e.samples <= c.num_samples:
+            errors.append(
+                f"errors.samples={e.samples} must be in [1, calibration.num_samples={c.num_samples}]"
+            )
+        if e.tokens <= 0:
+            errors.append(f"errors.tokens={e.tokens} must be positive")
+    if e.case_ratio and not e.enabled:
+        errors.append("errors.case_ratio=true needs errors.enabled=true")
+    if e.case_ratio and q.name != "gptq":
+        errors.append(
+            f"errors.case_ratio=true compares GPTQ's Case A and Case B; quant={q.name} has no Case B"
+        )
+    if e.case_ratio and q.bits >= 16:
+        errors.append("errors.case_ratio=true needs quantization (quant.bits < 16)")
 
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from jcexp import metrics
+from jcexp import errors, metrics
 from jcexp.config import ConfigError, check_values
 from jcexp.results import (
     RESULT_FILE,
@@ -208,6 +208,43 @@ def _pruned_model(plan: Plan, key, final: Path, model, tokenizer, calibration_fn
     return model, tokenizer, {"path": str(final), "reused": False}
 
 
+def _other_case(cfg: DictConfig, plan: Plan, model, tokenizer, calibration, probe, stage_input, records):
+    """Per-layer errors of the GPTQ case this run does not use, on a copy of the same pruned model, so that
+    E_A / E_B compares the two cases on identical weights and inputs. Costs one more GPTQ pass and model copy."""
+    import copy
+
+    from jcexp import measure
+    from jcexp.compress import apply_stage
+
+    alt_cfg = copy.deepcopy(cfg)
+    alt_cfg.quant.preserve_sparsity = not cfg.quant.preserve_sparsity
+    alt = instantiate(alt_cfg.quant)
+    twin = copy.deepcopy(model)
+    with measure.stage(records, f"quantize_case_{'B' if alt.preserve_sparsity else 'A'}_for_ratio"):
+        apply_stage(alt, twin, tokenizer, calibration, cfg.seed)
+    out = probe.errors(twin, stage_input)
+    del twin
+    return out
+
+
+def _error_summary(plan: Plan, tokens: int, layer_errors: dict[str, Any]) -> dict[str, Any]:
+    """Pooled errors per stage (prune and quant against their input, total against the dense model), and
+    E_A / E_B beside eq. 7's first-order prediction for this sparsity."""
+    out: dict[str, Any] = {
+        "tokens": tokens,
+        "samples": plan.cfg.errors.samples,
+        "stages": {k: errors.summarize(v) for k, v in layer_errors.items()},
+    }
+    if "case_a" in layer_errors:
+        ratio = errors.case_ratio(layer_errors["case_a"], layer_errors["case_b"])
+        layer_errors["case_ratio"] = ratio.pop("per_layer")
+        out["case_ratio"] = {
+            **ratio,
+            "first_order": metrics.case_error_ratio_first_order(plan.pruner.target_sparsity),
+        }
+    return out
+
+
 def _task_rows(compressed, dense) -> dict[str, Any]:
     rows = {}
     for task, s in compressed.scores.items():
@@ -307,6 +344,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 calibration = plan.calibration.dataset(tokenizer)
         return calibration
 
+    probe = None
+    if cfg.errors.enabled and plan.stages:
+        with measure.stage(records, "errors_capture"):
+            probe = errors.capture(model, calibration_data(), cfg.errors.samples, cfg.errors.tokens, cfg.seed)
+    layer_errors: dict[str, Any] = {}  # per stage, per layer; summarized into measured["errors"] at the end
+
     prune_cache = None
     if plan.pruner.active:
         model, tokenizer, prune_cache = pruned_model(plan, model, tokenizer, calibration_data, records)
@@ -314,10 +357,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         measured["sparsity"]["after_prune"] = measured["prune"]["overall"]
         if plan.pruner.nm:
             measured["nm_after_prune"] = measure.nm_structure(model, *plan.pruner.nm)
+        if probe is not None:
+            layer_errors["prune"] = probe.errors(model)
     pruned_masks = measure.zero_masks(model) if plan.pruner.active and plan.quant.active else None
     if plan.quant.active:
+        stage_input = probe.outputs(model) if probe is not None else None
+        other = None
+        if cfg.errors.case_ratio:  # the other GPTQ case, on a copy of the same pruned model
+            other = _other_case(cfg, plan, model, tokenizer, calibration_data(), probe, stage_input, records)
         with measure.stage(records, "quantize"):
             apply_stage(plan.quant, model, tokenizer, calibration_data(), cfg.seed)
+        if probe is not None:
+            layer_errors["quant"] = probe.errors(model, stage_input)
+            if other is not None:
+                mine = layer_errors["quant"]
+                a, b = (other, mine) if plan.quant.preserve_sparsity else (mine, other)
+                layer_errors["case_a"], layer_errors["case_b"] = a, b
         measured["quant"] = measure.sparsity(model)
         measured["sparsity"]["after_quant"] = measured["quant"]["overall"]
         if pruned_masks is not None:
@@ -329,6 +384,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     final_sparsity = last["overall"]
     measured["sparsity"]["final"] = final_sparsity
     measured["lm_head_unchanged"] = measure.lm_head_digest(model) == lm_head_before
+    if probe is not None:
+        layer_errors["total"] = probe.errors(model)
+        measured["errors"] = _error_summary(plan, probe.tokens, layer_errors)
+        del probe  # its stored activations are not needed for evaluation
 
     if plan.stages:
         if plan.device != "cpu":
@@ -380,6 +439,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         },
         "compression": {"pruner": plan.pruner.describe(), "quant": plan.quant.describe()},
         "measured": measured,
+        "layer_errors": layer_errors or None,
         "tasks": _task_rows(compressed, dense),
         "perplexity": _perplexity_rows(compressed, dense),
         "metrics": compute_metrics(plan, compressed, dense, final_sparsity),

@@ -3,7 +3,9 @@
 - Figs. 1/7: R_t per task and Sr, pruning only (unstructured and N:M side by side);
 - Fig. 2: the same for quantization only;
 - Figs. 5/8: joint compression next to quantization only at equal TCr;
-- Figs. 3/6: SrCr against TCr, with each joint point's SrCr_j beside its estimate SrCr_p·SrCr_q.
+- Figs. 3/6: SrCr against TCr, with each joint point's SrCr_j beside its estimate SrCr_p·SrCr_q;
+- Fig. 4 (errors): layer reconstruction error against sparsity, and E_A/E_B beside eq. 7's first-order 1/(1-p),
+  for runs with ``errors.enabled``.
 """
 
 from __future__ import annotations
@@ -106,6 +108,64 @@ def _srcr_plot(runs: list[Result], title: str, path: Path) -> Path | None:
     return path
 
 
+def _error_plot(runs: list[Result], title: str, path: Path) -> Path | None:
+    runs = [r for r in runs if (r["measured"].get("errors") or {}).get("stages")]
+    if not runs:
+        return None
+    ratios = [r for r in runs if r["measured"]["errors"].get("case_ratio")]
+    fig, axes = plt.subplots(1, 2 if ratios else 1, figsize=(10 if ratios else 5.5, 3.8), squeeze=False)
+    ax = axes[0][0]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in runs:
+        s, _, b = _point(r)
+        st = r["measured"]["errors"]["stages"]
+        if "prune" in st:
+            series.setdefault("after pruning", []).append((s, st["prune"]["rel"]))
+        if "total" in st and b < 16:
+            series.setdefault(f"after pruning + {b} bit ({_methods(r)})", []).append((s, st["total"]["rel"]))
+    for name, pts in sorted(series.items()):
+        pts = sorted(set(pts))
+        ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
+    ax.set_xlabel("sparsity (%)")
+    ax.set_ylabel("||WX - W^X||² / ||WX||² (all layers)")
+    ax.set_yscale("log")
+    ax.set_title("reconstruction error vs dense")
+    ax.legend(fontsize=7)
+    if ratios:
+        ax = axes[0][1]
+        pts = sorted((_point(r)[0], r["measured"]["errors"]["case_ratio"]) for r in ratios)
+        xs = [x for x, _ in pts]
+        ax.errorbar(
+            xs,
+            [c["layer_median"] for _, c in pts],
+            yerr=[
+                [c["layer_median"] - c["layer_min"] for _, c in pts],
+                [c["layer_max"] - c["layer_median"] for _, c in pts],
+            ],
+            fmt="s",
+            capsize=3,
+            label="measured, layer median (min-max)",
+        )
+        ax.plot(xs, [c["pooled"] for _, c in pts], "o", label="measured, pooled")
+        grid = [i * max(xs) / 50 for i in range(51)]
+        ax.plot(grid, [metrics.case_error_ratio_first_order(x) for x in grid], "--", label="eq. 7, 1/(1-p)")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("E_A / E_B")
+        ax.set_title("Case A vs Case B quantization error (eq. 7)")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _methods(r: Result) -> str:
+    q = r["compression"]["quant"]
+    return q.get("name") + (", case B" if q.get("case") == "B" else "")
+
+
 def write_plots(results: list[Result], out_dir: str | Path) -> list[Path]:
     """One set of figures per model; returns the files written."""
     out_dir = Path(out_dir)
@@ -142,6 +202,7 @@ def write_plots(results: list[Result], out_dir: str | Path) -> list[Path]:
                 "fig5_joint_vs_quant",
             ),
             (_srcr_plot, runs, "SrCr vs compression (Figs. 3, 6)", "fig3_srcr"),
+            (_error_plot, runs, "layer errors (eqs. 2-9)", "fig4_errors"),
         ]
         for draw, subset, title, name in figures:
             path = draw(subset, f"{model}: {title}", out_dir / f"{name}{suffix}.png")

@@ -149,6 +149,38 @@ def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def error_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Runs with ``errors.enabled``: pooled relative layer error per stage, and E_A/E_B beside eq. 7's 1/(1-p)."""
+    runs = [r for r in results if (r["measured"].get("errors") or {}).get("stages")]
+    if not runs:
+        return []
+    md = [
+        "## Layer reconstruction errors (eqs. 2-9)",
+        "",
+        "||WX - W^X||² summed over layers, relative to ||WX||², on the dense model's calibration inputs. "
+        "prune and quant are against each stage's input, total against the dense model.",
+        "",
+        "| model | config | prune | quant | total | E_A/E_B pooled | E_A/E_B layer median [min, max] | "
+        "eq. 7 first order 1/(1-p) |",
+        "|---" * 8 + "|",
+    ]
+    for r in sorted(runs, key=lambda r: (r["model"]["name"], _sb(r), label(r))):
+        e = r["measured"]["errors"]
+        st, c = e["stages"], e.get("case_ratio")
+        rel = [_fmt((st.get(k) or {}).get("rel"), 1, 5) for k in ("prune", "quant", "total")]
+        ratio = (
+            [
+                _fmt(c["pooled"]),
+                f"{_fmt(c['layer_median'])} [{_fmt(c['layer_min'])}, {_fmt(c['layer_max'])}]",
+                _fmt(c["first_order"]),
+            ]
+            if c
+            else ["", "", ""]
+        )
+        md.append("| " + " | ".join([r["model"]["name"], label(r), *rel, *ratio]) + " |")
+    return [*md, ""]
+
+
 def _sb(r: dict[str, Any]) -> tuple[float, int]:
     s, _, b = point(r)
     return s, b
@@ -239,6 +271,7 @@ def write_report(root: str | Path) -> Report:
         f"- compressed-model evaluations: ran {counts['eval_ran']}",
         "",
     ]
+    md += error_lines(results)
     if plots:
         md += ["## Plots", "", *(f"![{p.stem}]({p.relative_to(root)})" for p in plots), ""]
     if failures:

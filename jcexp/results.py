@@ -18,7 +18,12 @@ _NOT_IN_HASH = ("paths", "logger", "run_name", "tags", "threads", "hydra", "cach
 
 
 def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in _NOT_IN_HASH}
+    out = {k: v for k, v in cfg.items() if k not in _NOT_IN_HASH}
+    # The opt-in error analysis adds measurements, not a different model: while it is off, results keep the
+    # hash they had before it existed, so stored results stay reusable.
+    if not (out.get("errors") or {}).get("enabled"):
+        out.pop("errors", None)
+    return out
 
 
 def config_hash(cfg: dict[str, Any]) -> str:

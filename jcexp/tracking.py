@@ -130,6 +130,10 @@ class WandbTracker:
         summary.update(
             {f"sparsity/{k}": v for k, v in result["measured"]["sparsity"].items() if v is not None}
         )
+        errors = result["measured"].get("errors") or {}
+        summary.update({f"errors/{k}_rel": v["rel"] for k, v in (errors.get("stages") or {}).items()})
+        if errors.get("case_ratio"):
+            summary["errors/case_ratio_pooled"] = errors["case_ratio"]["pooled"]
         run.summary.update(summary)
         rows = [
             [t, s["metric"], s["value"], s["stderr"], s.get("chance"), s["baseline"], s["retention"]]
@@ -138,5 +142,16 @@ class WandbTracker:
         table = wandb.Table(
             columns=["task", "metric", "score", "stderr", "chance", "dense", "retention"], data=rows
         )
-        run.log({"tasks": table})
+        payload = {"tasks": table}
+        layers = result.get("layer_errors") or {}
+        if layers.get("total"):
+            stages = [k for k in ("prune", "quant", "total", "case_a", "case_b") if k in layers]
+            payload["layer_errors"] = wandb.Table(
+                columns=["layer", *(f"{k}_rel" for k in stages), "case_ratio"],
+                data=[
+                    [name, *(layers[k][name]["rel"] for k in stages), layers.get("case_ratio", {}).get(name)]
+                    for name in layers["total"]
+                ],
+            )
+        run.log(payload)
         return self._finish(run)

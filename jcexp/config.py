@@ -321,8 +321,33 @@ def check_values(cfg: DictConfig) -> None:
     if e.case_ratio and q.bits >= 16:
         errors.append("errors.case_ratio=true needs quantization (quant.bits < 16)")
 
+    errors += unknown_key_errors(cfg)
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def unknown_key_errors(cfg: DictConfig) -> list[str]:
+    """Keys the schema does not know. Hydra's struct mode refuses `key=v` typos, but `+key=v` force-adds them
+    (its documented meaning), so `+sead=1` would otherwise be silently ignored."""
+    import dataclasses
+    import difflib
+    import typing
+
+    def walk(schema: type, node: Any, prefix: str) -> list[str]:
+        hints = typing.get_type_hints(schema)
+        bad = []
+        for key in node:
+            if key == "hydra" and not prefix:
+                continue
+            if key not in hints:
+                near = difflib.get_close_matches(str(key), list(hints), n=1)
+                hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
+                bad.append(f"unknown key(s) ['{prefix}{key}']{hint}")
+            elif dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
+                bad += walk(hints[key], node[key], f"{prefix}{key}.")
+        return bad
+
+    return walk(RunConfig, cfg, "")
 
 
 def group_size_errors(group_size: int | None, in_features: dict[str, int]) -> list[str]:

@@ -124,19 +124,30 @@ class CalibrationSource:
 
 
 class LocalProseCalibration(CalibrationSource):
-    """The calibration half of the offline prose corpus, plus any local text files in ``options.files``."""
+    """The calibration half of the offline prose corpus (unless ``options.prose: false``), plus any local text
+    files in ``options.files`` (paragraphs separated by blank lines)."""
 
     def texts(self) -> list[str]:
-        texts = prose_split("calibration")
+        texts = list(prose_split("calibration")) if self.options.get("prose", True) else []
         for path in self.options.get("files", []) or []:
             with open(path, encoding="utf-8") as fh:
                 texts.extend(p.strip() for p in re.split(r"\n\s*\n", fh.read()) if p.strip())
         return texts
 
     def check(self) -> None:
+        from jcexp.config import ConfigError
+
         for path in self.options.get("files", []) or []:
-            with open(path, encoding="utf-8"):
-                pass
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    fh.read(1)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"calibration.options.files: cannot read {path!r}: {exc}") from exc
+        if not self.texts():
+            raise ConfigError(
+                f"calibration={self.name}: no calibration text (options.prose is false and "
+                f"options.files {self.options.get('files')} hold no paragraph)"
+            )
 
 
 class HubTextCalibration(CalibrationSource):

@@ -83,6 +83,53 @@ def check_tasks(bench) -> None:
         )
 
 
+def _leaf_tasks(tasks: dict[Any, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in tasks.items():
+        if isinstance(value, dict):  # a group: its subtasks
+            out.update(_leaf_tasks(value))
+        else:
+            out[str(key)] = value
+    return out
+
+
+def _loads(name: str, bench) -> bool:
+    from lm_eval.tasks import get_task_dict
+
+    try:
+        get_task_dict([name], task_manager(bench))
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def check_documents(bench) -> dict[str, int]:
+    """Build the tasks (their data sets load here, not mid-run) and refuse any with no documents to score.
+    lm-eval itself fails on an empty data set with an exception that names neither the task nor the file.
+    Returns the documents each task will score (after benchmark.limit)."""
+    from lm_eval.tasks import get_task_dict
+
+    names = task_names(bench)
+    try:
+        tasks = _leaf_tasks(get_task_dict(names, task_manager(bench)))
+    except Exception as exc:  # noqa: BLE001 - datasets/lm-eval raise anything from StopIteration to HTTP errors
+        culprits = [n for n in names if not _loads(n, bench)] or names
+        raise ConfigError(
+            f"benchmark={bench.name}: the data of task(s) {culprits} could not be loaded "
+            f"({type(exc).__name__}: {str(exc) or 'no detail'}); is a data file empty, missing or on an "
+            "unreachable hub?"
+        ) from exc
+    counts = {}
+    for name, task in tasks.items():
+        n = len(task.eval_docs)
+        limit = bench.limit
+        counts[name] = n if limit is None else min(n, math.ceil(n * limit) if limit < 1 else int(limit))
+    empty = sorted(n for n, c in counts.items() if c == 0)
+    if empty:
+        raise ConfigError(f"benchmark={bench.name}: task(s) {empty} have no documents to evaluate")
+    return counts
+
+
 def _lookup(res: dict[str, Any], task: str, metric: str) -> tuple[float, float | None]:
     for section in ("results", "groups"):
         entry = res.get(section, {}).get(task)

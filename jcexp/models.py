@@ -39,6 +39,32 @@ def _publish_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the HF checkpoint in ``path`` cannot be loaded, or None. Reads only the safetensors headers, so a
+    truncated or overwritten weight file is caught before any compute (transformers would fail mid-load)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return "no HF checkpoint there (config.json missing)"
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        return None if list(path.glob("pytorch_model*.bin")) else "no weight file (*.safetensors) there"
+    for file in files:
+        size = file.stat().st_size
+        try:
+            with open(file, "rb") as fh:
+                header_len = int.from_bytes(fh.read(8), "little")
+                if not 0 < header_len <= size - 8:
+                    return f"corrupt weight file {file.name}: bad header length"
+                header = json.loads(fh.read(header_len))
+        except (OSError, ValueError) as exc:
+            return f"corrupt weight file {file.name}: {exc}"
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        expected = 8 + header_len + max(ends, default=0)
+        if size != expected:
+            return f"truncated or corrupt weight file {file.name}: {size} bytes, its header says {expected}"
+    return None
+
+
 class ModelSource:
     kind = "base"
 
@@ -59,14 +85,29 @@ class ModelSource:
         """What makes two loads the same model: used in cache keys."""
         raise NotImplementedError
 
-    def layer_widths(self, ignore: str = "lm_head") -> dict[str, int]:
-        """Input width of every Linear layer (lm_head excluded), from the config on the meta device."""
+    def _skeleton(self):
         import torch
         from transformers import AutoModelForCausalLM
 
         config = self.hf_config()  # outside the meta context: it may convert or read files
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
+            return AutoModelForCausalLM.from_config(config)
+
+    def checkpoint_bytes(self) -> int:
+        """Bytes of a dense checkpoint of this model in its dtype, from the config: no weight is read."""
+        import torch
+
+        skeleton = self._skeleton()
+        return (
+            sum(p.numel() for p in skeleton.parameters())
+            * torch.empty(0, dtype=_torch_dtype(self.dtype)).element_size()
+        )
+
+    def layer_widths(self, ignore: str = "lm_head") -> dict[str, int]:
+        """Input width of every Linear layer (lm_head excluded), from the config on the meta device."""
+        import torch
+
+        skeleton = self._skeleton()
         return {
             name: mod.in_features
             for name, mod in skeleton.named_modules()
@@ -95,10 +136,9 @@ class LocalModel(ModelSource):
         self.path = str(path)
 
     def check(self) -> None:
-        if not (Path(self.path) / "config.json").is_file():
-            raise ModelSourceError(
-                f"model.source.path={self.path!r}: no HF checkpoint there (config.json missing)"
-            )
+        problem = checkpoint_problem(self.path)
+        if problem:
+            raise ModelSourceError(f"model.source.path={self.path!r}: {problem}")
 
     def hf_config(self):
         from transformers import AutoConfig
@@ -209,7 +249,9 @@ class PackagedGGUF(ModelSource):
         """The converted checkpoint, built on first use."""
         final = Path(self.cache_dir) / f"{Path(self.filename).stem}-{self._fingerprint()}"
         if (final / "jcexp_complete.json").exists():
-            return final
+            if checkpoint_problem(final) is None:
+                return final
+            shutil.rmtree(final, ignore_errors=True)  # damaged after it was published: converted again
         self._convert(final)
         return final
 

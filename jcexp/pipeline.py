@@ -80,6 +80,37 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"output directory {path} is not writable: {exc}") from exc
 
 
+HEADROOM_BYTES = 64 * 2**20  # result.json, logs, the W&B offline run
+
+
+def _check_free_space(plan: Plan, out: Path) -> None:
+    """Refuse a run whose checkpoints cannot fit, before any compute: a full disk would otherwise surface
+    as a failed save (or a half-built cache entry) after the whole compression and evaluation."""
+    model_bytes = plan.source.checkpoint_bytes()
+    needs: dict[str, int] = {}
+    for path, need, what in (
+        (out, model_bytes if plan.cfg.save_model else 0, "the compressed checkpoint (save_model)"),
+        (
+            Path(plan.cfg.paths.cache_dir),
+            model_bytes if plan.pruner.active and plan.cfg.cache_pruned else 0,
+            "the pruned-model cache (cache_pruned)",
+        ),
+    ):
+        device = os.stat(path).st_dev
+        needs[device] = needs.get(device, HEADROOM_BYTES) + need
+        free = shutil.disk_usage(path).free
+        if free < needs[device]:
+            raise ConfigError(
+                f"not enough free space for {what} under {path}: about {_size(needs[device])} needed, "
+                f"{_size(free)} free; free some, move paths.root/paths.cache_dir, "
+                "or set save_model=false / cache_pruned=false"
+            )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _pick_device(name: str) -> str:
     import torch
 
@@ -95,7 +126,7 @@ class Plan:
 
     def __init__(self, cfg: DictConfig):
         from jcexp.compress import check_stages
-        from jcexp.evaluate import check_tasks
+        from jcexp.evaluate import check_documents, check_tasks
 
         check_values(cfg)
         self.cfg = cfg
@@ -110,6 +141,7 @@ class Plan:
         if hasattr(self.calibration, "check"):
             self.calibration.check()
         check_tasks(cfg.benchmark)
+        self.documents = check_documents(cfg.benchmark)
         self.layer_widths = self.source.layer_widths()
         check_stages([self.pruner, self.quant], self.layer_widths)
         self.device = _pick_device(cfg.device)
@@ -185,10 +217,13 @@ def _pruned_model(plan: Plan, key, final: Path, model, tokenizer, calibration_fn
 
     from jcexp import measure
     from jcexp.compress import apply_stage
-    from jcexp.models import ModelSource, _publish_dir
+    from jcexp.models import ModelSource, _publish_dir, checkpoint_problem
 
     marker = read_json(final / "jcexp_prune_key.json")
-    if plan.cfg.cache_pruned and marker == key:
+    problem = checkpoint_problem(final) if marker == key else None
+    if problem:
+        log.warning("pruned model cache %s is damaged (%s): pruning again", final, problem)
+    if plan.cfg.cache_pruned and marker == key and not problem:
         log.info("pruned model: reusing %s", final)
         with measure.stage(records, "load_pruned"):
             model, tokenizer = ModelSource._load_dir(final, plan.source.dtype)
@@ -324,6 +359,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if stored:
         log.info("result for config %s was computed in %s: reusing it", plan.hash, stored["run_dir"])
         return reuse_result(stored, out)
+    _check_free_space(plan, out)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -332,17 +368,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with measure.stage(records, "load"):
         model, tokenizer = plan.source.load()
     lm_head_before = measure.lm_head_digest(model)
-    dense, baseline_path, baseline_reused = dense_baseline(plan, model, tokenizer, records)
-
-    measured: dict[str, Any] = {"sparsity": {"after_prune": None, "after_quant": None}}
     calibration = None
 
     def calibration_data():
         nonlocal calibration
-        if calibration is None:  # built only when a stage actually runs
+        if calibration is None:
             with measure.stage(records, "calibration_data"):
                 calibration = plan.calibration.dataset(tokenizer)
         return calibration
+
+    if plan.stages:
+        calibration_data()  # too little calibration text fails here, before the dense evaluation
+    dense, baseline_path, baseline_reused = dense_baseline(plan, model, tokenizer, records)
+
+    measured: dict[str, Any] = {"sparsity": {"after_prune": None, "after_quant": None}}
 
     probe = None
     if cfg.errors.enabled and plan.stages:

@@ -86,18 +86,23 @@ def test_same_sweep_again_reuses_every_point_without_submitting(grid):
 
 
 def test_failed_points_are_recorded_and_the_rest_finish(tmp_path):
-    """Four points: one good, two raising (group size 48 does not divide 64), one SIGKILLed while loading."""
+    """Four points: one good, two raising (group size 48 does not divide 64), one SIGKILLed mid-compression
+    (after pruning, inside GPTQ). The rerun reuses the good point, completes the killed one, and the two bad
+    ones fail again. No result.json is ever partial."""
+    killer = "tests.faults.KilledMidQuantization"
+    stock = "llmcompressor.modifiers.quantization.GPTQModifier"
     args = (
         "-m",
         *BASE,
         "logger=none",
-        "pruner.sparsity=0",
+        "pruner.sparsity=25",
         "quant.bits=4",
         "quant.group_size=32,48",
-        "model.source._target_=jcexp.models.TinyRandomLlama,tests.faults.KilledOnLoad",
+        f"quant.modifier._target_={stock},{killer}",
         f"paths.cache_dir={tmp_path / 'cache'}",
     )
-    proc = launch(*args, outputs=tmp_path)  # from the repo root, so workers can import tests.faults
+    env = {"JCEXP_FAULT_ONCE": str(tmp_path / "killed-once")}
+    proc = launch(*args, outputs=tmp_path, env=env)  # from the repo root, so workers can import tests.faults
     assert proc.returncode == 1
     assert "3 point(s) of the sweep failed" in proc.stderr
     sweep = sweep_dirs(tmp_path)[0]
@@ -106,21 +111,27 @@ def test_failed_points_are_recorded_and_the_rest_finish(tmp_path):
     def record(*overrides):
         return next(r for r in records if set(overrides) <= set(r["overrides"]))
 
-    killed = record("quant.group_size=32", "model.source._target_=tests.faults.KilledOnLoad")
+    killed = record("quant.group_size=32", f"quant.modifier._target_={killer}")
     assert "died" in killed["cause"] and killed["stderr_tail"] is not None
-    raised = record("quant.group_size=48", "model.source._target_=jcexp.models.TinyRandomLlama")
+    raised = record("quant.group_size=48", f"quant.modifier._target_={stock}")
     assert "ConfigError" in raised["cause"] and "group_size" in raised["cause"]
     assert "Traceback" in raised["traceback"]
     assert len(records) == 3 and len(results(sweep)) == 1
-    for point in ("quant.group_size=48", "tests.faults.KilledOnLoad"):
+    for point in ("quant.group_size=48", killer):
         assert point in proc.stderr
     assert "1 complete run(s), 3 failed, 0 missing." in (sweep / "report.md").read_text()
 
-    again = launch(*args, outputs=tmp_path)  # resume: only the failed points run again
-    assert again.returncode == 1
+    again = launch(*args, outputs=tmp_path, env=env)  # resume: only the failed points run again
+    assert again.returncode == 1 and "2 point(s) of the sweep failed" in again.stderr
     assert (again.stdout + again.stderr).count("(complete for this config hash: reused)") == 1
     new = sweep_dirs(tmp_path)[1]
     assert len(list((new / ".submitit").glob("*/*_submitted.pkl"))) == 3
+    assert len(results(new)) == 2  # the reused point and the completed killed one
+    # Every result.json ever written (sweep dirs and the result index) is whole and complete.
+    written = [*tmp_path.rglob("result.json"), *(tmp_path / "cache" / "results").glob("*.json")]
+    assert len(written) >= 4
+    for path in written:
+        assert json.loads(path.read_text())["status"] == "complete", path
 
 
 def test_a_bad_point_stops_the_sweep_before_any_job(tmp_path):

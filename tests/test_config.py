@@ -124,3 +124,10 @@ def test_quantization_only_experiment_disables_pruning(compose):
     assert cfg.pruner.name == "none" and cfg.quant.name == "gptq"
     cfg = compose("experiment=pruning_only")
     assert cfg.quant.name == "none" and cfg.pruner.name == "sparsegpt"
+
+
+def test_experiment_files_override_the_primary_config(compose):
+    """`_self_` comes before the groups: an experiment's values win over conf/config.yaml's own."""
+    cfg = compose("experiment=error_analysis")
+    assert cfg.errors.enabled and cfg.errors.case_ratio and list(cfg.tags) == ["error_analysis"]
+    assert not compose().errors.enabled

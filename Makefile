@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: demo test test-fast lint clean-venv slurm-deps
+.PHONY: demo test test-fast lint bench clean-venv slurm-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,15 +31,19 @@ slurm-deps:
 		|| echo "slurm-deps: could not install SLURM; its real-cluster test will skip"; fi
 
 test: $(STAMP) slurm-deps
-	$(PY) -m ruff check jcexp hydra_plugins tests launch.py
+	$(PY) -m ruff check jcexp hydra_plugins tests bench launch.py
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# Benchmarks on SmolLM2 (about 45 min on 2 CPU cores); figures in bench/results/, quoted in docs/performance.md.
+bench: $(STAMP)
+	$(PY) -m bench.run_all
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow and not slurm" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff format jcexp hydra_plugins tests launch.py
-	$(PY) -m ruff check --fix jcexp hydra_plugins tests launch.py
+	$(PY) -m ruff format jcexp hydra_plugins tests bench launch.py
+	$(PY) -m ruff check --fix jcexp hydra_plugins tests bench launch.py
 
 
 clean-venv:

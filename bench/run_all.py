@@ -1,0 +1,23 @@
+"""Every benchmark, one after another (never in parallel: they would measure each other):
+
+    python -m bench.run_all            # or: make bench
+
+Each writes bench/results/<name>.json and .md; docs/performance.md quotes them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench import eval_throughput, grid, overhead, stages
+
+
+def main() -> None:
+    for bench in (overhead, stages, eval_throughput, grid):
+        print(f"\n== bench.{bench.__name__.rpartition('.')[2]}", flush=True)
+        bench.main([])
+    print("\nresults in bench/results/", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import estimate, eval_throughput, grid, overhead, stages
+from bench import estimate, eval_throughput, grid, overhead, render, stages
 
 
 def main() -> None:
     for bench in (overhead, stages, eval_throughput, grid, estimate):
         print(f"\n== bench.{bench.__name__.rpartition('.')[2]}", flush=True)
         bench.main([])
+    render.main()
     print("\nresults in bench/results/", file=sys.stderr)
 
 

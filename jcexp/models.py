@@ -86,12 +86,15 @@ class ModelSource:
         raise NotImplementedError
 
     def _skeleton(self):
+        """The model on the meta device (no memory), built once: the shape checks and the disk check share it."""
         import torch
         from transformers import AutoModelForCausalLM
 
-        config = self.hf_config()  # outside the meta context: it may convert or read files
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config)
+        if getattr(self, "_meta_model", None) is None:
+            config = self.hf_config()  # outside the meta context: it may convert or read files
+            with torch.device("meta"):
+                self._meta_model = AutoModelForCausalLM.from_config(config)
+        return self._meta_model
 
     def checkpoint_bytes(self) -> int:
         """Bytes of a dense checkpoint of this model in its dtype, from the config: no weight is read."""

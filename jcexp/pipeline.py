@@ -201,7 +201,7 @@ def _prune_key(plan: Plan) -> dict[str, Any]:
     }
 
 
-def pruned_model(plan: Plan, model, tokenizer, calibration_fn, records: dict[str, Any]):
+def pruned_model(plan: Plan, model, tokenizer, calibration, records: dict[str, Any]):
     """Prune once per (model, pruner settings, calibration, seed, llm-compressor version) and keep the pruned
     checkpoint, so a grid of S sparsities x Q bit widths runs SparseGPT S times, not S x Q. The entry is
     published by an atomic rename with its key inside; a partial or foreign entry is rebuilt, never used."""
@@ -209,10 +209,10 @@ def pruned_model(plan: Plan, model, tokenizer, calibration_fn, records: dict[str
     key = _prune_key(plan)
     final = Path(plan.cfg.paths.cache_dir) / "pruned" / config_hash(key)
     with file_lock(final.with_suffix(".lock")):
-        return _pruned_model(plan, key, final, model, tokenizer, calibration_fn, records)
+        return _pruned_model(plan, key, final, model, tokenizer, calibration, records)
 
 
-def _pruned_model(plan: Plan, key, final: Path, model, tokenizer, calibration_fn, records: dict[str, Any]):
+def _pruned_model(plan: Plan, key, final: Path, model, tokenizer, calibration, records: dict[str, Any]):
     import tempfile
 
     from jcexp import measure
@@ -229,7 +229,7 @@ def _pruned_model(plan: Plan, key, final: Path, model, tokenizer, calibration_fn
             model, tokenizer = ModelSource._load_dir(final, plan.source.dtype)
         return model, tokenizer, {"path": str(final), "reused": True}
     with measure.stage(records, "prune"):
-        apply_stage(plan.pruner, model, tokenizer, calibration_fn(), plan.cfg.seed)
+        apply_stage(plan.pruner, model, tokenizer, calibration, plan.cfg.seed)
     if not plan.cfg.cache_pruned:
         return model, tokenizer, {"path": None, "reused": False}
     if final.exists():  # partial or stale: rebuilt, never used
@@ -243,7 +243,7 @@ def _pruned_model(plan: Plan, key, final: Path, model, tokenizer, calibration_fn
     return model, tokenizer, {"path": str(final), "reused": False}
 
 
-def _other_case(cfg: DictConfig, plan: Plan, model, tokenizer, calibration, probe, stage_input, records):
+def _other_case(plan: Plan, model, tokenizer, calibration, probe, stage_input, records):
     """Per-layer errors of the GPTQ case this run does not use, on a copy of the same pruned model, so that
     E_A / E_B compares the two cases on identical weights and inputs. Costs one more GPTQ pass and model copy."""
     import copy
@@ -251,30 +251,30 @@ def _other_case(cfg: DictConfig, plan: Plan, model, tokenizer, calibration, prob
     from jcexp import measure
     from jcexp.compress import apply_stage
 
-    alt_cfg = copy.deepcopy(cfg)
-    alt_cfg.quant.preserve_sparsity = not cfg.quant.preserve_sparsity
+    alt_cfg = copy.deepcopy(plan.cfg)
+    alt_cfg.quant.preserve_sparsity = not plan.cfg.quant.preserve_sparsity
     alt = instantiate(alt_cfg.quant)
     twin = copy.deepcopy(model)
     with measure.stage(records, f"quantize_case_{'B' if alt.preserve_sparsity else 'A'}_for_ratio"):
-        apply_stage(alt, twin, tokenizer, calibration, cfg.seed)
+        apply_stage(alt, twin, tokenizer, calibration, plan.cfg.seed)
     out = probe.errors(twin, stage_input)
     del twin
     return out
 
 
-def _error_summary(plan: Plan, tokens: int, layer_errors: dict[str, Any]) -> dict[str, Any]:
+def _error_summary(
+    plan: Plan, tokens: int, layer_errors: dict[str, Any], ratio: dict[str, Any] | None
+) -> dict[str, Any]:
     """Pooled errors per stage (prune and quant against their input, total against the dense model), and
-    E_A / E_B beside eq. 7's first-order prediction for this sparsity."""
+    E_A / E_B (pooled and its spread over layers) beside eq. 7's first-order prediction for this sparsity."""
     out: dict[str, Any] = {
         "tokens": tokens,
         "samples": plan.cfg.errors.samples,
         "stages": {k: errors.summarize(v) for k, v in layer_errors.items()},
     }
-    if "case_a" in layer_errors:
-        ratio = errors.case_ratio(layer_errors["case_a"], layer_errors["case_b"])
-        layer_errors["case_ratio"] = ratio.pop("per_layer")
+    if ratio is not None:
         out["case_ratio"] = {
-            **ratio,
+            **{k: v for k, v in ratio.items() if k != "per_layer"},
             "first_order": metrics.case_error_ratio_first_order(plan.pruner.target_sparsity),
         }
     return out
@@ -369,16 +369,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model, tokenizer = plan.source.load()
     lm_head_before = measure.lm_head_digest(model)
     calibration = None
-
-    def calibration_data():
-        nonlocal calibration
-        if calibration is None:
-            with measure.stage(records, "calibration_data"):
-                calibration = plan.calibration.dataset(tokenizer)
-        return calibration
-
-    if plan.stages:
-        calibration_data()  # too little calibration text fails here, before the dense evaluation
+    if plan.stages:  # built first: too little calibration text fails here, before the dense evaluation
+        with measure.stage(records, "calibration_data"):
+            calibration = plan.calibration.dataset(tokenizer)
     dense, baseline_path, baseline_reused = dense_baseline(plan, model, tokenizer, records)
 
     measured: dict[str, Any] = {"sparsity": {"after_prune": None, "after_quant": None}}
@@ -386,12 +379,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     probe = None
     if cfg.errors.enabled and plan.stages:
         with measure.stage(records, "errors_capture"):
-            probe = errors.capture(model, calibration_data(), cfg.errors.samples, cfg.errors.tokens, cfg.seed)
+            probe = errors.capture(model, calibration, cfg.errors.samples, cfg.errors.tokens, cfg.seed)
     layer_errors: dict[str, Any] = {}  # per stage, per layer; summarized into measured["errors"] at the end
 
     prune_cache = None
     if plan.pruner.active:
-        model, tokenizer, prune_cache = pruned_model(plan, model, tokenizer, calibration_data, records)
+        model, tokenizer, prune_cache = pruned_model(plan, model, tokenizer, calibration, records)
         measured["prune"] = measure.sparsity(model)
         measured["sparsity"]["after_prune"] = measured["prune"]["overall"]
         if plan.pruner.nm:
@@ -403,9 +396,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         stage_input = probe.outputs(model) if probe is not None else None
         other = None
         if cfg.errors.case_ratio:  # the other GPTQ case, on a copy of the same pruned model
-            other = _other_case(cfg, plan, model, tokenizer, calibration_data(), probe, stage_input, records)
+            other = _other_case(plan, model, tokenizer, calibration, probe, stage_input, records)
         with measure.stage(records, "quantize"):
-            apply_stage(plan.quant, model, tokenizer, calibration_data(), cfg.seed)
+            apply_stage(plan.quant, model, tokenizer, calibration, cfg.seed)
         if probe is not None:
             layer_errors["quant"] = probe.errors(model, stage_input)
             if other is not None:
@@ -425,7 +418,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     measured["lm_head_unchanged"] = measure.lm_head_digest(model) == lm_head_before
     if probe is not None:
         layer_errors["total"] = probe.errors(model)
-        measured["errors"] = _error_summary(plan, probe.tokens, layer_errors)
+        ratio = (
+            errors.case_ratio(layer_errors["case_a"], layer_errors["case_b"])
+            if "case_a" in layer_errors
+            else None
+        )
+        measured["errors"] = _error_summary(plan, probe.tokens, layer_errors, ratio)
+        if ratio is not None:
+            layer_errors["case_ratio"] = ratio["per_layer"]
         del probe  # its stored activations are not needed for evaluation
 
     if plan.stages:

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jcexp import metrics  # noqa: E402
 from jcexp.report import label as _label  # noqa: E402
 from jcexp.report import point as _point  # noqa: E402
+from jcexp.report import with_errors  # noqa: E402
 
 Result = dict[str, Any]
 
@@ -109,7 +110,7 @@ def _srcr_plot(runs: list[Result], title: str, path: Path) -> Path | None:
 
 
 def _error_plot(runs: list[Result], title: str, path: Path) -> Path | None:
-    runs = [r for r in runs if (r["measured"].get("errors") or {}).get("stages")]
+    runs = with_errors(runs)
     if not runs:
         return None
     ratios = [r for r in runs if r["measured"]["errors"].get("case_ratio")]

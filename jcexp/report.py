@@ -149,9 +149,14 @@ def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def with_errors(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that recorded the error analysis (``errors.enabled``)."""
+    return [r for r in results if (r["measured"].get("errors") or {}).get("stages")]
+
+
 def error_lines(results: list[dict[str, Any]]) -> list[str]:
     """Runs with ``errors.enabled``: pooled relative layer error per stage, and E_A/E_B beside eq. 7's 1/(1-p)."""
-    runs = [r for r in results if (r["measured"].get("errors") or {}).get("stages")]
+    runs = with_errors(results)
     if not runs:
         return []
     md = [

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench.common import table, write
-from bench.overhead import smollm2_dir
+from bench.overhead import checkpoint_dir
 
 TASKS = {"loglikelihood": "jc_nextsentence", "generation": "jc_lastword_gen"}
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     from jcexp.models import ModelSource
 
     work = Path(tempfile.mkdtemp(prefix="jcexp-bench-eval-"))
-    model, tokenizer = ModelSource._load_dir(smollm2_dir(work / "warm"), "float32")
+    model, tokenizer = ModelSource._load_dir(checkpoint_dir(work / "warm"), "float32")
     manager = TaskManager(include_path=[str(BUILTIN_TASKS)])
     rows = []
     for kind, task in TASKS.items():

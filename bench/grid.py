@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import launch, results_under, table, warm_models, write
-from bench.overhead import smollm2_dir
+from bench.overhead import checkpoint_dir
 
 SPARSITIES, BITS = ("0", "25", "33.3"), ("3", "4")
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="jcexp-bench-grid-"))
-    smollm2_dir(work / "warm", args.model)
+    checkpoint_dir(work / "warm", args.model)
     models = work / "warm" / "models"
     common = (
         f"model={args.model}",

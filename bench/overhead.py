@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.common import launch, results_under, table, timed, warm_models, write
 
 
-def smollm2_dir(cache: Path, model: str = "smollm2_135m") -> Path:
+def checkpoint_dir(cache: Path, model: str = "smollm2_135m") -> Path:
     """The model's HF checkpoint as jcexp loads it (SmolLM2 converted here once if needed)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="jcexp-bench-overhead-"))
-    model_dir = smollm2_dir(work / "warm", args.model)  # converted once; set-up, not measured
+    model_dir = checkpoint_dir(work / "warm", args.model)  # converted once; set-up, not measured
     models = work / "warm" / "models"
     runs = []
     for rep in range(args.reps):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.common import launch, results_under, table, warm_models, write
-from bench.overhead import smollm2_dir
+from bench.overhead import checkpoint_dir
 
 STAGES = ("load", "calibration_data", "eval_dense", "prune", "quantize", "eval")
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     limits = [int(v) for v in args.limits.split(",")]
     work = Path(tempfile.mkdtemp(prefix="jcexp-bench-stages-"))
-    model_dir = smollm2_dir(work / "warm", args.model)
+    model_dir = checkpoint_dir(work / "warm", args.model)
     rows = []
     for i, ((samples, seq_len), limit) in enumerate(zip(sizes, limits, strict=True)):
         cache = work / f"cache{i}"

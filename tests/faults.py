@@ -5,15 +5,6 @@ import signal
 
 from llmcompressor.modifiers.quantization import GPTQModifier
 
-from jcexp.models import TinyRandomLlama
-
-
-class KilledOnLoad(TinyRandomLlama):
-    """Passes every pre-compute check, then SIGKILLs its own process when the weights would be read."""
-
-    def load(self):
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 class KilledMidQuantization(GPTQModifier):
     """llm-compressor's GPTQ that SIGKILLs its process mid-compression (after the dense evaluation, the pruning

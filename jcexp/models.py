@@ -130,13 +130,34 @@ class ModelSource:
 
 
 class LocalModel(ModelSource):
-    """An HF checkpoint directory on disk."""
+    """An HF checkpoint directory on disk, loaded in its own dtype by default (``dtype: auto``): an 8B model
+    saved in bf16 stays 16 GB, where transformers' float32 default would make it 32 GB (and each cache entry)."""
 
     kind = "local"
+    DEFAULT_DTYPE = "bfloat16"  # for a checkpoint whose config names no dtype
 
-    def __init__(self, path: str, dtype: str = "float32"):
+    def __init__(self, path: str, dtype: str = "auto"):
+        if dtype != "auto":
+            _torch_dtype(dtype)  # an unknown name fails here, before any weight is read
         super().__init__(dtype)
+        self.requested_dtype = dtype
         self.path = str(path)
+
+    @property
+    def dtype(self) -> str:
+        if self.requested_dtype != "auto":
+            return self.requested_dtype
+        try:
+            config = json.loads((Path(self.path) / "config.json").read_text())
+        except (OSError, ValueError):
+            return self.DEFAULT_DTYPE
+        # transformers 5 writes "dtype"; older checkpoints carry "torch_dtype".
+        saved = str(config.get("dtype") or config.get("torch_dtype") or "")
+        return saved if saved in DTYPES else self.DEFAULT_DTYPE
+
+    @dtype.setter
+    def dtype(self, value: str) -> None:
+        self.requested_dtype = value
 
     def check(self) -> None:
         problem = checkpoint_problem(self.path)

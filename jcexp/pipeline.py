@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from jcexp import errors, metrics
+from jcexp import errors, metrics, placement
 from jcexp.config import ConfigError, check_values
 from jcexp.results import (
     RESULT_FILE,
@@ -145,6 +145,13 @@ class Plan:
         self.layer_widths = self.source.layer_widths()
         check_stages([self.pruner, self.quant], self.layer_widths)
         self.device = _pick_device(cfg.device)
+        if self.stages and self.device.startswith("cuda:") and self.device != "cuda:0":
+            # llm-compressor takes no device argument: it onloads to cuda:0 (get_main_device).
+            raise ConfigError(
+                f"device={self.device}: llm-compressor compresses on cuda:0, so evaluation and compression "
+                f"would use different GPUs; pick the GPU with CUDA_VISIBLE_DEVICES={self.device[5:]} "
+                "and device=cuda"
+            )
 
     @property
     def stages(self):
@@ -167,7 +174,8 @@ def _baseline_key(plan: Plan) -> dict[str, Any]:
 
 
 def dense_baseline(plan: Plan, model, tokenizer, records: dict[str, Any]):
-    """Evaluate the dense model once per (model, benchmark settings, seed, data, versions) and cache it.
+    """Evaluate the dense model once per (model, benchmark settings, seed, data, versions) and cache it, with
+    the placement it was evaluated in (the device contract's record).
     The full key is stored beside the scores and compared on load, so a change of settings never reuses an
     old baseline."""
 
@@ -184,11 +192,12 @@ def _dense_baseline(plan: Plan, key, path: Path, model, tokenizer, records: dict
     cached = read_json(path)
     if cached and cached.get("key") == key:
         log.info("dense baseline: reusing %s", path)
-        return EvalResult.from_dict(cached["eval"]), str(path), True
+        return EvalResult.from_dict(cached["eval"]), str(path), True, cached.get("placement")
+    placed = placement.state(placement.for_evaluation(model, plan.device)).to_dict()
     with measure.stage(records, "eval_dense"):
         result = evaluate(model, tokenizer, plan.cfg.benchmark, plan.cfg.seed)
-    atomic_write_json(path, {"key": key, "eval": result.to_dict()})
-    return result, str(path), False
+    atomic_write_json(path, {"key": key, "eval": result.to_dict(), "placement": placed})
+    return result, str(path), False, placed
 
 
 def _prune_key(plan: Plan) -> dict[str, Any]:
@@ -344,7 +353,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from jcexp import measure
-    from jcexp.compress import apply_stage, seed_everything
+    from jcexp.compress import apply_stage, compression_device, seed_everything
     from jcexp.evaluate import evaluate
 
     plan = Plan(cfg)  # every config, model, task and shape check: before any weights are read
@@ -372,13 +381,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if plan.stages:  # built first: too little calibration text fails here, before the dense evaluation
         with measure.stage(records, "calibration_data"):
             calibration = plan.calibration.dataset(tokenizer)
-    dense, baseline_path, baseline_reused = dense_baseline(plan, model, tokenizer, records)
+    dense, baseline_path, baseline_reused, dense_placement = dense_baseline(plan, model, tokenizer, records)
 
     measured: dict[str, Any] = {"sparsity": {"after_prune": None, "after_quant": None}}
 
     probe = None
     if cfg.errors.enabled and plan.stages:
         with measure.stage(records, "errors_capture"):
+            placement.for_evaluation(model, plan.device)
             probe = errors.capture(model, calibration, cfg.errors.samples, cfg.errors.tokens, cfg.seed)
     layer_errors: dict[str, Any] = {}  # per stage, per layer; summarized into measured["errors"] at the end
 
@@ -428,13 +438,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             layer_errors["case_ratio"] = ratio["per_layer"]
         del probe  # its stored activations are not needed for evaluation
 
+    placed = {"evaluate": plan.device, "compress": compression_device() if plan.stages else None}
     if plan.stages:
-        if plan.device != "cpu":
-            model.to(plan.device)
+        placement.for_evaluation(model, plan.device)
+        placed["compressed_eval"] = placement.state(model).to_dict()
         with measure.stage(records, "eval"):
             compressed = evaluate(model, tokenizer, cfg.benchmark, cfg.seed)
     else:
         compressed = dense  # nothing was compressed: the dense scores are this run's scores
+    placed["dense_eval"] = dense_placement
 
     saved: dict[str, Any] = {"path": None, "bytes": None}
     # llm-compressor's quantizers pack into compressed-tensors; NF4/int8 here are simulated, saved dense.
@@ -468,6 +480,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "config": plan.resolved,
         "seed": cfg.seed,
         "device": plan.device,
+        # Where the weights were at each evaluation and which device llm-compressor compressed on.
+        "placement": placed,
+        "threads": torch.get_num_threads(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "model": {"name": cfg.model.name, **plan.source.identity(), "linear_layers": len(plan.layer_widths)},
         "calibration": plan.calibration.describe(),

@@ -3,6 +3,22 @@
 "N pruned of every M", bit widths, and the checks that must pass before any compute.
 """
 
-from .stages import Pruner, Quantizer, Stage, apply_stage, check_stages, seed_everything
+from .stages import (
+    Pruner,
+    Quantizer,
+    Stage,
+    apply_stage,
+    check_stages,
+    compression_device,
+    seed_everything,
+)
 
-__all__ = ["Pruner", "Quantizer", "Stage", "apply_stage", "check_stages", "seed_everything"]
+__all__ = [
+    "Pruner",
+    "Quantizer",
+    "Stage",
+    "apply_stage",
+    "check_stages",
+    "compression_device",
+    "seed_everything",
+]

@@ -94,8 +94,12 @@ class _WeightOnly:
 
     @torch.no_grad()
     def apply_to(self, model) -> None:
+        # Through the offload API: on a dispatched module, `weight` is a per-access copy and a write to it is
+        # lost (or fails on a device mismatch); this writes the stored tensor either way.
+        from compressed_tensors.offload import update_offload_parameter
+
         for module in _linears(model).values():
-            module.weight.copy_(self.roundtrip(module.weight))
+            update_offload_parameter(module, "weight", self.roundtrip(module.weight))
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.backend}

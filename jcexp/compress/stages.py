@@ -166,20 +166,37 @@ def check_stages(stages: list[Stage], layer_widths: dict[str, int]) -> None:
 
 
 def apply_stage(stage: Stage, model, tokenizer, calibration, seed: int) -> None:
-    """Run one stage in place with llm-compressor's oneshot on pre-tokenized calibration windows."""
-    seed_everything(seed)
-    if hasattr(stage.modifier, "apply_to"):  # data-free (NF4, int8): no calibration pass
-        stage.modifier.apply_to(model)
-        return
-    from llmcompressor import oneshot
+    """Run one stage in place with llm-compressor's oneshot on pre-tokenized calibration windows.
 
-    oneshot(
-        model=model,
-        tokenizer=tokenizer,
-        dataset=calibration,
-        recipe=stage.recipe(),
-        num_calibration_samples=len(calibration),
-        max_seq_length=len(calibration[0]["input_ids"]),
-        output_dir=None,
-        log_dir=None,
-    )
+    The device contract (jcexp/placement.py) holds on both sides: the stage starts from a plain model stored
+    in host RAM (llm-compressor onloads layer by layer) and leaves a plain model, with no offload wrappers and
+    its quantization baked into the weights, whatever dispatch the stage used."""
+    from jcexp import placement
+
+    seed_everything(seed)
+    placement.for_compression(model)
+    try:
+        if hasattr(stage.modifier, "apply_to"):  # data-free (NF4, int8): no calibration pass
+            stage.modifier.apply_to(model)
+            return
+        from llmcompressor import oneshot
+
+        oneshot(
+            model=model,
+            tokenizer=tokenizer,
+            dataset=calibration,
+            recipe=stage.recipe(),
+            num_calibration_samples=len(calibration),
+            max_seq_length=len(calibration[0]["input_ids"]),
+            output_dir=None,
+            log_dir=None,
+        )
+    finally:
+        placement.release(model)
+
+
+def compression_device() -> str:
+    """Where llm-compressor onloads layers to compress them (it takes no device argument)."""
+    from llmcompressor.utils.dev import get_main_device
+
+    return str(get_main_device())

@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: demo test test-fast lint bench clean-venv slurm-deps
+.PHONY: demo test test-fast lint bench gpu-check clean-venv slurm-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,13 @@ test: $(STAMP) slurm-deps
 # Benchmarks on SmolLM2 (about 45 min on 2 CPU cores); figures in bench/results/, quoted in docs/performance.md.
 bench: $(STAMP)
 	$(PY) -m bench.run_all
+
+# On any GPU node: the CUDA tests (they skip without a GPU), then a timed SmolLM2 point on GPU and CPU, whose
+# figures go into docs/performance.md ("GPU path, measured").
+gpu-check: $(STAMP)
+	$(PY) -m pytest -ra -m gpu tests/test_gpu.py $(PYTEST_ARGS)
+	$(PY) -m bench.gpu_check
+	$(PY) -m bench.render
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow and not slurm" $(PYTEST_ARGS)

@@ -1,0 +1,66 @@
+"""The GPU path, run where a GPU is visible (`make gpu-check` on any GPU node); skipped elsewhere, with the reason.
+
+The CPU invariants behind these tests are in tests/test_placement.py. Here the same runs go through CUDA and are
+compared with CPU runs of the same configs: the device contract on a real GPU (weights resident on cuda:0 at
+every evaluation, llm-compressor compressing on cuda:0, no wrapper left), and scores that agree with CPU within
+a stated tolerance. Compression on a GPU takes other floating-point paths (cuBLAS reductions, TF32 off), so a
+few pruning or rounding decisions near ties may differ: that, not a bug, is what the tolerances allow for.
+"""
+
+import pytest
+import torch
+
+from jcexp.pipeline import run
+
+from .conftest import TINY
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: GPU path not run here"),
+]
+
+# Agreement between a CPU and a GPU run of the same point: 2 accuracy points or one item, whichever is more.
+SCORE_ABS_TOL = 0.02
+SR_ABS_TOL = 0.03
+PPL_REL_TOL = 0.02
+
+
+def _check_gpu_placement(result: dict) -> None:
+    placed = result["placement"]
+    assert placed["compress"] == "cuda:0"
+    for key in ("dense_eval", "compressed_eval"):
+        state = placed[key]
+        assert state["devices"] == ["cuda:0"], state
+        assert state["offload_wrapped"] == 0 and state["requantizing"] == 0, state
+
+
+def _agree(cpu: dict, gpu: dict) -> None:
+    for task, row in cpu["tasks"].items():
+        tol = max(SCORE_ABS_TOL, 1 / cpu["n_samples"][task]["effective"])
+        assert abs(row["value"] - gpu["tasks"][task]["value"]) <= tol, task
+        assert abs(row["baseline"] - gpu["tasks"][task]["baseline"]) <= tol, task
+    for task, row in cpu["perplexity"].items():
+        assert abs(row["value"] / gpu["perplexity"][task]["value"] - 1) <= PPL_REL_TOL, task
+    if cpu["metrics"]["sr"] is not None:
+        assert abs(cpu["metrics"]["sr"] - gpu["metrics"]["sr"]) <= SR_ABS_TOL
+
+
+@pytest.mark.parametrize("quant", ["gptq", "rtn", "nf4", "int8"])
+def test_tiny_point_on_cuda_matches_cpu(compose, tmp_path, quant):
+    extra = ("quant.group_size=32",) if quant == "nf4" else ()
+    common = (*TINY, f"quant={quant}", *extra, "save_model=false")
+    cpu = run(compose(*common, "device=cpu", f"paths.cache_dir={tmp_path / 'cpu'}"))
+    gpu = run(compose(*common, "device=cuda", f"paths.cache_dir={tmp_path / 'gpu'}"))
+    _check_gpu_placement(gpu)
+    assert gpu["stages"]["eval"]["peak_cuda_mb"] > 0
+    _agree(cpu, gpu)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["s25_w4", "s0_w3"])
+def test_smollm2_point_on_cuda_matches_cpu(compose, tmp_path, shared_cache, point):
+    common = (f"+point={point}", "benchmark.limit=100", "save_model=false")
+    cpu = run(compose(*common, "device=cpu", f"paths.cache_dir={tmp_path / 'cpu'}"))
+    gpu = run(compose(*common, "device=cuda", f"paths.cache_dir={tmp_path / 'gpu'}"))
+    _check_gpu_placement(gpu)
+    _agree(cpu, gpu)

@@ -24,9 +24,15 @@ def _compose_slurm(*overrides: str):
         return compose("config", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
 
 
-def test_sbatch_script_renders_from_the_yaml(tmp_path):
+def test_sbatch_script_renders_from_the_yaml(tmp_path, monkeypatch):
     from hydra.core.hydra_config import HydraConfig
 
+    # submitit's SlurmExecutor wants an srun on PATH; rendering never runs it, so a stub does without SLURM.
+    stub = tmp_path / "bin" / "srun"
+    stub.parent.mkdir()
+    stub.write_text("#!/bin/sh\nexit 1\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stub.parent}{os.pathsep}{os.environ['PATH']}")
     cfg = _compose_slurm("hydra.launcher.partition=a100", "hydra.launcher.array_parallelism=3")
     previous = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
@@ -47,18 +53,43 @@ def _render_and_check(cfg, tmp_path):
     executor = launcher._executor()._executor  # submitit's SlurmExecutor (private: rendering only, no sbatch)
     executor.parameters["map_count"] = 6  # what map_array sets for a 6-point sweep
     script = executor._make_submission_file_text(executor._submitit_command_str, "uid")
+    lines = script.splitlines()
     for line in (
         "#SBATCH --partition=a100",
         "#SBATCH --gpus-per-node=1",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --cpus-per-task=8",
-        "#SBATCH --mem=64GB",
-        "#SBATCH --time=720",
+        "#SBATCH --mem=160GB",
+        "#SBATCH --time=1440",
         "#SBATCH --array=0-5%3",
+        # Requeue on timeout: submitit's handler catches USR2, 300 s before the limit, and runs scontrol requeue.
+        "#SBATCH --signal=USR2@300",
+        "#SBATCH --requeue",
         "export OMP_WAIT_POLICY=PASSIVE",
     ):
-        assert line in script, (line, script)
+        assert line in lines, (line, script)
     assert "srun" in script and "submitit.core._submit" in script
+    # max_num_timeout reaches submitit: it is not an sbatch flag but the requeue budget pickled with each job.
+    # Also with 1: submitit's own default is 3, so the YAML's 3 alone would not show that it is passed.
+    assert launcher_cfg.max_num_timeout == 3 == executor.max_num_timeout
+    other = instantiate({"_target_": launcher_cfg._target_, **params, "max_num_timeout": 1})
+    assert other._executor()._executor.max_num_timeout == 1
+    # ... and the job can be requeued: hydra-submitit-launcher's checkpoint (resubmit with the same arguments).
+    # (By name: Hydra execs plugin modules on its own, so the class object may be a second copy.)
+    assert type(launcher).checkpoint.__qualname__ == "BaseSubmititLauncher.checkpoint"
+    again = launcher.checkpoint(["pruner.sparsity=25"], "hydra.sweep.dir", 0, "id", {})
+    assert again.function is launcher and again.args[0] == ["pruner.sparsity=25"]
+    # JCEXP_THREADS comes from the allocation unless the submitting shell set it; run the rendered line.
+    export = next(line for line in lines if line.startswith("export JCEXP_THREADS="))
+    clean = {k: v for k, v in os.environ.items() if k not in ("JCEXP_THREADS", "SLURM_CPUS_PER_TASK")}
+    for extra, threads in (
+        ({"SLURM_CPUS_PER_TASK": "8", "SLURM_CPUS_ON_NODE": "16"}, "8"),
+        ({"SLURM_CPUS_ON_NODE": "16"}, "16"),  # no --cpus-per-task: what the node gave the job
+        ({"JCEXP_THREADS": "3", "SLURM_CPUS_PER_TASK": "8"}, "3"),
+    ):
+        env = {**clean, **extra}
+        out = subprocess.run(["bash", "-c", f'{export}\necho "$JCEXP_THREADS"'], env=env, capture_output=True)
+        assert out.stdout.decode().strip() == threads, (extra, out)
 
 
 # ---------------------------------------------------------------- a real single-node cluster on localhost

@@ -2,6 +2,7 @@
 resume by config hash, failure isolation. Nothing is mocked; a SIGKILL stands in for an OOM kill."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,8 @@ def test_grid_runs_every_point_through_submitit(grid):
     assert len(list((sweep / ".submitit").glob("*/*_submitted.pkl"))) == 4  # one submitit job per point
     # Concurrent jobs got their own slot: never two on one GPU id.
     assert {r["cuda_visible_devices"] for r in runs} == {"0", "1"}
+    # ... and its share of the cores as torch threads: cores // 2 jobs at once (JCEXP_THREADS -> threads).
+    assert {r["threads"] for r in runs} == {max(1, len(os.sched_getaffinity(0)) // 2)}
     # All runs of the sweep share one W&B group (offline here).
     assert len({r["tracking"]["group"] for r in runs}) == 1 and runs[0]["tracking"]["group"]
 
@@ -144,7 +147,7 @@ def test_a_bad_point_stops_the_sweep_before_any_job(tmp_path):
 def test_more_parallel_jobs_than_gpus_is_refused():
     from hydra_plugins.jcexp_launcher.launcher import JcexpLocalLauncher
 
-    assert JcexpLocalLauncher(submitit_folder="x", gpus=[0, 1], max_parallel=None)._slots() == [0, 1]
+    assert JcexpLocalLauncher(submitit_folder="x", gpus=[0, 1], max_parallel=None)._slots() == ["0", "1"]
     assert JcexpLocalLauncher(submitit_folder="x", gpus=[], max_parallel=3)._slots() == [None] * 3
     with pytest.raises(ValueError, match="would share a GPU"):
         JcexpLocalLauncher(submitit_folder="x", gpus=[0, 1], max_parallel=3)._slots()

@@ -7,7 +7,8 @@ hydra-submitit-launcher falls short in four ways that matter here (stack-notes; 
   (OOM) aborts the sweep;
 - a grid point whose result already exists is computed again.
 
-So: the local launcher runs at most ``max_parallel`` jobs, each pinned to its own GPU slot when GPUs exist;
+So: the local launcher runs at most ``max_parallel`` jobs, each pinned to its own GPU slot when GPUs exist (an
+index, a GPU- or a MIG- id) and given its share of the cores as torch threads (JCEXP_THREADS);
 both launchers skip points whose result is complete (looked up by config hash), wait for every job, write
 ``failure.json`` for a job that died, and hand failures back as values. ``jcexp.callbacks.ReportCallback``
 writes the report and then fails the sweep, naming the failed points.
@@ -15,6 +16,10 @@ writes the report and then fails the sweep, naming the failed points.
 
 import logging
 import os
+import re
+import shlex
+import shutil
+import subprocess
 import time
 import traceback
 from collections import deque
@@ -47,8 +52,9 @@ class JcexpLocalConf(LocalQueueConf):
     timeout_min: int = 24 * 60
     # Jobs running at once. null: one per GPU slot when GPUs are visible, else 1 (a model job uses all cores).
     max_parallel: Optional[int] = None
-    # GPU ids handed out one per job. null: every GPU the driver sees (CUDA_VISIBLE_DEVICES or nvidia-smi).
-    gpus: Optional[List[int]] = None
+    # GPU ids handed out one per job, as CUDA_VISIBLE_DEVICES takes them: indices, GPU-<uuid> or MIG-<uuid>.
+    # null: every GPU the driver sees (CUDA_VISIBLE_DEVICES, else nvidia-smi -L, else /proc/driver/nvidia).
+    gpus: Optional[List[str]] = None
     # Skip grid points whose result.json is already complete for the same config hash.
     skip_complete: bool = True
     poll_s: float = 1.0
@@ -88,21 +94,72 @@ class _Point:
     job_dir: Path
 
 
-def visible_gpus() -> list[int]:
-    """GPU ids this process may use, without importing torch (the driver stays light)."""
+# Module attributes so that tests can point them at a temp dir.
+PROC_GPUS = Path("/proc/driver/nvidia/gpus")
+DEV_NVIDIA0 = Path("/dev/nvidia0")
+# What the CUDA runtime accepts in CUDA_VISIBLE_DEVICES: an index, GPU-<uuid>, MIG-<uuid> or
+# MIG-GPU-<uuid>/<gi>/<ci> (drivers before R470). It stops at the first token it cannot parse ("-1" hides all).
+_CUDA_ID = re.compile(r"\d+|GPU-\S+|MIG-\S+")
+_SMI_UUID = re.compile(r"\(UUID: ((?:GPU|MIG)-[^)\s]+)\)")
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, as CUDA_VISIBLE_DEVICES strings, without importing torch (the driver stays
+    light): CUDA_VISIBLE_DEVICES if set, else ``nvidia-smi -L``, else the driver's /proc entries."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return [int(x) for x in env.split(",") if x.strip().isdigit()]
-    import shutil
-    import subprocess
+        return parse_cuda_visible_devices(env)
+    listed = _nvidia_smi_list()
+    if listed is not None:
+        return parse_nvidia_smi(listed)
+    # No nvidia-smi (minimal containers): the kernel driver still lists one directory per GPU, in PCI order.
+    count = len(list(PROC_GPUS.iterdir())) if PROC_GPUS.is_dir() else 0
+    return [str(i) for i in range(count)]
 
+
+def parse_cuda_visible_devices(value: str) -> list[str]:
+    ids = []
+    for token in (t.strip() for t in value.split(",")):
+        if not _CUDA_ID.fullmatch(token):
+            break  # as the CUDA runtime does: nothing after an invalid id is visible
+        ids.append(token)
+    return ids
+
+
+def parse_nvidia_smi(listing: str) -> list[str]:
+    """Slots from ``nvidia-smi -L``: each GPU by UUID, or its MIG instances when it has any (a GPU in MIG mode
+    runs CUDA only inside its instances). UUIDs, not indices: CUDA numbers GPUs fastest-first unless
+    CUDA_DEVICE_ORDER=PCI_BUS_ID, so nvidia-smi's index N need not be CUDA's device N."""
+    gpus: list[tuple[str, list[str]]] = []
+    for line in listing.splitlines():
+        match = _SMI_UUID.search(line)
+        if match is None:
+            continue
+        if line.startswith("GPU "):
+            gpus.append((match.group(1), []))
+        elif line.lstrip().startswith("MIG ") and gpus:
+            gpus[-1][1].append(match.group(1))
+    return [slot for gpu, migs in gpus for slot in (migs or [gpu])]
+
+
+def _nvidia_smi_list() -> str | None:
+    """``nvidia-smi -L``'s output; None when it is missing or fails (then the driver cannot be asked)."""
     if shutil.which("nvidia-smi") is None:
-        return []
+        return None
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True)
     except (OSError, subprocess.SubprocessError):
-        return []
-    return list(range(sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))))
+        return None
+    return out.stdout
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: the affinity mask (taskset, a SLURM allocation, a cgroup cpuset), not the
+    machine's count, which over-subscribes a shared node."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @contextmanager
@@ -223,6 +280,9 @@ class _JcexpLaunch:
             Singleton.get_state(),
         )
 
+    def _preflight(self, points: list[_Point]) -> None:
+        """Checks on the points about to be submitted that need the launcher's settings; raise to submit none."""
+
     def _submit(self, executor: Any, points: list[_Point]) -> Iterator[tuple[_Point, Any]]:
         raise NotImplementedError
 
@@ -284,6 +344,7 @@ class _JcexpLaunch:
                 todo.append(point)
                 log.info("\t#%d : %s", point.idx, shown)
         if todo:
+            self._preflight(todo)
             for point, job in self._submit(self._executor(), todo):
                 returns[point.idx] = self._outcome(point, job)
         return [returns[p.idx] for p in points]
@@ -297,9 +358,9 @@ def _exit_code(job: Any) -> int | None:
 class JcexpLocalLauncher(_JcexpLaunch, LocalLauncher):
     _EXTRA_KEYS = ("skip_complete", "max_parallel", "gpus", "poll_s")
 
-    def _slots(self) -> list[int | None]:
+    def _slots(self) -> list[str | None]:
         gpus = self.extra.get("gpus")
-        gpus = visible_gpus() if gpus is None else list(gpus)
+        gpus = visible_gpus() if gpus is None else [str(g) for g in gpus]
         cap = self.extra.get("max_parallel")
         if not gpus:
             return [None] * max(1, cap or 1)
@@ -310,8 +371,50 @@ class JcexpLocalLauncher(_JcexpLaunch, LocalLauncher):
             )
         return list(gpus[: cap or len(gpus)])
 
+    def _preflight(self, points: list[_Point]) -> None:
+        self._slot_ids = self._slots()
+        self._parallel = min(len(self._slot_ids), len(points))
+        pinned = self._slot_ids[0] is not None
+        errors = []
+        for point in points:
+            device = str(point.config.device)
+            if device.startswith("cuda") and not pinned:
+                errors.append(f"#{point.idx}: device={device} but no GPU was found")
+            elif pinned and device.startswith("cuda:") and device != "cuda:0":
+                errors.append(f"#{point.idx}: device={device}, but each job sees only its own GPU, as cuda:0")
+        if errors:
+            source = (
+                f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}"
+                if "CUDA_VISIBLE_DEVICES" in os.environ
+                else "nvidia-smi -L and /proc/driver/nvidia/gpus"
+            )
+            raise CompactHydraException(
+                "jcexp: sweep not started, these points would run on CPU or on a GPU they cannot see:\n"
+                + "\n".join(errors)
+                + f"\nGPU slots: {self._slot_ids} (from hydra.launcher.gpus, else {source}). "
+                "Use device=cuda with hydra.launcher.gpus=[<id>,...], or device=auto/cpu."
+            )
+        if not pinned and DEV_NVIDIA0.exists() and any(str(p.config.device) == "auto" for p in points):
+            log.warning(
+                "%s exists but no GPU id was found (CUDA_VISIBLE_DEVICES=%r): device=auto jobs will run on "
+                "CPU. Set hydra.launcher.gpus=[...] to pin them to GPUs.",
+                DEV_NVIDIA0,
+                os.environ.get("CUDA_VISIBLE_DEVICES"),
+            )
+
+    def _job_env(self, point: _Point, gpu: str | None) -> dict[str, str]:
+        """Environment variables one job gets on top of the driver's."""
+        env = {}
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        # threads: ${oc.env:JCEXP_THREADS,null}: share the cores among the jobs running at once, unless the user
+        # chose (JCEXP_THREADS in the driver's environment, or threads= anywhere in the config).
+        if "JCEXP_THREADS" not in os.environ and OmegaConf.is_interpolation(point.config, "threads"):
+            env["JCEXP_THREADS"] = str(max(1, usable_cpus() // self._parallel))
+        return env
+
     def _submit(self, executor: Any, points: list[_Point]) -> Iterator[tuple[_Point, Any]]:
-        slots = self._slots()
+        slots = self._slot_ids
         log.info("running at most %d job(s) at once; GPU slots: %s", len(slots), slots)
         queue = deque(points)
         free = deque(range(len(slots)))
@@ -321,10 +424,13 @@ class JcexpLocalLauncher(_JcexpLaunch, LocalLauncher):
             while queue and free:
                 slot = free.popleft()
                 point = queue.popleft()
-                gpu = slots[slot]
-                if gpu is not None:
-                    # LocalExecutor takes visible_gpus; AutoExecutor does not pass it through, so set it underneath.
-                    executor._executor.update_parameters(gpus_per_node=1, visible_gpus=[gpu])
+                env = self._job_env(point, slots[slot])
+                # LocalExecutor takes only int visible_gpus and writes CUDA_VISIBLE_DEVICES over the environment it
+                # copies from ours, so a GPU-/MIG- id cannot go through it. Its `setup` lines run in the job's shell
+                # after that: export the slot there. gpus_per_node=0 makes its own value "" (no GPU) underneath.
+                executor._executor.update_parameters(
+                    gpus_per_node=0, setup=[f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+                )
                 running[slot] = (point, executor.submit(self, *self._job_args(point)))
             time.sleep(poll)
             for slot, (point, job) in list(running.items()):

@@ -4,7 +4,7 @@ RSS, and how they scale with calibration tokens and evaluation size.
     python -m bench.stages [--sizes 16x256,64x512] [--limits 50,100]
 
 Each (calibration size, limit) pair is one jcexp run with fresh caches; its per-stage records come from
-result.json (jcexp.measure.StageMeter). The calibration forward (what SparseGPT and GPTQ spend capturing
+result.json (jcexp.measure.Meter). The calibration forward (what SparseGPT and GPTQ spend capturing
 layer inputs, without the solves) is timed separately: one no-grad forward over the calibration windows.
 """
 

@@ -83,6 +83,9 @@ class CalibrationSource:
     def texts(self) -> list[str]:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise ConfigError when the source cannot give text; cheap (runs before any weight is read)."""
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -121,6 +124,16 @@ class CalibrationSource:
         picks = sorted(rng.sample(range(windows), self.num_samples))
         ids = [stream[w * self.seq_len : (w + 1) * self.seq_len] for w in picks]
         return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * self.seq_len for _ in ids]})
+
+
+def windows_fingerprint(dataset) -> str:
+    """The calibration windows' token ids, hashed: what a pruned model depends on, whatever text, files,
+    tokenizer or sampling produced them."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.asarray(dataset["input_ids"], dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 class LocalProseCalibration(CalibrationSource):

@@ -9,6 +9,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,8 @@ def _rss_bytes() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
 
 
-class StageMeter:
-    """Wall time and peak memory of one stage: RSS sampled every 50 ms (ru_maxrss cannot be reset between
+class Meter:
+    """Wall time and peak memory of one timed step: RSS sampled every 50 ms (ru_maxrss cannot be reset between
     stages), plus the CUDA allocator's peak when a GPU is used."""
 
     def __init__(self, name: str):
@@ -161,7 +162,7 @@ class StageMeter:
         while not self._stop.wait(0.05):
             self.peak_rss = max(self.peak_rss, _rss_bytes())
 
-    def __enter__(self) -> StageMeter:
+    def __enter__(self) -> Meter:
         self.peak_rss = _rss_bytes()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -187,8 +188,9 @@ class StageMeter:
 
 
 @contextmanager
-def stage(records: dict[str, Any], name: str):
-    meter = StageMeter(name)
+def timed(records: dict[str, Any], name: str) -> Iterator[Meter]:
+    """Time and measure the block; its record lands in ``records[name]`` (result.json's ``stages``)."""
+    meter = Meter(name)
     with meter:
         yield meter
     records[name] = meter.record()

@@ -9,10 +9,11 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from jcexp.cache import KeyedCache
+from jcexp.files import key_hash
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -27,16 +28,6 @@ def _torch_dtype(name: str):
     if name not in DTYPES:
         raise ValueError(f"model dtype {name!r} is not one of {DTYPES}")
     return getattr(torch, name)
-
-
-def _publish_dir(tmp: Path, final: Path) -> None:
-    """Move a fully written directory into place; a concurrent writer that won the race is kept."""
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "config.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def checkpoint_problem(path: str | Path) -> str | None:
@@ -270,20 +261,16 @@ class PackagedGGUF(ModelSource):
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def hf_dir(self) -> Path:
-        """The converted checkpoint, built on first use."""
-        final = Path(self.cache_dir) / f"{Path(self.filename).stem}-{self._fingerprint()}"
-        if (final / "jcexp_complete.json").exists():
-            if checkpoint_problem(final) is None:
-                return final
-            shutil.rmtree(final, ignore_errors=True)  # damaged after it was published: converted again
-        self._convert(final)
-        return final
+        """The converted checkpoint, built on first use (one keyed cache entry per GGUF, eos and dtype)."""
+        key = {**self.identity(), "eos_token": self.eos_token, "dtype": self.dtype}
+        cache = KeyedCache(self.cache_dir, name=lambda k: f"{Path(self.filename).stem}-{key_hash(k)[:12]}")
+        entry, _ = cache.get_or_build(key, self._convert, check=checkpoint_problem)
+        return entry
 
-    def _convert(self, final: Path) -> None:
+    def _convert(self, tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         gguf = self.gguf_path()
-        final.parent.mkdir(parents=True, exist_ok=True)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(self.dtype)
@@ -299,11 +286,8 @@ class PackagedGGUF(ModelSource):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "jcexp_complete.json").write_text(json.dumps({"source": str(gguf), "dtype": self.dtype}))
-        _publish_dir(tmp, final)
 
     def hf_config(self):
         from transformers import AutoConfig
@@ -373,20 +357,18 @@ class TinyRandomLlama(ModelSource):
         )
 
     def hf_dir(self) -> Path:
-        key = hashlib.sha256(json.dumps(self.params, sort_keys=True).encode()).hexdigest()[:12]
-        final = Path(self.cache_dir) / f"tiny-random-llama-{key}"
-        if not (final / "jcexp_complete.json").exists():
-            self._build(final)
-        return final
+        key = {**self.params, "dtype": self.dtype}
+        cache = KeyedCache(self.cache_dir, name=lambda k: f"tiny-random-llama-{key_hash(k)[:12]}")
+        entry, _ = cache.get_or_build(key, self._build, check=checkpoint_problem)
+        return entry
 
-    def _build(self, final: Path) -> None:
+    def _build(self, tmp: Path) -> None:
         import torch
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
         from jcexp.data import prose_paragraphs
 
-        final.parent.mkdir(parents=True, exist_ok=True)
         bpe = Tokenizer(models.BPE(unk_token="<unk>"))
         bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         bpe.decoder = decoders.ByteLevel()
@@ -401,11 +383,8 @@ class TinyRandomLlama(ModelSource):
         )
         torch.manual_seed(self.params["seed"])
         model = LlamaForCausalLM(self.hf_config()).to(_torch_dtype(self.dtype))
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "jcexp_complete.json").write_text(json.dumps(self.params))
-        _publish_dir(tmp, final)
 
     def load(self):
         return self._load_dir(self.hf_dir(), self.dtype)

@@ -1,7 +1,9 @@
-"""One run: config -> model -> prune -> quantize -> evaluate -> metrics -> result.json -> tracking.
+"""One run: config -> model -> stages (prune, quantize) -> evaluate -> metrics -> result.json -> tracking.
 
-Every check that can fail on bad input runs before the model's weights are read. A finished result is
-never recomputed: a rerun with the same effective config (by hash) returns the stored result.json.
+``run`` is the whole flow on one screen. Every check that can fail on bad input runs in ``Plan``, before any
+weight is read. What is measured around the stages lives in jcexp/observers.py; what is computed once and
+reused (converted models, pruned models, dense baselines, finished results) lives in jcexp/cache.py. A finished
+result is never recomputed: a rerun with the same effective config (by hash) returns the stored result.json.
 """
 
 from __future__ import annotations
@@ -18,21 +20,26 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from jcexp import errors, metrics, placement
+from jcexp import measure, metrics, placement
+from jcexp.cache import KeyedCache
+from jcexp.compress import compression_device
 from jcexp.config import ConfigError, check_values
+from jcexp.observers import RunState, default_observers
 from jcexp.results import (
     RESULT_FILE,
     SCHEMA_VERSION,
     atomic_write_json,
     complete_result,
     config_hash,
-    file_lock,
-    index_path,
+    index_result,
+    indexed_result,
     read_json,
     reuse_result,
 )
 
 log = logging.getLogger("jcexp")
+
+BASELINE_FILE = "baseline.json"
 
 VERSIONED = (
     "torch",
@@ -138,8 +145,7 @@ class Plan:
         self.calibration = instantiate(cfg.calibration)
         self.tracker = instantiate(cfg.logger)
         self.source.check()
-        if hasattr(self.calibration, "check"):
-            self.calibration.check()
+        self.calibration.check()
         check_tasks(cfg.benchmark)
         self.documents = check_documents(cfg.benchmark)
         self.layer_widths = self.source.layer_widths()
@@ -173,120 +179,153 @@ def _baseline_key(plan: Plan) -> dict[str, Any]:
     }
 
 
-def dense_baseline(plan: Plan, model, tokenizer, records: dict[str, Any]):
-    """Evaluate the dense model once per (model, benchmark settings, seed, data, versions) and cache it, with
-    the placement it was evaluated in (the device contract's record).
-    The full key is stored beside the scores and compared on load, so a change of settings never reuses an
-    old baseline."""
+def evaluate_on_device(plan: Plan, model, tokenizer, timings: dict[str, Any], name: str):
+    """The device contract's evaluation side: a plain model, resident on plan.device, then lm-eval.
+    Returns the scores and the placement they were computed in."""
+    from jcexp.evaluate import evaluate
 
-    key = _baseline_key(plan)
-    path = Path(plan.cfg.paths.cache_dir) / "baselines" / f"{config_hash(key)}.json"
-    with file_lock(path.with_suffix(".lock")):
-        return _dense_baseline(plan, key, path, model, tokenizer, records)
-
-
-def _dense_baseline(plan: Plan, key, path: Path, model, tokenizer, records: dict[str, Any]):
-    from jcexp import measure
-    from jcexp.evaluate import EvalResult, evaluate
-
-    cached = read_json(path)
-    if cached and cached.get("key") == key:
-        log.info("dense baseline: reusing %s", path)
-        return EvalResult.from_dict(cached["eval"]), str(path), True, cached.get("placement")
     placed = placement.state(placement.for_evaluation(model, plan.device)).to_dict()
-    with measure.stage(records, "eval_dense"):
-        result = evaluate(model, tokenizer, plan.cfg.benchmark, plan.cfg.seed)
-    atomic_write_json(path, {"key": key, "eval": result.to_dict(), "placement": placed})
-    return result, str(path), False, placed
+    with measure.timed(timings, name):
+        scores = evaluate(model, tokenizer, plan.cfg.benchmark, plan.cfg.seed)
+    return scores, placed
 
 
-def _prune_key(plan: Plan) -> dict[str, Any]:
+def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
+    """The dense model's scores, evaluated once per (model, benchmark settings, seed, data, versions) and
+    cached with the placement they were evaluated in. Returns (scores, record for result.json, placement)."""
+    from jcexp.evaluate import EvalResult
+
+    def build(tmp: Path) -> None:
+        scores, placed = evaluate_on_device(plan, model, tokenizer, timings, "eval_dense")
+        atomic_write_json(tmp / BASELINE_FILE, {"eval": scores.to_dict(), "placement": placed})
+
+    def damaged(entry: Path) -> str | None:
+        return None if read_json(entry / BASELINE_FILE) else f"{BASELINE_FILE} unreadable"
+
+    cache = KeyedCache(Path(plan.cfg.paths.cache_dir) / "baselines")
+    entry, reused = cache.get_or_build(_baseline_key(plan), build, check=damaged)
+    stored = read_json(entry / BASELINE_FILE) or {}
+    path = str(entry / BASELINE_FILE)
+    return EvalResult.from_dict(stored["eval"]), {"path": path, "reused": reused}, stored.get("placement")
+
+
+def _prune_key(plan: Plan, calibration) -> dict[str, Any]:
+    from jcexp.data import windows_fingerprint
+
     return {
         "model": plan.source.identity(),
         "pruner": plan.resolved["pruner"],
         "calibration": plan.resolved["calibration"],
+        "calibration_windows": windows_fingerprint(calibration),
         "seed": plan.cfg.seed,
         "llmcompressor": library_versions()["llmcompressor"],
     }
 
 
-def pruned_model(plan: Plan, model, tokenizer, calibration, records: dict[str, Any]):
-    """Prune once per (model, pruner settings, calibration, seed, llm-compressor version) and keep the pruned
-    checkpoint, so a grid of S sparsities x Q bit widths runs SparseGPT S times, not S x Q. The entry is
-    published by an atomic rename with its key inside; a partial or foreign entry is rebuilt, never used."""
-
-    key = _prune_key(plan)
-    final = Path(plan.cfg.paths.cache_dir) / "pruned" / config_hash(key)
-    with file_lock(final.with_suffix(".lock")):
-        return _pruned_model(plan, key, final, model, tokenizer, calibration, records)
-
-
-def _pruned_model(plan: Plan, key, final: Path, model, tokenizer, calibration, records: dict[str, Any]):
-    import tempfile
-
-    from jcexp import measure
+def run_stage(stage, run: RunState) -> None:
+    """Apply one stage to run.model. Pruning is computed once per (model, pruner, calibration windows, seed,
+    llm-compressor) and kept, so a grid of S sparsities x Q bit widths runs SparseGPT S times, not S x Q."""
     from jcexp.compress import apply_stage
-    from jcexp.models import ModelSource, _publish_dir, checkpoint_problem
+    from jcexp.models import ModelSource, checkpoint_problem
 
-    marker = read_json(final / "jcexp_prune_key.json")
-    problem = checkpoint_problem(final) if marker == key else None
-    if problem:
-        log.warning("pruned model cache %s is damaged (%s): pruning again", final, problem)
-    if plan.cfg.cache_pruned and marker == key and not problem:
-        log.info("pruned model: reusing %s", final)
-        with measure.stage(records, "load_pruned"):
-            model, tokenizer = ModelSource._load_dir(final, plan.source.dtype)
-        return model, tokenizer, {"path": str(final), "reused": True}
-    with measure.stage(records, "prune"):
-        apply_stage(plan.pruner, model, tokenizer, calibration, plan.cfg.seed)
-    if not plan.cfg.cache_pruned:
-        return model, tokenizer, {"path": None, "reused": False}
-    if final.exists():  # partial or stale: rebuilt, never used
-        shutil.rmtree(final, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
-    model.save_pretrained(tmp, save_compressed=False)
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "jcexp_prune_key.json", key)
-    _publish_dir(tmp, final)
-    return model, tokenizer, {"path": str(final), "reused": False}
+    plan = run.plan
+    if stage.kind != "prune" or not plan.cfg.cache_pruned:
+        apply_stage(stage, run.model, run.tokenizer, run.calibration, plan.cfg.seed)
+        return
+
+    def build(tmp: Path) -> None:
+        apply_stage(stage, run.model, run.tokenizer, run.calibration, plan.cfg.seed)
+        run.model.save_pretrained(tmp, save_compressed=False)
+        run.tokenizer.save_pretrained(tmp)
+        # llm-compressor's save_pretrained converts to accelerate offloading and back: the model comes out
+        # wrapped in offload caches again.
+        placement.release(run.model)
+
+    cache = KeyedCache(Path(plan.cfg.paths.cache_dir) / "pruned")
+    entry, reused = cache.get_or_build(_prune_key(plan, run.calibration), build, check=checkpoint_problem)
+    if reused:
+        log.info("pruned model: reusing %s", entry)
+        run.model, run.tokenizer = ModelSource._load_dir(entry, plan.source.dtype)
+    run.prune_cache = {"path": str(entry), "reused": reused}
 
 
-def _other_case(plan: Plan, model, tokenizer, calibration, probe, stage_input, records):
-    """Per-layer errors of the GPTQ case this run does not use, on a copy of the same pruned model, so that
-    E_A / E_B compares the two cases on identical weights and inputs. Costs one more GPTQ pass and model copy."""
-    import copy
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one configured compression + evaluation and return the result record (also in result.json)."""
+    import torch
 
-    from jcexp import measure
-    from jcexp.compress import apply_stage
+    from jcexp.compress import seed_everything
 
-    alt_cfg = copy.deepcopy(plan.cfg)
-    alt_cfg.quant.preserve_sparsity = not plan.cfg.quant.preserve_sparsity
-    alt = instantiate(alt_cfg.quant)
-    twin = copy.deepcopy(model)
-    with measure.stage(records, f"quantize_case_{'B' if alt.preserve_sparsity else 'A'}_for_ratio"):
-        apply_stage(alt, twin, tokenizer, calibration, plan.cfg.seed)
-    out = probe.errors(twin, stage_input)
-    del twin
-    return out
+    plan = Plan(cfg)  # every config, model, task and shape check: before any weights are read
+    out = run_dir(cfg, plan.hash)
+    _check_writable(out)
+    _check_writable(Path(cfg.paths.cache_dir))
+    done = complete_result(out / RESULT_FILE, plan.hash) or indexed_result(cfg.paths.cache_dir, plan.hash)
+    if done:
+        log.info("result for config %s was computed in %s: reusing it", plan.hash, done["run_dir"])
+        return done if done["run_dir"] == str(out) else reuse_result(done, out)
+    _check_free_space(plan, out)
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    timings: dict[str, Any] = {}
+    with measure.timed(timings, "load"):
+        model, tokenizer = plan.source.load()
+    calibration = None
+    if plan.stages:  # built first: too little calibration text fails here, before the dense evaluation
+        with measure.timed(timings, "calibration_data"):
+            calibration = plan.calibration.dataset(tokenizer)
+    dense, baseline, dense_placement = dense_baseline(plan, model, tokenizer, timings)
+
+    state = RunState(plan, model, tokenizer, calibration, timings)
+    observers = default_observers(plan)
+    for observer in observers:
+        observer.start(state)
+    for stage in plan.stages:
+        for observer in observers:
+            observer.before(stage, state)
+        run_stage(stage, state)
+        for observer in reversed(observers):
+            observer.after(stage, state)
+    for observer in observers:
+        observer.finish(state)
+
+    placed = {"evaluate": plan.device, "compress": compression_device() if plan.stages else None}
+    placed["dense_eval"] = dense_placement
+    compressed = dense  # nothing compressed: the dense scores are this run's scores
+    if plan.stages:
+        compressed, placed["compressed_eval"] = evaluate_on_device(
+            plan, state.model, tokenizer, timings, "eval"
+        )
+    saved = save_model(plan, state.model, state.tokenizer, out, timings)
+    result = build_record(plan, state, out, dense, compressed, baseline, placed, saved)
+    return publish(plan, result, out)
 
 
-def _error_summary(
-    plan: Plan, tokens: int, layer_errors: dict[str, Any], ratio: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Pooled errors per stage (prune and quant against their input, total against the dense model), and
-    E_A / E_B (pooled and its spread over layers) beside eq. 7's first-order prediction for this sparsity."""
-    out: dict[str, Any] = {
-        "tokens": tokens,
-        "samples": plan.cfg.errors.samples,
-        "stages": {k: errors.summarize(v) for k, v in layer_errors.items()},
+def save_model(plan: Plan, model, tokenizer, out: Path, timings: dict[str, Any]) -> dict[str, Any]:
+    """The compressed checkpoint, packed by compressed-tensors where llm-compressor quantized it (NF4/int8 are
+    simulated here: saved dense). Bytes on disk and stored bits per weight are measured from it. A failed
+    save is recorded and never loses the scores already computed."""
+    if not plan.cfg.save_model:
+        return {"path": None, "bytes": None}
+    packed = plan.quant.active and not plan.quant.data_free
+    # Counted before saving: save_pretrained(save_compressed=True) swaps each Linear's weight for packed tensors.
+    weight_counts = {n: m.weight.numel() for n, m in measure.compressible_linears(model).items()}
+    path = out / "model"
+    try:
+        with measure.timed(timings, "save"):
+            model.save_pretrained(path, save_compressed=packed)
+            tokenizer.save_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - a failed save must not lose the scores already computed
+        log.error("saving the compressed model failed: %s", exc)
+        shutil.rmtree(path, ignore_errors=True)
+        return {"path": None, "bytes": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "path": str(path),
+        "bytes": measure.dir_bytes(path),
+        "format": "compressed-tensors" if packed else "dense",
+        **measure.stored_bits(path, weight_counts),
     }
-    if ratio is not None:
-        out["case_ratio"] = {
-            **{k: v for k, v in ratio.items() if k != "per_layer"},
-            "first_order": metrics.case_error_ratio_first_order(plan.pruner.target_sparsity),
-        }
-    return out
 
 
 def _task_rows(compressed, dense) -> dict[str, Any]:
@@ -348,130 +387,12 @@ def compute_metrics(plan: Plan, compressed, dense, measured_sparsity: float) -> 
     }
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one configured compression + evaluation and return the result record (also in result.json)."""
+def build_record(plan: Plan, state: RunState, out: Path, dense, compressed, baseline, placed, saved):
+    """result.json: what ran, on what, what was measured, the scores and the paper's metrics."""
     import torch
 
-    from jcexp import measure
-    from jcexp.compress import apply_stage, compression_device, seed_everything
-    from jcexp.evaluate import evaluate
-
-    plan = Plan(cfg)  # every config, model, task and shape check: before any weights are read
-    out = run_dir(cfg, plan.hash)
-    _check_writable(out)
-    _check_writable(Path(cfg.paths.cache_dir))
-    done = complete_result(out / RESULT_FILE, plan.hash)
-    if done:
-        log.info("result for config %s already complete in %s: nothing to do", plan.hash, out)
-        return done
-    stored = complete_result(index_path(cfg.paths.cache_dir, plan.hash), plan.hash)
-    if stored:
-        log.info("result for config %s was computed in %s: reusing it", plan.hash, stored["run_dir"])
-        return reuse_result(stored, out)
-    _check_free_space(plan, out)
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
-    records: dict[str, Any] = {}
-    with measure.stage(records, "load"):
-        model, tokenizer = plan.source.load()
-    lm_head_before = measure.lm_head_digest(model)
-    calibration = None
-    if plan.stages:  # built first: too little calibration text fails here, before the dense evaluation
-        with measure.stage(records, "calibration_data"):
-            calibration = plan.calibration.dataset(tokenizer)
-    dense, baseline_path, baseline_reused, dense_placement = dense_baseline(plan, model, tokenizer, records)
-
-    measured: dict[str, Any] = {"sparsity": {"after_prune": None, "after_quant": None}}
-
-    probe = None
-    if cfg.errors.enabled and plan.stages:
-        with measure.stage(records, "errors_capture"):
-            placement.for_evaluation(model, plan.device)
-            probe = errors.capture(model, calibration, cfg.errors.samples, cfg.errors.tokens, cfg.seed)
-    layer_errors: dict[str, Any] = {}  # per stage, per layer; summarized into measured["errors"] at the end
-
-    prune_cache = None
-    if plan.pruner.active:
-        model, tokenizer, prune_cache = pruned_model(plan, model, tokenizer, calibration, records)
-        measured["prune"] = measure.sparsity(model)
-        measured["sparsity"]["after_prune"] = measured["prune"]["overall"]
-        if plan.pruner.nm:
-            measured["nm_after_prune"] = measure.nm_structure(model, *plan.pruner.nm)
-        if probe is not None:
-            layer_errors["prune"] = probe.errors(model)
-    pruned_masks = measure.zero_masks(model) if plan.pruner.active and plan.quant.active else None
-    if plan.quant.active:
-        stage_input = probe.outputs(model) if probe is not None else None
-        other = None
-        if cfg.errors.case_ratio:  # the other GPTQ case, on a copy of the same pruned model
-            other = _other_case(plan, model, tokenizer, calibration, probe, stage_input, records)
-        with measure.stage(records, "quantize"):
-            apply_stage(plan.quant, model, tokenizer, calibration, cfg.seed)
-        if probe is not None:
-            layer_errors["quant"] = probe.errors(model, stage_input)
-            if other is not None:
-                mine = layer_errors["quant"]
-                a, b = (other, mine) if plan.quant.preserve_sparsity else (mine, other)
-                layer_errors["case_a"], layer_errors["case_b"] = a, b
-        measured["quant"] = measure.sparsity(model)
-        measured["sparsity"]["after_quant"] = measured["quant"]["overall"]
-        if pruned_masks is not None:
-            measured["quant"].update(measure.zeros_after_quantization(model, pruned_masks))
-        if plan.pruner.nm:
-            measured["nm_after_quant"] = measure.nm_structure(model, *plan.pruner.nm)
-    # The last stage's measurement is the model's final state; only an uncompressed model needs its own pass.
-    last = measured.get("quant") or measured.get("prune") or measure.sparsity(model)
-    final_sparsity = last["overall"]
-    measured["sparsity"]["final"] = final_sparsity
-    measured["lm_head_unchanged"] = measure.lm_head_digest(model) == lm_head_before
-    if probe is not None:
-        layer_errors["total"] = probe.errors(model)
-        ratio = (
-            errors.case_ratio(layer_errors["case_a"], layer_errors["case_b"])
-            if "case_a" in layer_errors
-            else None
-        )
-        measured["errors"] = _error_summary(plan, probe.tokens, layer_errors, ratio)
-        if ratio is not None:
-            layer_errors["case_ratio"] = ratio["per_layer"]
-        del probe  # its stored activations are not needed for evaluation
-
-    placed = {"evaluate": plan.device, "compress": compression_device() if plan.stages else None}
-    if plan.stages:
-        placement.for_evaluation(model, plan.device)
-        placed["compressed_eval"] = placement.state(model).to_dict()
-        with measure.stage(records, "eval"):
-            compressed = evaluate(model, tokenizer, cfg.benchmark, cfg.seed)
-    else:
-        compressed = dense  # nothing was compressed: the dense scores are this run's scores
-    placed["dense_eval"] = dense_placement
-
-    saved: dict[str, Any] = {"path": None, "bytes": None}
-    # llm-compressor's quantizers pack into compressed-tensors; NF4/int8 here are simulated, saved dense.
-    packed = plan.quant.active and not hasattr(plan.quant.modifier, "apply_to")
-    # Counted before saving: save_pretrained(save_compressed=True) swaps each Linear's weight for packed tensors.
-    weight_counts = {n: m.weight.numel() for n, m in measure.compressible_linears(model).items()}
-    if cfg.save_model:
-        path = out / "model"
-        try:
-            with measure.stage(records, "save"):
-                # compressed-tensors packs quantized weights; bytes on disk are measured from this directory.
-                model.save_pretrained(path, save_compressed=packed)
-                tokenizer.save_pretrained(path)
-            saved = {
-                "path": str(path),
-                "bytes": measure.dir_bytes(path),
-                "format": "compressed-tensors" if packed else "dense",
-                **measure.stored_bits(path, weight_counts),
-            }
-        except Exception as exc:  # noqa: BLE001 - a failed save must not lose the scores already computed
-            log.error("saving the compressed model failed: %s", exc)
-            shutil.rmtree(path, ignore_errors=True)
-            saved = {"path": None, "bytes": None, "error": f"{type(exc).__name__}: {exc}"}
-
-    result: dict[str, Any] = {
+    cfg = plan.cfg
+    return {
         "schema_version": SCHEMA_VERSION,
         "status": "complete",
         "config_hash": plan.hash,
@@ -492,25 +413,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "num_fewshot": cfg.benchmark.num_fewshot,
         },
         "compression": {"pruner": plan.pruner.describe(), "quant": plan.quant.describe()},
-        "measured": measured,
-        "layer_errors": layer_errors or None,
+        "measured": state.measured,
+        "layer_errors": state.layer_errors or None,
         "tasks": _task_rows(compressed, dense),
         "perplexity": _perplexity_rows(compressed, dense),
-        "metrics": compute_metrics(plan, compressed, dense, final_sparsity),
-        "baseline": {"path": baseline_path, "reused": baseline_reused},
-        "prune_cache": prune_cache,
-        "stages": records,
+        "metrics": compute_metrics(plan, compressed, dense, state.measured["sparsity"]["final"]),
+        "baseline": baseline,
+        "prune_cache": state.prune_cache,
+        "stages": state.timings,
         "peak_rss_mb": measure.process_peak_rss_mb(),
         "saved_model": saved,
         "versions": library_versions(),
         "task_versions": compressed.task_versions,
         "n_samples": compressed.n_samples,
     }
+
+
+def publish(plan: Plan, result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """result.json first (never lost to a tracking error), then W&B, then the result index."""
     atomic_write_json(out / RESULT_FILE, result)
     log.info("wrote %s", out / RESULT_FILE)
-    result["tracking"] = plan.tracker.log_run(result, cfg.run_name, plan.resolved)
+    result["tracking"] = plan.tracker.log_run(result, plan.cfg.run_name, plan.resolved)
     atomic_write_json(out / RESULT_FILE, result)
-    atomic_write_json(index_path(cfg.paths.cache_dir, plan.hash), result)
+    index_result(plan.cfg.paths.cache_dir, result)
     _summary(result)
     return result
 

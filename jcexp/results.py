@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from jcexp.cache import KeyedCache
+from jcexp.files import atomic_write_json, key_hash, read_json
+
+__all__ = ["atomic_write_json", "read_json"]  # re-exported: callers write records through this module
 
 RESULT_FILE = "result.json"
 SCHEMA_VERSION = 1
@@ -27,34 +26,7 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
-    blob = json.dumps(effective_config(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: str | Path) -> dict[str, Any] | None:
-    """The parsed file, or None when it is missing or unreadable (a corrupt entry is never used)."""
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    return key_hash(effective_config(cfg))
 
 
 def complete_result(path: str | Path, expected_hash: str) -> dict[str, Any] | None:
@@ -66,8 +38,29 @@ def complete_result(path: str | Path, expected_hash: str) -> dict[str, Any] | No
 
 # A stable index of finished results, keyed by config hash only. Hydra gives every launch a new run or sweep
 # directory, so "same directory" cannot be how a rerun recognises finished work.
+def _result_index(cache_dir: str | Path) -> KeyedCache:
+    return KeyedCache(Path(cache_dir) / "results", name=lambda key: key["config_hash"])
+
+
 def index_path(cache_dir: str | Path, chash: str) -> Path:
-    return Path(cache_dir) / "results" / f"{chash}.json"
+    """Where the index keeps the finished result of this config hash."""
+    return _result_index(cache_dir).path({"config_hash": chash}) / RESULT_FILE
+
+
+def indexed_result(cache_dir: str | Path, chash: str) -> dict[str, Any] | None:
+    """The complete result of this config hash from any earlier launch, else None."""
+    key = {"config_hash": chash}
+    entry = _result_index(cache_dir).lookup(
+        key, check=lambda e: None if complete_result(e / RESULT_FILE, chash) else "no complete result.json"
+    )
+    return None if entry is None else read_json(entry / RESULT_FILE)
+
+
+def index_result(cache_dir: str | Path, result: dict[str, Any]) -> None:
+    """Publish a finished result in the index (the latest one for its hash wins)."""
+    _result_index(cache_dir).put(
+        {"config_hash": result["config_hash"]}, lambda tmp: atomic_write_json(tmp / RESULT_FILE, result)
+    )
 
 
 def task_config_hash(cfg: Any) -> str:
@@ -83,8 +76,7 @@ def task_config_hash(cfg: Any) -> str:
 
 def stored_result(cfg: Any) -> dict[str, Any] | None:
     """The complete result of this config if any earlier launch finished it, else None."""
-    chash = task_config_hash(cfg)
-    return complete_result(index_path(cfg.paths.cache_dir, chash), chash)
+    return indexed_result(cfg.paths.cache_dir, task_config_hash(cfg))
 
 
 def reuse_result(stored: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
@@ -94,19 +86,3 @@ def reuse_result(stored: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     result["run_dir"] = str(run_dir)
     atomic_write_json(Path(run_dir) / RESULT_FILE, result)
     return result
-
-
-@contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive flock: concurrent sweep jobs wait for one another instead of computing the same cache
-    entry twice. The kernel drops it when the holder dies, so a killed job never leaves it stuck."""
-    import fcntl
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

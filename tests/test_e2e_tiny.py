@@ -195,7 +195,7 @@ def test_corrupt_prune_cache_entry_is_rebuilt(compose, tmp_path):
     cache = tmp_path / "cache"
     first = run(compose(*TINY, "save_model=false", "quant.bits=4", f"paths.cache_dir={cache}"))
     entry = Path(first["prune_cache"]["path"])
-    (entry / "jcexp_prune_key.json").write_text("{truncated")
+    (entry / "jcexp_key.json").write_text("{truncated")
     again = run(compose(*TINY, "save_model=false", "quant.bits=3", f"paths.cache_dir={cache}"))
     assert again["prune_cache"]["reused"] is False and "prune" in again["stages"]
-    assert json.loads((entry / "jcexp_prune_key.json").read_text())["seed"] == 0
+    assert json.loads((entry / "jcexp_key.json").read_text())["seed"] == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jcexp.pipeline import run
-from jcexp.results import atomic_write_json
+from jcexp.results import atomic_write_json, index_path
 
 from .conftest import TINY, launch
 
@@ -41,7 +41,7 @@ def test_damaged_result_index_entry_is_recomputed(compose, tmp_path):
     cache = tmp_path / "cache"
     cfg = compose(*TINY, "save_model=false", "pruner.sparsity=0", f"paths.cache_dir={cache}")
     first = run(cfg)
-    index = cache / "results" / f"{first['config_hash']}.json"
+    index = index_path(cache, first["config_hash"])
     index.write_text(index.read_text()[:200])
     other = compose(
         *TINY,

@@ -17,11 +17,10 @@ a per-row re-solve.
 from __future__ import annotations
 
 from copy import copy
-from unittest import mock
+from typing import ClassVar
 
 import torch
 from compressed_tensors.quantization import QuantizationStrategy, fake_quantize
-from llmcompressor.modifiers.gptq import base as gptq_base
 from llmcompressor.modifiers.gptq.helpers import (
     GPTQ_PRECISION,
     apply_activation_ordering,
@@ -29,6 +28,8 @@ from llmcompressor.modifiers.gptq.helpers import (
     factorize_hessian,
 )
 from llmcompressor.modifiers.quantization import GPTQModifier
+
+from jcexp.compress.seam import sweep_replaced_by
 
 
 def qdq_column(
@@ -106,7 +107,10 @@ def quantize_kept_weights(
 class SparsityPreservingGPTQModifier(GPTQModifier):
     """GPTQModifier in Case B: ``quant.preserve_sparsity=true`` selects it (conf/quant/gptq.yaml)."""
 
+    # What jcexp's stages read instead of guessing from class names or attributes.
+    preserves_sparsity: ClassVar[bool] = True
+    replaces_gptq_sweep: ClassVar[bool] = True
+
     def compress_module_list(self, module_list):
-        # base.py binds quantize_weight at import; swapping that name is the narrowest seam 0.14 offers.
-        with mock.patch.object(gptq_base, "quantize_weight", quantize_kept_weights):
+        with sweep_replaced_by(quantize_kept_weights):
             return super().compress_module_list(module_list)

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import functools
 from copy import copy
-from unittest import mock
+from typing import ClassVar
 
 import torch
 from compressed_tensors.quantization import QuantizationStrategy
-from llmcompressor.modifiers.gptq import base as gptq_base
 from llmcompressor.modifiers.gptq.helpers import GPTQ_PRECISION, column_scale_window, factorize_hessian
 from llmcompressor.modifiers.quantization import GPTQModifier
 
 from jcexp.compress.case_b import qdq_column
+from jcexp.compress.seam import sweep_replaced_by
 
 
 def _block_mask(W1: torch.Tensor, hinv_diag: torch.Tensor, sparsity: float, nm: tuple[int, int] | None):
@@ -102,10 +102,13 @@ class OnePassSparseGPTQModifier(GPTQModifier):
     sparsity: float = 0.0  # fraction pruned
     mask: str | None = None  # "N:M", N pruned of every M (jcexp's convention, as pruner.mask)
 
+    prunes: ClassVar[bool] = True  # the quantizer prunes too: pair with pruner=onepass
+    replaces_gptq_sweep: ClassVar[bool] = True
+
     def compress_module_list(self, module_list):
         from jcexp.config import parse_mask
 
         nm = parse_mask(self.mask)
         sweep = functools.partial(prune_and_quantize, sparsity=self.sparsity, nm=nm)
-        with mock.patch.object(gptq_base, "quantize_weight", sweep):
+        with sweep_replaced_by(sweep):
             return super().compress_module_list(module_list)

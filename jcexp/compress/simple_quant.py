@@ -72,6 +72,7 @@ class _WeightOnly:
     """Data-free stage: ``apply_to(model)`` rewrites every compressible Linear weight in place."""
 
     bits: int = 16
+    data_free = True  # no calibration pass: apply_stage calls apply_to instead of llm-compressor's oneshot
 
     def __init__(self, backend: str = "auto"):
         if backend not in ("auto", "torch", "bitsandbytes"):

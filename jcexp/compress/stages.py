@@ -25,9 +25,14 @@ def _modifier_name(modifier: Any) -> str | None:
 
 
 class Stage:
-    """One sequential compression step (the paper prunes, then quantizes)."""
+    """One sequential compression step (the paper prunes, then quantizes).
+
+    ``kind`` says which step it is; what its modifier can do is declared by the modifier class itself
+    (``data_free``, ``preserves_sparsity``, ``prunes``, ``replaces_gptq_sweep``: jcexp's own modifiers set them;
+    llm-compressor's have none, so each defaults to False)."""
 
     kind = "stage"
+    timing_name = "stage"  # its entry in result.json's "stages"
 
     def __init__(self, name: str, modifier: Any | None):
         self.name = name
@@ -36,6 +41,14 @@ class Stage:
     @property
     def active(self) -> bool:
         return self.modifier is not None
+
+    def declares(self, trait: str) -> bool:
+        return bool(getattr(type(self.modifier), trait, False))
+
+    @property
+    def data_free(self) -> bool:
+        """No calibration pass: the modifier rewrites the weights itself (NF4, int8)."""
+        return self.declares("data_free")
 
     def recipe(self) -> list[Any]:
         return [self.modifier]
@@ -50,6 +63,7 @@ class Stage:
 
 class Pruner(Stage):
     kind = "prune"
+    timing_name = "prune"
 
     def __init__(
         self,
@@ -95,12 +109,9 @@ class Pruner(Stage):
         }
 
 
-# Modifiers that leave pruned weights exactly zero.
-PRESERVING = ("SparsityPreservingGPTQModifier",)
-
-
 class Quantizer(Stage):
     kind = "quant"
+    timing_name = "quantize"
 
     def __init__(
         self,
@@ -125,9 +136,13 @@ class Quantizer(Stage):
         if not self.active:
             return []
         errors = group_size_errors(self.group_size, layer_widths)
-        if hasattr(self.modifier, "apply_to"):  # jcexp's data-free quantizers (NF4, int8)
+        if self.data_free:
             errors += self.modifier.check(self.bits)
-        if self.preserve_sparsity and type(self.modifier).__name__ not in PRESERVING:
+        if self.declares("replaces_gptq_sweep"):
+            from jcexp.compress.seam import seam_problem
+
+            errors += [p for p in [seam_problem()] if p]
+        if self.preserve_sparsity and not self.declares("preserves_sparsity"):
             errors.append(
                 f"quant.preserve_sparsity=true (the paper's Case B) is not available with "
                 f"{type(self.modifier).__name__}: only GPTQ has a Case B here (quant=gptq)"
@@ -142,7 +157,7 @@ class Quantizer(Stage):
             "symmetric": self.symmetric,
             "preserve_sparsity": self.preserve_sparsity,
             "case": ("B" if self.preserve_sparsity else "A") if self.active else None,
-            **(self.modifier.describe() if hasattr(self.modifier, "describe") else {}),
+            **(self.modifier.describe() if self.data_free else {}),
         }
 
 
@@ -150,12 +165,7 @@ def check_stages(stages: list[Stage], layer_widths: dict[str, int]) -> None:
     errors = [e for s in stages for e in s.check(layer_widths)]
     pruner = next((s for s in stages if isinstance(s, Pruner)), None)
     quant = next((s for s in stages if isinstance(s, Quantizer)), None)
-    one_pass = (
-        quant is not None
-        and quant.active
-        and hasattr(quant.modifier, "mask")
-        and hasattr(quant.modifier, "sparsity")
-    )
+    one_pass = quant is not None and quant.active and quant.declares("prunes")
     if pruner is not None and pruner.fused != one_pass:
         errors.append(
             "one-pass joint compression needs both pruner=onepass and quant=gptq_onepass "
@@ -176,7 +186,7 @@ def apply_stage(stage: Stage, model, tokenizer, calibration, seed: int) -> None:
     seed_everything(seed)
     placement.for_compression(model)
     try:
-        if hasattr(stage.modifier, "apply_to"):  # data-free (NF4, int8): no calibration pass
+        if stage.data_free:
             stage.modifier.apply_to(model)
             return
         from llmcompressor import oneshot

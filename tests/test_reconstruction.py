@@ -1,10 +1,10 @@
-"""Error analysis (issue 4, item 5): per-layer ||WX - W^X||^2 after each stage on the dense model's calibration
+"""Error analysis: per-layer ||WX - W^X||^2 after each stage on the dense model's calibration
 inputs, and E_A / E_B from both GPTQ cases on the same pruned model. Real llm-compressor on the tiny Llama."""
 
 import pytest
 import torch
 
-from jcexp import errors
+from jcexp import reconstruction as errors
 from jcexp.config import ConfigError
 from jcexp.measure import compressible_linears
 from jcexp.pipeline import Plan, run

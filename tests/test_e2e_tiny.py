@@ -123,29 +123,92 @@ def test_exact_2_6_with_the_derived_block_size(compose):
 
 
 @pytest.mark.parametrize("pruner,quant", [("wanda", "rtn"), ("none", "gptq"), ("sparsegpt", "none")])
-def test_other_stage_choices_run(compose, pruner, quant):
-    result = run(compose(*TINY, f"pruner={pruner}", f"quant={quant}", "save_model=false"))
-    bits = 16 if quant == "none" else 4
-    sparsity = 0 if pruner == "none" else 25
-    from jcexp.metrics import tcr
+def test_other_stage_choices_change_the_weights(compose, tmp_path, pruner, quant, monkeypatch):
+    """Each stage must change the model it is given: measured from the weights at the compressed evaluation
+    (RTN included: its quantized values are baked in), not from the config."""
+    import torch
 
-    assert result["metrics"]["tcr"] == pytest.approx(tcr(sparsity, bits))
+    import jcexp.evaluate
+
+    real, seen = jcexp.evaluate.evaluate, []
+
+    def spy(model, tokenizer, bench, seed):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.dim() == 2})
+        return real(model, tokenizer, bench, seed)
+
+    monkeypatch.setattr(jcexp.evaluate, "evaluate", spy)
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"  # its own: the dense evaluation must run here
+    result = run(compose(*TINY, f"pruner={pruner}", f"quant={quant}", "save_model=false", cache))
+    dense, compressed = seen
+    changed = [n for n in dense if not torch.equal(dense[n], compressed[n])]
+    linears = [n for n in dense if "layers." in n and "proj" in n]
+    assert sorted(changed) == sorted(linears)  # every decoder Linear changed; embeddings/lm_head did not
+    if quant != "none":  # quantized to at most 2^bits levels per group of 32 weights
+        w = compressed[linears[0]].reshape(-1, 32)
+        assert max(len(torch.unique(g)) for g in w) <= 2**4 + 1  # + the exact zeros of pruning
     if pruner != "none":
         assert result["measured"]["sparsity"]["after_prune"] == pytest.approx(0.25, abs=0.01)
 
 
-def test_dense_point_reuses_baseline_scores(compose):
-    result = run(compose(*TINY, "pruner.sparsity=0", "quant.bits=16", "save_model=false"))
-    assert "prune" not in result["stages"] and "quantize" not in result["stages"]
-    assert result["metrics"]["tcr"] == 0.0 and result["metrics"]["srcr"] == 0.0
+def test_dense_point_scores_are_the_baselines(compose, tmp_path):
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    compressed = run(compose(*TINY, "save_model=false", cache))  # evaluates and caches the dense baseline
+    dense = run(compose(*TINY, "pruner.sparsity=0", "quant.bits=16", "save_model=false", cache))
+    assert (
+        "prune" not in dense["stages"] and "quantize" not in dense["stages"] and "eval" not in dense["stages"]
+    )
+    assert dense["baseline"] == {**compressed["baseline"], "reused": True}
+    assert {t: r["value"] for t, r in dense["tasks"].items()} == {
+        t: r["baseline"] for t, r in compressed["tasks"].items()
+    }
+    assert all(r["retention"] in (1.0, None) for r in dense["tasks"].values())
+    assert all(r["value"] == r["baseline"] for r in dense["perplexity"].values())
+    assert dense["metrics"]["tcr"] == 0.0 and dense["metrics"]["srcr"] == 0.0
 
 
 def test_same_seed_same_numbers(compose, tmp_path):
-    a = run(compose(*TINY, "save_model=false", f"paths.root={tmp_path / 'a'}"))
-    b = run(compose(*TINY, "save_model=false", f"paths.root={tmp_path / 'b'}"))
+    """Two runs with separate caches and output roots: both compute everything (nothing reused), and agree
+    bit for bit."""
+    runs = [
+        run(
+            compose(
+                *TINY,
+                "save_model=false",
+                f"paths.root={tmp_path / r}",
+                f"paths.cache_dir={tmp_path / r / 'c'}",
+            )
+        )
+        for r in ("a", "b")
+    ]
+    for r in runs:
+        assert not r.get("resumed_from") and r["baseline"]["reused"] is False
+        assert r["prune_cache"]["reused"] is False and {"prune", "quantize", "eval_dense", "eval"} <= set(
+            r["stages"]
+        )
+    a, b = runs
+    assert a["run_dir"] != b["run_dir"] and a["prune_cache"]["path"] != b["prune_cache"]["path"]
     assert a["measured"]["sparsity"] == b["measured"]["sparsity"]
-    assert {t: r["value"] for t, r in a["tasks"].items()} == {t: r["value"] for t, r in b["tasks"].items()}
-    assert a["perplexity"] == b["perplexity"]
+    assert a["tasks"] == b["tasks"] and a["perplexity"] == b["perplexity"]
+
+
+def test_changed_calibration_text_is_pruned_again(compose, tmp_path):
+    """The prune key holds the calibration windows' fingerprint: the same config over edited text prunes anew."""
+    text = tmp_path / "calib.txt"
+    text.write_text(
+        "\n\n".join(f"Paragraph {i} of some local calibration prose, long enough." * 3 for i in range(300))
+    )
+    common = (
+        *TINY,
+        "save_model=false",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "+calibration.options.prose=false",
+    )
+    files = f"+calibration.options.files=[{text}]"
+    first = run(compose(*common, files, "quant.bits=4"))
+    text.write_text(text.read_text().replace("Paragraph", "Section"))
+    second = run(compose(*common, files, "quant.bits=8"))
+    assert first["prune_cache"]["reused"] is False and second["prune_cache"]["reused"] is False
+    assert first["prune_cache"]["path"] != second["prune_cache"]["path"]
 
 
 def test_launch_py_writes_result_and_offline_wandb_run(tmp_path, shared_cache):

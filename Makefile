@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: demo test test-fast lint bench gpu-check clean-venv slurm-deps
+.PHONY: demo test test-fast lint bench gpu-check clean-venv slurm-deps vllm-env
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,6 +52,14 @@ lint: $(STAMP)
 	$(PY) -m ruff format jcexp hydra_plugins tests bench launch.py
 	$(PY) -m ruff check --fix jcexp hydra_plugins tests bench launch.py
 
+
+# evaluator=vllm's environment, apart from .venv: vLLM pins its own torch (2.14.0 for 0.33.0), which clashes
+# with llm-compressor's. lm-eval as in .venv, with its vllm and math (minerva_math's sympy, math_verify) extras.
+VLLM_VENV ?= .venv-vllm
+vllm-env:
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q 'vllm==0.33.0' 'lm-eval[vllm,math]==0.4.13'
 
 clean-venv:
 	rm -rf $(VENV)

@@ -22,7 +22,7 @@ from bench.common import launch, table, warm_models, write
 def _run(device: str, point: str, limit: int, root: Path, models: Path) -> dict:
     out = root / device
     warm_models(out / "cache", models)
-    args = [f"+point={point}", f"device={device}", "logger=none", "save_model=false"]
+    args = [f"point={point}", f"device={device}", "logger=none", "save_model=false"]
     if limit:
         args.append(f"benchmark.limit={limit}")
     timing = launch(*args, f"paths.root={out}", f"paths.cache_dir={out / 'cache'}")

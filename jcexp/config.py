@@ -85,8 +85,25 @@ class BenchmarkConfig:
     batch_size: Any = 8  # int, or "auto" / "auto:N" (lm-eval picks the largest that fits on GPU)
     max_length: int | None = None
     gen_kwargs: dict[str, Any] = field(default_factory=dict)
+    # task or group -> generation kwargs (max_gen_toks, until, ...) for each of its generate_until leaf tasks;
+    # wins over gen_kwargs, which applies to all of them.
+    generation: dict[str, dict[str, Any]] = field(default_factory=dict)
     apply_chat_template: bool = False
     fewshot_as_multiturn: bool = False
+
+
+@dataclass
+class EvaluatorConfig:
+    _target_: str = MISSING  # jcexp.evaluate.InProcessEvaluator or SubprocessEvaluator
+    name: str = MISSING
+    backend: str = "hf"  # lm-eval's model type (`lm_eval --model`)
+    python: str | None = None  # subprocess evaluators: the interpreter to run; null: this one
+    # lm-eval's model_args for the backend; jcexp sets pretrained (the checkpoint).
+    model_args: dict[str, Any] = field(default_factory=dict)
+    batch_size: Any = None  # null: benchmark.batch_size
+    # Quantizers and bit widths whose packed compressed-tensors checkpoint the backend loads; others: dense.
+    packed_quantizers: list[str] = field(default_factory=list)
+    packed_bits: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -116,12 +133,24 @@ class ErrorAnalysisConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """The resource preflight (jcexp/preflight.py): estimated peak host RAM, GPU memory and disk, checked
+    against the node before any weight is read."""
+
+    enforce: bool = True  # false: log what does not fit and run anyway
+    host_ram_gb: float | None = None  # what the run may use; null: what the node (or cgroup) has available
+    gpu_mem_gb: float | None = None  # null: what the GPU has free at preflight (device=cuda)
+    headroom: float = 0.1  # the estimate must fit with this share to spare
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     pruner: PrunerConfig = MISSING
     quant: QuantConfig = MISSING
     calibration: CalibrationConfig = MISSING
     benchmark: BenchmarkConfig = MISSING
+    evaluator: EvaluatorConfig = MISSING
     logger: LoggerConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0
@@ -134,6 +163,7 @@ class RunConfig:
     run_name: str = "default"
     tags: list[str] = field(default_factory=list)
     errors: ErrorAnalysisConfig = field(default_factory=ErrorAnalysisConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
 
 def register_configs() -> None:
@@ -232,6 +262,21 @@ def _gptq_modifier(preserve_sparsity: bool) -> str:
     return "llmcompressor.modifiers.quantization.GPTQModifier"
 
 
+def _nf4_backend(requested: str = "auto") -> str:
+    """The NF4 backend that will run, so that the config, its hash and result.json name it: ``auto`` becomes
+    bitsandbytes when the package is installed and a CUDA GPU is visible, else torch (the same test as
+    jcexp.compress.simple_quant, which still accepts auto itself). torch is imported only if bitsandbytes is."""
+    if str(requested) != "auto":
+        return str(requested)
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "torch"
+    import torch
+
+    return "bitsandbytes" if torch.cuda.is_available() else "torch"
+
+
 def register_resolvers() -> None:
     resolvers = {
         "jc.uid": _run_uid,
@@ -244,6 +289,7 @@ def register_resolvers() -> None:
         "jc.nm_block_size": _nm_block_size,
         "jc.frac": _percent_to_fraction,
         "jc.weight_strategy": _weight_strategy,
+        "jc.nf4_backend": _nf4_backend,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -1,20 +1,41 @@
-"""lm-evaluation-harness in process: HFLM wraps the in-memory model (no checkpoint round-trip), tasks come
-from lm-eval's registry plus jcexp's own task YAMLs (``jcexp/tasks``) and any user ``include_paths``."""
+"""Scoring with lm-evaluation-harness. Tasks come from lm-eval's registry plus jcexp's own task YAMLs
+(``jcexp/tasks``) and any user ``include_paths``; benchmark.generation sets generation kwargs per task or group.
+
+Evaluators (the ``evaluator`` config group) share one task-building and result-parsing path:
+- ``InProcessEvaluator`` (evaluator=hf): lm-eval's HFLM wraps the in-memory model, no checkpoint round trip.
+- ``SubprocessEvaluator`` (evaluator=vllm, evaluator=hf_subprocess): lm-eval's backend on a saved checkpoint,
+  in another process and possibly another Python environment (jcexp/lm_eval_worker.py, JSON in and out).
+"""
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from jcexp import lm_eval_worker as worker
 from jcexp.config import ConfigError
 
 BUILTIN_TASKS = Path(__file__).parent / "tasks"
+WORKER = Path(worker.__file__).resolve()
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# lm-eval bootstraps the stderr of perplexity-type metrics; its default of 100k draws takes minutes on CPU.
+BOOTSTRAP_ITERS = 1000
+STDERR_TAIL_CHARS = 4000
 
 
 @dataclass
@@ -34,6 +55,9 @@ class EvalResult:
     task_versions: dict[str, Any] = field(default_factory=dict)
     n_samples: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # What the evaluation actually used: evaluator, backend, max_length, batch size(s), shots, limit, and per
+    # leaf task its output type, shots and effective generation kwargs (lm_eval_worker.evaluate_lm).
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,11 +70,13 @@ class EvalResult:
             task_versions=d.get("task_versions", {}),
             n_samples=d.get("n_samples", {}),
             seconds=d.get("seconds", 0.0),
+            settings=d.get("settings", {}),
         )
 
 
+# ------------------------------------------------------------------------------------------------ tasks
 def include_paths(bench) -> list[str]:
-    return [str(BUILTIN_TASKS), *[str(Path(p).expanduser()) for p in bench.include_paths]]
+    return [str(BUILTIN_TASKS), *[str(Path(p).expanduser().resolve()) for p in bench.include_paths]]
 
 
 @lru_cache(maxsize=8)
@@ -68,6 +94,20 @@ def task_names(bench) -> list[str]:
     return [*bench.scores, *bench.perplexity]
 
 
+def _plain(node: Any) -> Any:
+    """Plain Python containers from an OmegaConf node (JSON and lm-eval want them)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def generation(bench) -> dict[str, dict[str, Any]]:
+    """benchmark.generation: {task or group: generation kwargs for each of its generate_until leaf tasks}."""
+    return {str(k): dict(v) for k, v in (_plain(bench.get("generation")) or {}).items()}
+
+
 def check_tasks(bench) -> None:
     """Unknown task names fail here, with suggestions, before any model is loaded."""
     for path in bench.include_paths:
@@ -81,46 +121,38 @@ def check_tasks(bench) -> None:
             f"benchmark={bench.name}: unknown lm-eval task(s) "
             + ", ".join(f"{t!r} (did you mean {h}?)" if h else repr(t) for t, h in hints.items())
         )
-
-
-def _leaf_tasks(tasks: dict[Any, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in tasks.items():
-        if isinstance(value, dict):  # a group: its subtasks
-            out.update(_leaf_tasks(value))
-        else:
-            out[str(key)] = value
-    return out
-
-
-def _loads(name: str, bench) -> bool:
-    from lm_eval.tasks import get_task_dict
-
-    try:
-        get_task_dict([name], task_manager(bench))
-    except Exception:  # noqa: BLE001
-        return False
-    return True
+    stray = [t for t in generation(bench) if t not in known]
+    if stray:
+        raise ConfigError(
+            f"benchmark.generation names unknown lm-eval task(s) {stray}; it takes tasks or groups of "
+            f"benchmark.scores / benchmark.perplexity: {task_names(bench)}"
+        )
 
 
 def check_documents(bench) -> dict[str, int]:
-    """Build the tasks (their data sets load here, not mid-run) and refuse any with no documents to score.
-    lm-eval itself fails on an empty data set with an exception that names neither the task nor the file.
-    Returns the documents each task will score (after benchmark.limit)."""
-    from lm_eval.tasks import get_task_dict
-
-    names = task_names(bench)
-    try:
-        tasks = _leaf_tasks(get_task_dict(names, task_manager(bench)))
-    except Exception as exc:  # noqa: BLE001 - datasets/lm-eval raise anything from StopIteration to HTTP errors
-        culprits = [n for n in names if not _loads(n, bench)] or names
+    """Build the tasks (their data sets load here, not mid-run), apply benchmark.generation (a key that reaches
+    no generative task is refused) and refuse any task with no documents to score. lm-eval itself fails on an
+    empty data set with an exception that names neither the task nor the file.
+    Returns the documents each leaf task will score (after benchmark.limit)."""
+    items, failed = [], {}
+    for name in task_names(bench):
+        try:
+            items += worker.load_tasks([name], task_manager(bench))
+        except Exception as exc:  # noqa: BLE001 - datasets/lm-eval raise anything from StopIteration to HTTP errors
+            failed[name] = exc
+    if failed:
+        exc = next(iter(failed.values()))
         raise ConfigError(
-            f"benchmark={bench.name}: the data of task(s) {culprits} could not be loaded "
+            f"benchmark={bench.name}: the data of task(s) {list(failed)} could not be loaded "
             f"({type(exc).__name__}: {str(exc) or 'no detail'}); is a data file empty, missing or on an "
             "unreachable hub?"
         ) from exc
+    try:
+        worker.apply_generation(items, _plain(bench.gen_kwargs) or None, generation(bench))
+    except KeyError as exc:
+        raise ConfigError(f"benchmark.generation: {exc.args[0]}") from exc
     counts = {}
-    for name, task in tasks.items():
+    for name, task in worker.leaf_tasks(items).items():
         n = len(task.eval_docs)
         limit = bench.limit
         counts[name] = n if limit is None else min(n, math.ceil(n * limit) if limit < 1 else int(limit))
@@ -128,6 +160,26 @@ def check_documents(bench) -> dict[str, int]:
     if empty:
         raise ConfigError(f"benchmark={bench.name}: task(s) {empty} have no documents to evaluate")
     return counts
+
+
+# ---------------------------------------------------------------------------------------------- results
+def make_spec(bench, seed: int, **backend: Any) -> dict[str, Any]:
+    """The worker's spec for this benchmark: tasks, shots, limit, seeds and generation settings, plus the
+    backend's ``backend``, ``model_args``, ``batch_size`` and ``device``."""
+    return {
+        "tasks": task_names(bench),
+        "include_paths": include_paths(bench),
+        "gen_kwargs": _plain(bench.gen_kwargs) or None,
+        "generation": generation(bench),
+        "num_fewshot": bench.num_fewshot,
+        "limit": bench.limit,
+        "seed": seed,
+        "bootstrap_iters": BOOTSTRAP_ITERS,
+        "apply_chat_template": bench.apply_chat_template,
+        "fewshot_as_multiturn": bench.fewshot_as_multiturn,
+        "log_samples": False,
+        **backend,
+    }
 
 
 def _lookup(res: dict[str, Any], task: str, metric: str) -> tuple[float, float | None]:
@@ -149,43 +201,284 @@ def _chance(res: dict[str, Any], bench, task: str) -> float | None:
     return meta.get("chance")
 
 
+def parse_results(out: dict[str, Any], bench, evaluator: str) -> EvalResult:
+    """EvalResult from the worker's output dict (in process or read from the subprocess's JSON)."""
+    result = EvalResult(
+        task_versions=dict(out.get("versions", {})),
+        n_samples=dict(out.get("n-samples", {})),
+        settings={"evaluator": evaluator, **out.get("settings", {})},
+    )
+    for task, metric in bench.scores.items():
+        value, stderr = _lookup(out, task, metric)
+        result.scores[task] = Score(task, metric, value, stderr, _chance(out, bench, task), True)
+    for task, metric in bench.perplexity.items():
+        value, stderr = _lookup(out, task, metric)
+        result.perplexity[task] = Score(task, metric, value, stderr, None, False)
+    return result
+
+
 def evaluate(model, tokenizer, bench, seed: int) -> EvalResult:
-    """Score the in-memory model on the benchmark's tasks with lm-eval's simple_evaluate."""
-    import lm_eval
+    """Score the in-memory model on the benchmark's tasks with lm-eval's HFLM, in this process."""
     from lm_eval.models.huggingface import HFLM
 
     # lm-eval bootstraps stderr in a fork()ed multiprocessing Pool; forked from a process that holds torch's
     # threads, the children deadlocked inside submitit workers. 1000 draws in process take well under a second.
     os.environ["DISABLE_MULTIPROC"] = "1"
     start = time.perf_counter()
-    lm = HFLM(
-        pretrained=model,
-        tokenizer=tokenizer,
-        batch_size=bench.batch_size,
-        max_length=bench.max_length,
-    )
-    res = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=task_names(bench),
-        num_fewshot=bench.num_fewshot,
-        limit=bench.limit,
-        task_manager=task_manager(bench),
-        gen_kwargs=dict(bench.gen_kwargs) or None,
-        apply_chat_template=bench.apply_chat_template,
-        fewshot_as_multiturn=bench.fewshot_as_multiturn,
-        log_samples=False,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-        bootstrap_iters=1000,  # stderr of perplexity-type metrics is bootstrapped; lm-eval's 100k is minutes on CPU
-    )
-    out = EvalResult(task_versions=dict(res.get("versions", {})), n_samples=dict(res.get("n-samples", {})))
-    for task, metric in bench.scores.items():
-        value, stderr = _lookup(res, task, metric)
-        out.scores[task] = Score(task, metric, value, stderr, _chance(res, bench, task), True)
-    for task, metric in bench.perplexity.items():
-        value, stderr = _lookup(res, task, metric)
-        out.perplexity[task] = Score(task, metric, value, stderr, None, False)
-    out.seconds = time.perf_counter() - start
+    # HFLM takes its device from the model object (wherever the pipeline placed it).
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bench.batch_size, max_length=bench.max_length)
+    spec = make_spec(bench, seed, backend="hf", model_args=None, batch_size=bench.batch_size)
+    out = worker.evaluate_lm(lm, spec, task_manager(bench))
+    result = parse_results(out, bench, evaluator="hf")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ------------------------------------------------------------------------------------------- subprocess
+class EvaluatorError(RuntimeError):
+    """A subprocess evaluation failed; the message names the command, exit status and stderr tail."""
+
+
+def worker_command(python: str, spec_path: str | Path) -> list[str]:
+    # Run as a script by path: the target environment need not have jcexp installed.
+    return [python, str(WORKER), str(spec_path)]
+
+
+def run_worker(python: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run lm_eval_worker.py with ``python`` on ``spec``; its stderr is echoed live (progress) and its tail
+    kept for the error. Returns the worker's output dict."""
+    workdir = Path(tempfile.mkdtemp(prefix="jcexp-lm-eval-"))
+    spec = {**spec, "output": str(workdir / "results.json")}
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=1))
+    cmd = worker_command(python, spec_path)
+    tail: deque[str] = deque(maxlen=200)
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+        code = proc.wait()
+    if code != 0:
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        stderr = "".join(tail)[-STDERR_TAIL_CHARS:].rstrip() or "(empty)"
+        raise EvaluatorError(
+            f"lm-eval evaluation failed: `{shlex.join(cmd)}` {how} (spec kept in {workdir}). "
+            f"End of its stderr:\n{stderr}"
+        )
+    try:
+        out = json.loads(Path(spec["output"]).read_text())
+    except (OSError, ValueError) as exc:
+        raise EvaluatorError(f"`{shlex.join(cmd)}` exited 0 but left no readable results: {exc}") from exc
+    shutil.rmtree(workdir, ignore_errors=True)
     return out
+
+
+# A child process, standard library only: what the target environment has installed, importing nothing.
+_PROBE = (
+    "import json, importlib.metadata as m\n"
+    "def v(p):\n"
+    "    try:\n"
+    "        return m.version(p)\n"
+    "    except m.PackageNotFoundError:\n"
+    "        return None\n"
+    "print(json.dumps({p: v(p) for p in %r}))\n"
+)
+PROBED = ("lm_eval", "vllm", "torch", "transformers", "compressed-tensors")
+NEEDS = {"vllm": ("lm_eval", "vllm"), "hf": ("lm_eval", "torch", "transformers")}
+
+
+def resolve_python(python: str | None) -> str:
+    """The interpreter to run: this one when None; a bare name on PATH; a relative path from the current
+    directory, else from the project root (where `make vllm-env` builds .venv-vllm). Symlinks are kept: a
+    venv's bin/python must not be resolved to the base interpreter."""
+    if not python:
+        return sys.executable
+    path = Path(python).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    elif len(path.parts) == 1:
+        found = shutil.which(python)
+        candidates = [Path(found)] if found else []
+    else:
+        candidates = [Path.cwd() / path, PROJECT_ROOT / path]
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise FileNotFoundError(", ".join(map(str, candidates)) or f"{python} on PATH")
+
+
+# ------------------------------------------------------------------------------------------- evaluators
+class Evaluator:
+    """One way of scoring a model (the ``evaluator`` config group). Subclasses say whether they need a saved
+    checkpoint, and in which format."""
+
+    needs_checkpoint = False
+
+    def __init__(
+        self,
+        name: str,
+        backend: str = "hf",
+        python: str | None = None,
+        model_args: dict[str, Any] | None = None,
+        batch_size: Any = None,
+        packed_quantizers: list[str] | None = None,
+        packed_bits: list[int] | None = None,
+    ):
+        self.name = name
+        self.backend = backend
+        self.python = python
+        self.model_args: dict[str, Any] = dict(_plain(model_args) or {})
+        self.batch_size = batch_size  # None: benchmark.batch_size
+        self.packed_quantizers = list(_plain(packed_quantizers) or [])
+        self.packed_bits = [int(b) for b in _plain(packed_bits) or []]
+
+    def check(self) -> None:
+        """Raise ConfigError for a setting that cannot work. Cheap; run before any compute."""
+        if self.batch_size is not None and not re.fullmatch(r"[1-9]\d*|auto(:\d+)?", str(self.batch_size)):
+            raise ConfigError(
+                f"evaluator.batch_size={self.batch_size} must be a positive integer, 'auto' or 'auto:N'"
+            )
+
+    def batch(self, bench) -> Any:
+        return bench.batch_size if self.batch_size is None else self.batch_size
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the scores (for the config hash and the dense baseline's key)."""
+        return {"evaluator": self.name, "backend": self.backend, "batch_size": self.batch_size}
+
+    def describe(self) -> dict[str, Any]:
+        return self.identity()
+
+    def checkpoint_format(self, quant: str, bits: int) -> str | None:
+        """The checkpoint this evaluator loads for quantizer ``quant`` at ``bits``: 'compressed-tensors'
+        (packed), 'dense' (plain weights, no quantization_config), or None (the in-memory model)."""
+        return None
+
+    def evaluate(
+        self,
+        bench,
+        seed: int,
+        *,
+        model=None,
+        tokenizer=None,
+        checkpoint: str | None = None,
+        device: str = "cpu",
+    ) -> EvalResult:
+        raise NotImplementedError
+
+
+class InProcessEvaluator(Evaluator):
+    """evaluator=hf: lm-eval's HFLM on the in-memory model, in this process."""
+
+    def check(self) -> None:
+        super().check()
+        if self.backend != "hf" or self.python or self.model_args:
+            raise ConfigError(
+                f"evaluator={self.name} runs lm-eval's hf backend on the in-memory model: backend must be hf, "
+                "and python / model_args apply to subprocess evaluators only (evaluator=vllm, hf_subprocess)"
+            )
+
+    def evaluate(self, bench, seed, *, model=None, tokenizer=None, checkpoint=None, device="cpu"):
+        if model is None or tokenizer is None:
+            raise ValueError(f"evaluator={self.name} evaluates the in-memory model: pass model and tokenizer")
+        if self.batch_size is not None:
+            from omegaconf import OmegaConf
+
+            bench = OmegaConf.merge(bench, {"batch_size": self.batch_size})
+        result = evaluate(model, tokenizer, bench, seed)  # the module function (tests spy on it)
+        result.settings["evaluator"] = self.name
+        return result
+
+
+class SubprocessEvaluator(Evaluator):
+    """evaluator=vllm / hf_subprocess: lm-eval's ``backend`` on a saved checkpoint, in a child process run with
+    ``python`` (another environment for vLLM, whose torch pin clashes with llm-compressor's)."""
+
+    needs_checkpoint = True
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._versions: dict[str, str | None] | None = None
+
+    @property
+    def interpreter(self) -> str:
+        try:
+            return resolve_python(self.python)
+        except FileNotFoundError as exc:
+            hint = (
+                "; build it with `make vllm-env`, or point JCEXP_VLLM_PYTHON at a Python with vllm and lm-eval"
+                if self.backend == "vllm"
+                else ""
+            )
+            raise ConfigError(
+                f"evaluator={self.name}: evaluator.python={self.python!r} is not an executable file "
+                f"(looked at {exc}){hint}"
+            ) from exc
+
+    def versions(self) -> dict[str, str | None]:
+        """Versions of the packages that score, in the evaluator's environment (probed once)."""
+        if self._versions is None:
+            python = self.interpreter
+            cmd = [python, "-c", _PROBE % (PROBED,)]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise ConfigError(f"evaluator={self.name}: {python} does not run: {exc}") from exc
+            try:
+                self._versions = json.loads(done.stdout)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"evaluator={self.name}: {python} could not list its packages (exit code "
+                    f"{done.returncode}): {done.stderr[-STDERR_TAIL_CHARS:].strip() or '(no stderr)'}"
+                ) from exc
+        return self._versions
+
+    def check(self) -> None:
+        super().check()
+        missing = [p for p in NEEDS.get(self.backend, ("lm_eval",)) if not self.versions().get(p)]
+        if missing:
+            hint = "; `make vllm-env` builds one" if self.backend == "vllm" else ""
+            raise ConfigError(
+                f"evaluator={self.name}: {self.interpreter} has no {', '.join(missing)} installed, needed by "
+                f"lm-eval's {self.backend} backend{hint}"
+            )
+        if "pretrained" in self.model_args:
+            raise ConfigError(
+                f"evaluator={self.name}: model_args.pretrained is set by jcexp (the checkpoint)"
+            )
+
+    def identity(self) -> dict[str, Any]:
+        # The interpreter's path is not identity; what is installed there is.
+        return {**super().identity(), "model_args": self.model_args, "versions": self.versions()}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.identity(), "python": self.interpreter}
+
+    def checkpoint_format(self, quant: str, bits: int) -> str:
+        return (
+            "compressed-tensors" if quant in self.packed_quantizers and bits in self.packed_bits else "dense"
+        )
+
+    def spec(self, bench, seed: int, checkpoint: str, device: str = "cpu") -> dict[str, Any]:
+        return make_spec(
+            bench,
+            seed,
+            backend=self.backend,
+            model_args={**self.model_args, "pretrained": str(Path(checkpoint).resolve())},
+            batch_size=self.batch(bench),
+            # vLLM takes its GPUs from CUDA_VISIBLE_DEVICES (the launcher pins it) and warns on a device.
+            device=None if self.backend == "vllm" else device,
+        )
+
+    def command(self, spec_path: str | Path) -> list[str]:
+        return worker_command(self.interpreter, spec_path)
+
+    def evaluate(self, bench, seed, *, model=None, tokenizer=None, checkpoint=None, device="cpu"):
+        if checkpoint is None or not Path(checkpoint).is_dir():
+            raise ValueError(f"evaluator={self.name} evaluates a saved checkpoint; got {checkpoint!r}")
+        start = time.perf_counter()
+        out = run_worker(self.interpreter, self.spec(bench, seed, checkpoint, device))
+        result = parse_results(out, bench, evaluator=self.name)
+        result.seconds = time.perf_counter() - start
+        return result

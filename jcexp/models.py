@@ -72,6 +72,10 @@ class ModelSource:
         """Return (model, tokenizer), the model in eval mode on the CPU."""
         raise NotImplementedError
 
+    def checkpoint_dir(self) -> Path:
+        """A local HF checkpoint of this model, for readers in another process (a subprocess evaluator)."""
+        raise NotImplementedError
+
     def identity(self) -> dict[str, Any]:
         """What makes two loads the same model: used in cache keys."""
         raise NotImplementedError
@@ -165,6 +169,9 @@ class LocalModel(ModelSource):
         self.check()
         return self._load_dir(self.path, self.dtype)
 
+    def checkpoint_dir(self) -> Path:
+        return Path(self.path)
+
     def identity(self) -> dict[str, Any]:
         cfg = Path(self.path) / "config.json"
         digest = hashlib.sha256(cfg.read_bytes()).hexdigest()[:16] if cfg.exists() else None
@@ -212,6 +219,12 @@ class HubModel(ModelSource):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
+
+    def checkpoint_dir(self) -> Path:
+        """The hub snapshot in the local HF cache (load() fetched it; this only looks it up)."""
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(self.repo_id, revision=self.revision))
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "repo_id": self.repo_id, "revision": self.revision, "dtype": self.dtype}
@@ -296,6 +309,9 @@ class PackagedGGUF(ModelSource):
 
     def load(self):
         return self._load_dir(self.hf_dir(), self.dtype)
+
+    def checkpoint_dir(self) -> Path:
+        return self.hf_dir()
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -388,6 +404,9 @@ class TinyRandomLlama(ModelSource):
 
     def load(self):
         return self._load_dir(self.hf_dir(), self.dtype)
+
+    def checkpoint_dir(self) -> Path:
+        return self.hf_dir()
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.params, "dtype": self.dtype}

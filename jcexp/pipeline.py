@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from jcexp import measure, metrics, placement
+from jcexp import measure, metrics, placement, preflight
 from jcexp.cache import KeyedCache
 from jcexp.compress import compression_device
 from jcexp.config import ConfigError, check_values
@@ -87,37 +87,6 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"output directory {path} is not writable: {exc}") from exc
 
 
-HEADROOM_BYTES = 64 * 2**20  # result.json, logs, the W&B offline run
-
-
-def _check_free_space(plan: Plan, out: Path) -> None:
-    """Refuse a run whose checkpoints cannot fit, before any compute: a full disk would otherwise surface
-    as a failed save (or a half-built cache entry) after the whole compression and evaluation."""
-    model_bytes = plan.source.checkpoint_bytes()
-    needs: dict[str, int] = {}
-    for path, need, what in (
-        (out, model_bytes if plan.cfg.save_model else 0, "the compressed checkpoint (save_model)"),
-        (
-            Path(plan.cfg.paths.cache_dir),
-            model_bytes if plan.pruner.active and plan.cfg.cache_pruned else 0,
-            "the pruned-model cache (cache_pruned)",
-        ),
-    ):
-        device = os.stat(path).st_dev
-        needs[device] = needs.get(device, HEADROOM_BYTES) + need
-        free = shutil.disk_usage(path).free
-        if free < needs[device]:
-            raise ConfigError(
-                f"not enough free space for {what} under {path}: about {_size(needs[device])} needed, "
-                f"{_size(free)} free; free some, move paths.root/paths.cache_dir, "
-                "or set save_model=false / cache_pruned=false"
-            )
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def _pick_device(name: str) -> str:
     import torch
 
@@ -144,6 +113,8 @@ class Plan:
         self.quant = instantiate(cfg.quant)
         self.calibration = instantiate(cfg.calibration)
         self.tracker = instantiate(cfg.logger)
+        self.evaluator = instantiate(cfg.evaluator)
+        self.evaluator.check()
         self.source.check()
         self.calibration.check()
         check_tasks(cfg.benchmark)
@@ -176,18 +147,62 @@ def _baseline_key(plan: Plan) -> dict[str, Any]:
         "lm_eval": versions["lm_eval"],
         "transformers": versions["transformers"],
         "offline_data": fingerprint(prose_split("eval")),
+        "evaluator": plan.evaluator.identity(),
     }
 
 
-def evaluate_on_device(plan: Plan, model, tokenizer, timings: dict[str, Any], name: str):
-    """The device contract's evaluation side: a plain model, resident on plan.device, then lm-eval.
-    Returns the scores and the placement they were computed in."""
-    from jcexp.evaluate import evaluate
+def evaluate_model(plan: Plan, model, tokenizer, timings: dict[str, Any], name: str, checkpoint=None):
+    """Score the model with the configured evaluator; returns the scores and where they were computed.
 
+    In process (evaluator=hf), the device contract's evaluation side holds: a plain model resident on
+    plan.device. A subprocess evaluator (vllm, hf_subprocess) scores ``checkpoint`` instead; the in-memory
+    model goes back to host RAM first, so that the evaluator's process has the GPU."""
+    ev, bench, seed = plan.evaluator, plan.cfg.benchmark, plan.cfg.seed
+    if ev.needs_checkpoint:
+        placement.for_compression(model)
+        with measure.timed(timings, name):
+            scores = ev.evaluate(bench, seed, checkpoint=str(checkpoint), device=plan.device)
+        return scores, {"evaluator": ev.name, "checkpoint": str(checkpoint)}
     placed = placement.state(placement.for_evaluation(model, plan.device)).to_dict()
     with measure.timed(timings, name):
-        scores = evaluate(model, tokenizer, plan.cfg.benchmark, plan.cfg.seed)
+        scores = ev.evaluate(bench, seed, model=model, tokenizer=tokenizer, device=plan.device)
     return scores, placed
+
+
+def evaluate_compressed(plan: Plan, state: RunState, out: Path, timings: dict[str, Any]):
+    """The compressed model's scores, its placement record and its saved checkpoint. A subprocess evaluator
+    reads a checkpoint in the format its backend loads (vLLM: packed int4/int8, else dense): the saved model
+    when that is the format, else a temporary dense copy written first (a packed save compresses the model
+    in place), removed after the evaluation."""
+    from jcexp import checkpoints
+
+    ev = plan.evaluator
+    if not ev.needs_checkpoint:
+        scores, placed = evaluate_model(plan, state.model, state.tokenizer, timings, "eval")
+        return scores, placed, save_model(plan, state.model, state.tokenizer, out, timings)
+    fmt = ev.checkpoint_format(plan.quant.name, plan.quant.bits if plan.quant.active else 16)
+    temporary = None
+    if not (plan.cfg.save_model and fmt == _saved_format(plan)):
+        with measure.timed(timings, "save_for_eval"):
+            temporary = checkpoints.save(state.model, state.tokenizer, out / "eval_checkpoint", fmt)
+    saved = save_model(plan, state.model, state.tokenizer, out, timings)
+    checkpoint = temporary or saved["path"]
+    if checkpoint is None:  # the save failed; its error is in `saved`
+        raise RuntimeError(f"no checkpoint for evaluator={ev.name}: {saved.get('error')}")
+    scores, placed = evaluate_model(plan, state.model, state.tokenizer, timings, "eval", checkpoint)
+    placed["checkpoint_format"] = fmt
+    if fmt == "dense" and plan.quant.active:
+        placed["note"] = (
+            f"evaluated from dense weights: {ev.name} loads no packed {plan.quant.bits}-bit {plan.quant.name}"
+        )
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return scores, placed, saved
+
+
+def _saved_format(plan: Plan) -> str:
+    """What save_model writes: packed where llm-compressor quantized, plain otherwise (NF4/int8 are simulated)."""
+    return "compressed-tensors" if plan.quant.active and not plan.quant.data_free else "dense"
 
 
 def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
@@ -196,7 +211,8 @@ def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
     from jcexp.evaluate import EvalResult
 
     def build(tmp: Path) -> None:
-        scores, placed = evaluate_on_device(plan, model, tokenizer, timings, "eval_dense")
+        checkpoint = plan.source.checkpoint_dir() if plan.evaluator.needs_checkpoint else None
+        scores, placed = evaluate_model(plan, model, tokenizer, timings, "eval_dense", checkpoint)
         atomic_write_json(tmp / BASELINE_FILE, {"eval": scores.to_dict(), "placement": placed})
 
     def damaged(entry: Path) -> str | None:
@@ -263,7 +279,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if done:
         log.info("result for config %s was computed in %s: reusing it", plan.hash, done["run_dir"])
         return done if done["run_dir"] == str(out) else reuse_result(done, out)
-    _check_free_space(plan, out)
+    resources = preflight.estimate_for(plan)  # host RAM, GPU memory, disk: refused here if they cannot fit
+    log.info(preflight.summary(resources))
+    preflight.check(resources, cfg, out)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -292,13 +310,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     placed = {"evaluate": plan.device, "compress": compression_device() if plan.stages else None}
     placed["dense_eval"] = dense_placement
-    compressed = dense  # nothing compressed: the dense scores are this run's scores
+    compressed, saved = dense, None  # nothing compressed: the dense scores are this run's scores
     if plan.stages:
-        compressed, placed["compressed_eval"] = evaluate_on_device(
-            plan, state.model, tokenizer, timings, "eval"
-        )
-    saved = save_model(plan, state.model, state.tokenizer, out, timings)
-    result = build_record(plan, state, out, dense, compressed, baseline, placed, saved)
+        compressed, placed["compressed_eval"], saved = evaluate_compressed(plan, state, out, timings)
+    saved = saved or save_model(plan, state.model, state.tokenizer, out, timings)
+    result = build_record(plan, state, out, dense, compressed, baseline, placed, saved, resources)
     return publish(plan, result, out)
 
 
@@ -308,14 +324,15 @@ def save_model(plan: Plan, model, tokenizer, out: Path, timings: dict[str, Any])
     save is recorded and never loses the scores already computed."""
     if not plan.cfg.save_model:
         return {"path": None, "bytes": None}
-    packed = plan.quant.active and not plan.quant.data_free
+    from jcexp import checkpoints
+
+    fmt = _saved_format(plan)
     # Counted before saving: save_pretrained(save_compressed=True) swaps each Linear's weight for packed tensors.
     weight_counts = {n: m.weight.numel() for n, m in measure.compressible_linears(model).items()}
     path = out / "model"
     try:
         with measure.timed(timings, "save"):
-            model.save_pretrained(path, save_compressed=packed)
-            tokenizer.save_pretrained(path)
+            checkpoints.save(model, tokenizer, path, fmt)
     except Exception as exc:  # noqa: BLE001 - a failed save must not lose the scores already computed
         log.error("saving the compressed model failed: %s", exc)
         shutil.rmtree(path, ignore_errors=True)
@@ -323,7 +340,7 @@ def save_model(plan: Plan, model, tokenizer, out: Path, timings: dict[str, Any])
     return {
         "path": str(path),
         "bytes": measure.dir_bytes(path),
-        "format": "compressed-tensors" if packed else "dense",
+        "format": fmt,
         **measure.stored_bits(path, weight_counts),
     }
 
@@ -387,11 +404,15 @@ def compute_metrics(plan: Plan, compressed, dense, measured_sparsity: float) -> 
     }
 
 
-def build_record(plan: Plan, state: RunState, out: Path, dense, compressed, baseline, placed, saved):
+def build_record(
+    plan: Plan, state: RunState, out: Path, dense, compressed, baseline, placed, saved, resources
+):
     """result.json: what ran, on what, what was measured, the scores and the paper's metrics."""
     import torch
 
     cfg = plan.cfg
+    peak_rss = measure.process_peak_rss_mb()
+    peak_cuda = max((t.get("peak_cuda_mb") or 0 for t in state.timings.values()), default=0) or None
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "complete",
@@ -411,7 +432,10 @@ def build_record(plan: Plan, state: RunState, out: Path, dense, compressed, base
             "name": cfg.benchmark.name,
             "limit": cfg.benchmark.limit,
             "num_fewshot": cfg.benchmark.num_fewshot,
+            # What lm-eval actually ran with: max_length, batch size, per-task generation limits.
+            "settings": compressed.settings,
         },
+        "evaluator": plan.evaluator.describe(),
         "compression": {"pruner": plan.pruner.describe(), "quant": plan.quant.describe()},
         "measured": state.measured,
         "layer_errors": state.layer_errors or None,
@@ -421,7 +445,9 @@ def build_record(plan: Plan, state: RunState, out: Path, dense, compressed, base
         "baseline": baseline,
         "prune_cache": state.prune_cache,
         "stages": state.timings,
-        "peak_rss_mb": measure.process_peak_rss_mb(),
+        "peak_rss_mb": peak_rss,
+        # The preflight's estimate beside the measured peaks.
+        "resources": {"estimate": resources, "measured": preflight.compare(resources, peak_rss, peak_cuda)},
         "saved_model": saved,
         "versions": library_versions(),
         "task_versions": compressed.task_versions,

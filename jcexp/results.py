@@ -12,16 +12,74 @@ __all__ = ["atomic_write_json", "read_json"]  # re-exported: callers write recor
 
 RESULT_FILE = "result.json"
 SCHEMA_VERSION = 1
-# Keys that name or place a run but do not change what it computes.
-_NOT_IN_HASH = ("paths", "logger", "run_name", "tags", "threads", "hydra", "cache_pruned")
+# Keys that name or place a run, or check it before it starts, but do not change what it computes.
+_NOT_IN_HASH = ("paths", "logger", "run_name", "tags", "threads", "hydra", "cache_pruned", "resources")
+
+# What an inactive stage contributes to the hash: exactly what `pruner=none` / `quant=none` compose to, so that
+# every way of saying "this stage does nothing" is one experiment with one hash, and results of the `none`
+# choices keep the hash they had before this canonical form existed (tests/test_experiments.py checks both).
+NO_PRUNER = {
+    "_target_": "jcexp.compress.Pruner",
+    "name": "none",
+    "sparsity": 0.0,
+    "mask": None,
+    "modifier": None,
+    "fused": False,
+}
+NO_QUANT = {
+    "_target_": "jcexp.compress.Quantizer",
+    "name": "none",
+    "bits": 16,
+    "group_size": None,
+    "symmetric": True,
+    "preserve_sparsity": False,
+    "modifier": None,
+}
+
+
+def pruner_active(pruner: dict[str, Any]) -> bool:
+    """As jcexp.compress.Pruner: a modifier with something to prune, or fused into the quantizer's sweep."""
+    from jcexp.config import ConfigError, parse_mask
+
+    if pruner.get("fused"):
+        return True
+    if pruner.get("modifier") is None:
+        return False
+    try:
+        has_mask = parse_mask(pruner.get("mask")) is not None
+    except ConfigError:  # refused by check_values; hashed as written
+        return True
+    return float(pruner.get("sparsity") or 0) > 0 or has_mask
+
+
+def quant_active(quant: dict[str, Any]) -> bool:
+    """As jcexp.compress.Quantizer: a modifier, below 16 bits."""
+    return quant.get("modifier") is not None and int(quant.get("bits", 16)) < 16
 
 
 def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the hash covers: the resolved config, less what does not change the computation.
+
+    Equal experiments hash equal: `quant=none` and `quant.bits=16` (no quantization either way), `pruner=none`
+    and `pruner.sparsity=0` (no mask) are the same run, and so is any calibration setting of a run that
+    compresses nothing. This canonical form changed the hash of stored results whose pruner or quantizer was
+    inactive without being `none` (e.g. `quant.bits=16` points), of runs that compress nothing, and of NF4 runs
+    (their backend is now resolved, conf/quant/nf4.yaml): those are recomputed once, not reused."""
     out = {k: v for k, v in cfg.items() if k not in _NOT_IN_HASH}
     # The opt-in error analysis adds measurements, not a different model: while it is off, results keep the
     # hash they had before it existed, so stored results stay reusable.
     if not (out.get("errors") or {}).get("enabled"):
         out.pop("errors", None)
+    pruning = "pruner" in out and pruner_active(out["pruner"])
+    quantizing = "quant" in out and quant_active(out["quant"])
+    if "pruner" in out and not pruning:
+        out["pruner"] = dict(NO_PRUNER)
+    if "quant" in out and not quantizing:
+        out["quant"] = dict(NO_QUANT)
+    # No stage runs: calibration data is never built (the scores are the dense model's). Error analysis reads
+    # calibration windows, so with it on they stay.
+    if "pruner" in out and "quant" in out and not (pruning or quantizing or "errors" in out):
+        out.pop("calibration", None)
     return out
 
 

@@ -37,7 +37,7 @@ class NullTracker:
     def log_run(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
         return {"backend": self.name, "status": "disabled"}
 
-    def log_sweep(self, report: Any, name: str) -> dict[str, Any]:
+    def log_sweep(self, report: Any, name: str, tags: list[str] | None = None) -> dict[str, Any]:
         return {"backend": self.name, "status": "disabled"}
 
 
@@ -62,15 +62,21 @@ class WandbTracker:
             log.error("W&B logging failed (result.json is intact): %s: %s", type(exc).__name__, exc)
             return {"backend": self.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
-    def log_sweep(self, report: Any, name: str) -> dict[str, Any]:
-        """One summary run per sweep, in the sweep's group: the report's tables and plots."""
+    def log_sweep(self, report: Any, name: str, tags: list[str] | None = None) -> dict[str, Any]:
+        """One summary run per sweep, in the sweep's group: the report's tables and plots. ``tags``: the sweep
+        config's top-level tags, added to logger.tags as for each run."""
         try:
-            return self._log_sweep(report, name)
+            return self._log_sweep(report, name, tags)
         except Exception as exc:  # noqa: BLE001 - the report files are written already; W&B is a copy
             log.error("W&B sweep summary failed (report.md is intact): %s: %s", type(exc).__name__, exc)
             return {"backend": self.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
-    def _init(self, **kwargs: Any) -> Any:
+    def run_tags(self, tags: list[str] | None) -> list[str]:
+        """The W&B run's tags: the config's top-level ``tags`` (every experiment sets them), then logger.tags;
+        each once, in that order."""
+        return list(dict.fromkeys(str(t) for t in [*(tags or []), *self.tags]))
+
+    def _init(self, tags: list[str] | None = None, **kwargs: Any) -> Any:
         import wandb
 
         Path(self.dir).mkdir(parents=True, exist_ok=True)
@@ -82,7 +88,7 @@ class WandbTracker:
             entity=self.entity,
             mode=self.mode,
             group=self.group,
-            tags=self.tags,
+            tags=self.run_tags(tags),
             dir=self.dir,
             reinit="finish_previous",
             **kwargs,
@@ -96,14 +102,17 @@ class WandbTracker:
             "run_id": run.id,
             "dir": run.dir,
             "group": self.group,
+            "tags": list(run.tags or []),
         }
         run.finish()
         return info
 
-    def _log_sweep(self, report: Any, name: str) -> dict[str, Any]:
+    def _log_sweep(self, report: Any, name: str, tags: list[str] | None) -> dict[str, Any]:
         import wandb
 
-        run = self._init(name=name, job_type="sweep-summary", config={"sweep_counts": report.counts})
+        run = self._init(
+            tags=tags, name=name, job_type="sweep-summary", config={"sweep_counts": report.counts}
+        )
         columns = sorted(
             {k for row in report.rows for k in row}, key=lambda k: (k not in ("model", "config"), k)
         )
@@ -125,7 +134,9 @@ class WandbTracker:
     def _log(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:
         import wandb
 
-        run = self._init(name=run_name, config={**flat_config(result), "full": config})
+        run = self._init(
+            tags=config.get("tags"), name=run_name, config={**flat_config(result), "full": config}
+        )
         summary = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float) or v is None}
         summary.update(
             {f"sparsity/{k}": v for k, v in result["measured"]["sparsity"].items() if v is not None}

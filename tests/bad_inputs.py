@@ -409,10 +409,17 @@ CASES: list[Case] = [
     # calibration
     Case(
         "calib-too-little",
-        "more calibration tokens than the text holds",
-        ("calibration.num_samples=5000", "calibration.seq_len=2048"),
+        "more calibration tokens than the text holds (the preflight told the node is big enough)",
+        ("calibration.num_samples=5000", "calibration.seq_len=2048", "resources.host_ram_gb=1000"),
         "run",
         r"calibration=local has \d+ tokens, fewer than num_samples x seq_len = 5000 x 2048",
+    ),
+    Case(
+        "preflight-host-ram",
+        "a calibration set whose activations cannot fit this node's RAM",
+        ("calibration.num_samples=5000", "calibration.seq_len=2048"),
+        "run",
+        r"not enough host RAM: the run needs about .* GiB at its peak .*calibration\.num_samples=\d+ fits",
     ),
     Case(
         "calib-empty-text",

@@ -31,7 +31,7 @@ def test_bad_input_fails_before_compute_with_its_message(case, tmp_path, monkeyp
         raise AssertionError(f"{case.id}: reached a compression or evaluation stage")
 
     monkeypatch.setattr(pipeline, "dense_baseline", no_compute)
-    monkeypatch.setattr(pipeline, "pruned_model", no_compute)
+    monkeypatch.setattr(pipeline, "run_stage", no_compute)
     try:
         exc = trigger(case, tmp_path)
     finally:

@@ -110,7 +110,7 @@ def test_nf4_is_4_bit_only(compose):
 @pytest.mark.parametrize("mask", [None, "2:8"])
 def test_one_pass_prunes_and_quantizes_in_one_sweep(compose, mask):
     extra = [f"pruner.mask={mask}"] if mask else ["pruner.sparsity=25"]
-    result = run(compose(*TINY, "save_model=false", "pruner=onepass", "quant=gptq_onepass", *extra))
+    result = run(compose(*TINY, "save_model=false", "variant=onepass", *extra))
     assert "prune" not in result["stages"] and "quantize" in result["stages"]
     assert result["compression"]["pruner"]["fused"] is True
     assert result["metrics"]["tcr"] == pytest.approx(0.8125)  # 25% + 4 bit

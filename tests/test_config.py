@@ -114,9 +114,67 @@ def test_named_experiments_compose(compose, experiment):
     [("s50_w8", 50, 8), ("s0_w4", 0, 4), ("s25_w4", 25, 4), ("s33_w3", 33.333, 3), ("nm26", 33.333, 4)],
 )
 def test_points_set_explicit_pairs(compose, point, sparsity, bits):
-    cfg = compose(f"+point={point}")
+    cfg = compose(f"point={point}")
     check_values(cfg)
     assert (cfg.pruner.sparsity, cfg.quant.bits) == (pytest.approx(sparsity), bits)
+
+
+def test_point_and_variant_are_in_the_defaults_list_so_plus_is_refused(compose):
+    """`point`, `variant` and `debug` sit in conf/config.yaml's defaults: the old `+point=` spelling fails at
+    composition with Hydra's own message rather than silently doing something else."""
+    for group, choice in (("point", "s25_w4"), ("variant", "onepass"), ("debug", "smoke")):
+        with pytest.raises(ConfigCompositionException, match=f"Multiple values for {group}"):
+            compose(f"+{group}={choice}")
+
+
+def test_point_values_win_over_the_groups_and_the_command_line_wins_over_points(compose):
+    cfg = compose("point=s33_w3", "quant=rtn")
+    assert (cfg.pruner.sparsity, cfg.quant.name, cfg.quant.bits) == (pytest.approx(33.333), "rtn", 3)
+    assert compose("point=s33_w3", "quant.bits=4").quant.bits == 4
+
+
+def test_onepass_has_one_spelling_and_it_hashes_as_the_pair_it_selects(compose):
+    from jcexp.results import task_config_hash
+
+    cfg = compose("variant=onepass", "point=s33_w3")
+    assert (cfg.pruner.name, cfg.pruner.fused, cfg.quant.name) == ("onepass", True, "gptq_onepass")
+    assert (cfg.pruner.sparsity, cfg.quant.bits) == (pytest.approx(33.333), 3)
+    assert cfg.quant.modifier.sparsity == pytest.approx(0.33333)
+    # The same config as the hand-made pair it replaces: one-pass results keep their hash.
+    pair = compose("pruner=onepass", "quant=gptq_onepass", "pruner.sparsity=33.333", "quant.bits=3")
+    assert task_config_hash(cfg) == task_config_hash(pair)
+    assert task_config_hash(compose("variant=sequential")) == task_config_hash(compose())
+    # A half overridden by hand is still refused before any weight is read.
+    with pytest.raises(ConfigError, match="one-pass joint compression needs both"):
+        Plan(compose(*TINY, "variant=onepass", "pruner=sparsegpt"))
+
+
+def test_debug_smoke_is_the_tests_tiny_setup_without_wandb_or_checkpoint(compose):
+    """`python launch.py debug=smoke` is TINY (tests/conftest.py) with logger=none and save_model=false; the tests
+    keep their explicit TINY because several need W&B, the checkpoint, or `model=tiny_random` in the run name."""
+    from omegaconf import OmegaConf
+
+    smoke = OmegaConf.to_container(compose("debug=smoke"), resolve=True)
+    tiny = OmegaConf.to_container(compose(*TINY, "logger=none", "save_model=false"), resolve=True)
+    assert smoke == tiny
+    assert (smoke["model"]["name"], smoke["benchmark"]["name"], smoke["logger"]["name"]) == (
+        "tiny_random",
+        "tiny",
+        "none",
+    )
+    assert (smoke["calibration"]["num_samples"], smoke["calibration"]["seq_len"]) == (16, 64)
+    assert compose("debug=smoke", "logger=wandb").logger.name == "wandb"  # the command line still wins
+
+
+def test_nf4_backend_is_resolved_at_composition(compose):
+    """The config (and so the hash and result.json) names the NF4 backend that runs, never `auto`."""
+    from jcexp.compress.simple_quant import NF4Quantize
+
+    backend = compose("quant=nf4").quant.modifier.backend
+    assert backend in ("torch", "bitsandbytes")
+    assert backend == NF4Quantize(backend="auto").backend  # the same choice as the quantizer's own `auto`
+    assert compose("quant=nf4", "quant.modifier.backend=torch").quant.modifier.backend == "torch"
+    assert NF4Quantize(backend="auto").requested == "auto"  # simple_quant still takes auto itself
 
 
 def test_quantization_only_experiment_disables_pruning(compose):

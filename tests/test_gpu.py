@@ -59,7 +59,7 @@ def test_tiny_point_on_cuda_matches_cpu(compose, tmp_path, quant):
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["s25_w4", "s0_w3"])
 def test_smollm2_point_on_cuda_matches_cpu(compose, tmp_path, shared_cache, point):
-    common = (f"+point={point}", "benchmark.limit=100", "save_model=false")
+    common = (f"point={point}", "benchmark.limit=100", "save_model=false")
     cpu = run(compose(*common, "device=cpu", f"paths.cache_dir={tmp_path / 'cpu'}"))
     gpu = run(compose(*common, "device=cuda", f"paths.cache_dir={tmp_path / 'gpu'}"))
     _check_gpu_placement(gpu)

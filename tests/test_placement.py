@@ -25,7 +25,7 @@ QUANTIZERS = {
     "gptq": ("quant=gptq",),
     "rtn": ("quant=rtn",),
     "case_b": ("quant=gptq", "quant.preserve_sparsity=true"),
-    "onepass": ("pruner=onepass", "quant=gptq_onepass"),
+    "onepass": ("variant=onepass",),
     "nf4": ("quant=nf4", "quant.group_size=32"),
     "int8": ("quant=int8",),
 }

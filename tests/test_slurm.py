@@ -59,7 +59,7 @@ def _render_and_check(cfg, tmp_path):
         "#SBATCH --gpus-per-node=1",
         "#SBATCH --ntasks-per-node=1",
         "#SBATCH --cpus-per-task=8",
-        "#SBATCH --mem=160GB",
+        "#SBATCH --mem=64GB",
         "#SBATCH --time=1440",
         "#SBATCH --array=0-5%3",
         # Requeue on timeout: submitit's handler catches USR2, 300 s before the limit, and runs scontrol requeue.

@@ -1,0 +1,192 @@
+"""lm-eval's simple_evaluate driven by a JSON spec, runnable in any Python environment that has lm-eval.
+
+vLLM pins its own torch, which clashes with llm-compressor's, so it lives in a separate environment with no
+hydra, jcexp or llm-compressor. This file therefore imports only lm_eval and the standard library, and runs as
+a script there::
+
+    python jcexp/lm_eval_worker.py SPEC.json
+
+jcexp.evaluate imports the same functions for its in-process evaluation, so both paths build their tasks, apply
+per-task generation settings and report the effective settings with one piece of code.
+
+The spec (written by jcexp.evaluate): backend, model_args, batch_size, device, tasks, include_paths, gen_kwargs
+(every generative task), generation ({task or group: generation kwargs} for its leaf tasks; wins over
+gen_kwargs), num_fewshot, limit, seed, bootstrap_iters, apply_chat_template, fewshot_as_multiturn, output.
+The output JSON holds lm-eval's results, groups, versions, n-samples, configs, and the effective settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+
+def load_tasks(names: list[str], task_manager) -> list[Any]:
+    """One lm-eval Task or Group per name (a tag gives its tasks). simple_evaluate accepts these built objects
+    and keeps each Group's aggregation (TaskManager.load collects a Group's leaves and subgroups)."""
+    items: list[Any] = []
+    for name in names:
+        loaded = task_manager.load([name])
+        if name in loaded["groups"]:
+            items.append(loaded["groups"][name])
+        elif name in loaded["tasks"]:
+            items.append(loaded["tasks"][name])
+        else:  # a tag: a flat list of tasks
+            items.extend(loaded["tasks"].values())
+    return items
+
+
+def _is_group(item: Any) -> bool:
+    from lm_eval.api.group import Group
+
+    return isinstance(item, Group)
+
+
+def leaf_tasks(items: list[Any]) -> dict[str, Any]:
+    """Every leaf Task under the given Tasks and Groups, by name."""
+    out: dict[str, Any] = {}
+    for item in items:
+        for task in item.get_all_tasks() if _is_group(item) else [item]:
+            out[task.task_name] = task
+    return out
+
+
+def _under(items: list[Any], name: str) -> list[Any]:
+    """The leaf tasks of the task or (sub)group called ``name``."""
+    for item in items:
+        if not _is_group(item):
+            if item.task_name == name:
+                return [item]
+            continue
+        for group in [item, *item.get_all_groups()]:
+            if group.name == name:
+                return group.get_all_tasks()
+        found = [t for t in item.get_all_tasks() if t.task_name == name]
+        if found:
+            return found
+    return []
+
+
+def _generative(task: Any) -> bool:
+    return task.get_config("output_type") == "generate_until"
+
+
+def apply_generation(
+    items: list[Any], gen_kwargs: dict[str, Any] | None, generation: dict[str, dict[str, Any]]
+) -> None:
+    """Set the generation kwargs of every generate_until leaf: ``gen_kwargs`` on all of them (what lm-eval's own
+    gen_kwargs does), then ``generation[name]`` on the leaves of that task or group, so a per-task setting wins.
+    simple_evaluate's gen_kwargs must then stay None: it would be applied last and override these."""
+    leaves = leaf_tasks(items)
+    for task in leaves.values():
+        if gen_kwargs and _generative(task):
+            task.set_config(key="generation_kwargs", value=dict(gen_kwargs), update=True)
+    for name, kwargs in generation.items():
+        targets = [t for t in _under(items, name) if _generative(t)]
+        if not targets:
+            raise KeyError(
+                f"generation settings for {name!r}: no generate_until task of that name or under that group "
+                f"among the benchmark's tasks {sorted(leaves)}"
+            )
+        for task in targets:
+            task.set_config(key="generation_kwargs", value=dict(kwargs), update=True)
+
+
+def task_settings(items: list[Any], lm: Any) -> dict[str, dict[str, Any]]:
+    """Per leaf task: output type, shots, and for generative tasks the generation kwargs as the backend will use
+    them (lm-eval's normalize_gen_kwargs, with the backend's default max_gen_toks where a task sets none)."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    out = {}
+    for name, task in sorted(leaf_tasks(items).items()):
+        entry = {"output_type": task.get_config("output_type"), "num_fewshot": task.get_config("num_fewshot")}
+        if _generative(task):
+            kwargs = task.get_config("generation_kwargs") or {}
+            entry["generation_kwargs"] = dict(normalize_gen_kwargs(kwargs, lm.max_gen_toks))
+        out[name] = entry
+    return out
+
+
+def evaluate_lm(lm: Any, spec: dict[str, Any], task_manager) -> dict[str, Any]:
+    """simple_evaluate on the spec's tasks with per-task generation settings; returns a JSON-able dict."""
+    import lm_eval
+    from lm_eval.utils import handle_non_serializable
+
+    items = load_tasks(list(spec["tasks"]), task_manager)
+    apply_generation(items, spec.get("gen_kwargs"), spec.get("generation") or {})
+    seed = spec["seed"]
+    res = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=items,
+        num_fewshot=spec.get("num_fewshot"),
+        limit=spec.get("limit"),
+        task_manager=task_manager,
+        gen_kwargs=None,  # applied above, under the per-task settings
+        apply_chat_template=spec.get("apply_chat_template", False),
+        fewshot_as_multiturn=spec.get("fewshot_as_multiturn", False),
+        log_samples=bool(spec.get("log_samples", False)),
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        bootstrap_iters=spec["bootstrap_iters"],
+    )
+    out = {key: res.get(key, {}) for key in ("results", "groups", "versions", "n-samples", "configs")}
+    out["settings"] = {
+        "backend": spec["backend"],
+        "model_args": spec.get("model_args"),
+        "max_length": lm.max_length,
+        "batch_size": spec.get("batch_size"),
+        "batch_sizes": res.get("config", {}).get("batch_sizes", []),  # what batch_size=auto picked
+        "num_fewshot": spec.get("num_fewshot"),
+        "limit": spec.get("limit"),
+        "seed": seed,
+        "bootstrap_iters": spec["bootstrap_iters"],
+        "apply_chat_template": spec.get("apply_chat_template", False),
+        "fewshot_as_multiturn": spec.get("fewshot_as_multiturn", False),
+        "lm_eval": version("lm_eval"),
+        "tasks": task_settings(items, lm),  # after simple_evaluate: num_fewshot is resolved by then
+    }
+    # Through JSON in process too, so both paths hand the parser the same types.
+    return json.loads(json.dumps(out, default=handle_non_serializable))
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Build the spec's LM as simple_evaluate would from a model name, evaluate it, write spec['output']."""
+    # lm-eval bootstraps stderr in a fork()ed Pool; jcexp evaluates in process for the same reason (evaluate.py).
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    from lm_eval.api.registry import get_model
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=list(spec.get("include_paths") or []) or None)
+    lm = get_model(spec["backend"]).create_from_arg_obj(
+        dict(spec.get("model_args") or {}),
+        {"batch_size": spec.get("batch_size"), "device": spec.get("device")},  # None values are dropped
+    )
+    out = evaluate_lm(lm, spec, task_manager)
+    output = Path(spec["output"])
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, output)  # the parent never reads half a file
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python lm_eval_worker.py SPEC.json", file=sys.stderr)
+        return 2
+    run(json.loads(Path(args[0]).read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as a script, Python puts this file's directory (jcexp/) first on sys.path, where jcexp's modules
+    # (config, data, models, ...) would shadow same-named top-level packages of the backend's environment.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Evaluators: the subprocess path scores like the in-process one, per-task generation settings reach the leaf
+tasks that lm-eval runs, the vLLM spec holds what the config says, and misconfiguration fails clearly."""
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from lm_eval.api.model import LM
+
+from jcexp import lm_eval_worker as worker
+from jcexp.config import ConfigError, check_values
+from jcexp.evaluate import EvalResult, EvaluatorError, evaluate, task_manager
+from jcexp.pipeline import run
+
+from .conftest import TINY
+
+GEN = ("+benchmark.scores.jc_lastword_gen='exact_match,first_word'",)
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_subprocess_hf_scores_a_saved_checkpoint_like_the_in_process_evaluator(compose, tmp_path):
+    """The worker in a child process (lm-eval's hf backend on the saved checkpoint) must give exactly the
+    in-process scores and report the same effective settings, generation limits included."""
+    cfg = compose(
+        *TINY, *GEN, "+benchmark.generation.jc_lastword_gen.max_gen_toks=4", "evaluator=hf_subprocess"
+    )
+    model, tokenizer = instantiate(cfg.model.source).load()
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+
+    in_process = evaluate(model, tokenizer, cfg.benchmark, cfg.seed)
+    evaluator = instantiate(cfg.evaluator)
+    evaluator.check()
+    assert evaluator.needs_checkpoint and evaluator.checkpoint_format("gptq", 4) == "dense"
+    child = evaluator.evaluate(cfg.benchmark, cfg.seed, checkpoint=str(checkpoint), device="cpu")
+
+    def values(result):
+        return {t: (s.value, s.stderr) for t, s in {**result.scores, **result.perplexity}.items()}
+
+    assert values(child) == values(in_process)
+    assert child.n_samples == in_process.n_samples and child.task_versions == in_process.task_versions
+    assert any(s.value for s in child.scores.values()), "every score is 0: nothing compared"
+    assert (child.settings["evaluator"], in_process.settings["evaluator"]) == ("hf_subprocess", "hf")
+    for key in ("max_length", "batch_size", "num_fewshot", "limit", "tasks"):
+        assert child.settings[key] == in_process.settings[key], key
+    assert child.settings["model_args"]["pretrained"] == str(checkpoint.resolve())
+    gen = child.settings["tasks"]["jc_lastword_gen"]["generation_kwargs"]
+    assert (gen["max_gen_toks"], gen["until"]) == (4, ["\n", "."])
+    assert child.settings["max_length"] == 512  # benchmark=tiny's, not the model's max_position_embeddings
+    assert EvalResult.from_dict(json.loads(json.dumps(child.to_dict()))) == child
+
+
+class RecordingLM(LM):
+    """A stand-in model that records the generation kwargs lm-eval hands it (no weights, milliseconds)."""
+
+    max_length, max_gen_toks = 512, 256
+
+    def __init__(self):
+        super().__init__()
+        self.seen: dict[str, list[dict]] = {}
+
+    def generate_until(self, requests, disable_tqdm=False):
+        for request in requests:
+            self.seen.setdefault(request.task_name, []).append(request.args[1])
+        return ["word" for _ in requests]
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        return [(-1.0, False) for _ in requests]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        return [-1.0 for _ in requests]
+
+
+def _group(tmp_path: Path) -> Path:
+    """A local group over jcexp's generative task, aggregated as lm-eval's stock groups are."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "jc_gen_group.yaml").write_text(
+        "group: jc_gen_group\ntask: [jc_lastword_gen]\naggregate_metric_list:\n"
+        "  - {metric: exact_match, aggregation: mean, weight_by_size: true, filter_list: first_word}\n"
+        "metadata: {version: 1.0}\n"
+    )
+    return tasks
+
+
+def test_per_task_generation_settings_reach_the_leaf_tasks_of_a_group(compose, tmp_path):
+    """benchmark.generation names a group: its leaf task gets the setting, over benchmark.gen_kwargs; lm-eval
+    passes it to the model; and the group is still aggregated."""
+    from jcexp.evaluate import make_spec, parse_results
+
+    cfg = compose(
+        *TINY,
+        f"benchmark.include_paths=[{_group(tmp_path)}]",
+        "+benchmark.gen_kwargs.max_gen_toks=5",  # every generative task ...
+        "+benchmark.gen_kwargs.until=[X]",
+        "+benchmark.generation.jc_gen_group.max_gen_toks=3",  # ... but this group's leaves
+    )
+    bench = cfg.benchmark
+    bench.scores, bench.perplexity = {"jc_gen_group": "exact_match,first_word"}, {}
+    lm = RecordingLM()
+    spec = make_spec(bench, 0, backend="hf", model_args=None, batch_size=1)
+    out = worker.evaluate_lm(lm, spec, task_manager(bench))
+
+    assert {(k["max_gen_toks"], tuple(k["until"])) for k in lm.seen["jc_lastword_gen"]} == {(3, ("X",))}
+    effective = out["settings"]["tasks"]["jc_lastword_gen"]["generation_kwargs"]
+    assert (effective["max_gen_toks"], effective["until"]) == (3, ["X"])
+    assert out["configs"]["jc_lastword_gen"]["generation_kwargs"]["max_gen_toks"] == 3
+    assert "jc_gen_group" in out["groups"]  # the Group object kept its aggregation
+    assert (
+        parse_results(out, bench, "hf").scores["jc_gen_group"].value
+        == out["groups"]["jc_gen_group"]["exact_match,first_word"]
+    )
+
+
+def test_generation_setting_for_no_generative_task_is_refused(compose):
+    from jcexp.evaluate import check_documents, check_tasks
+
+    with pytest.raises(ConfigError, match="unknown lm-eval task.*jc_lastwrod_gen"):
+        check_tasks(compose(*TINY, "+benchmark.generation.jc_lastwrod_gen.max_gen_toks=3").benchmark)
+    bench = compose(*TINY, "+benchmark.generation.jc_lastword.max_gen_toks=3").benchmark  # loglikelihood
+    with pytest.raises(ConfigError, match="benchmark.generation.*'jc_lastword'.*no generate_until task"):
+        check_documents(bench)
+
+
+def test_paper_benchmark_limits_generation_and_length(compose):
+    cfg = compose("benchmark=paper")
+    check_values(cfg)
+    bench = cfg.benchmark
+    assert {t: g["max_gen_toks"] for t, g in bench.generation.items()} == {
+        "mmlu_pro": 2048,
+        "bbh_cot_fewshot": 1024,
+        "minerva_math": 1024,
+    }
+    assert bench.max_length == 8192 and bench.batch_size == 3
+    # Every generation fits beside a prompt; batch x max_length tokens of Llama-3.1-8B's KV cache
+    # (128 KiB each) fit in the ~6 GB a 24 GB GPU has left after 16 GB of bf16 weights.
+    assert all(g["max_gen_toks"] < bench.max_length for g in bench.generation.values())
+    assert bench.batch_size * bench.max_length * 128 * 2**10 <= 6e9
+
+
+def test_vllm_spec_and_command_hold_the_configured_settings(compose, tmp_path, monkeypatch):
+    """Rendered for benchmark=paper without running vLLM: a stand-in interpreter records what it is given."""
+    python, record = tmp_path / "python", tmp_path / "received.json"
+    cfg = compose("benchmark=paper", "evaluator=vllm", f"evaluator.python={python}", "seed=7")
+    answer = {
+        "groups": {t: {m: 0.5} for t, m in cfg.benchmark.scores.items()},
+        "settings": {"backend": "vllm"},
+    }
+    _executable(
+        python,
+        f"#!{sys.executable}\nimport json, sys\nspec = json.load(open(sys.argv[2]))\n"
+        f"json.dump({{'argv': sys.argv, 'spec': spec}}, open({str(record)!r}, 'w'))\n"
+        f"json.dump({answer!r}, open(spec['output'], 'w'))\n",
+    )
+    evaluator = instantiate(cfg.evaluator)
+    assert evaluator.needs_checkpoint and evaluator.name == "vllm"
+    assert [evaluator.checkpoint_format("gptq", b) for b in (2, 3, 4, 8)] == ["dense", "dense"] + [
+        "compressed-tensors"
+    ] * 2
+    assert evaluator.checkpoint_format("nf4", 4) == "dense"
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    checkpoint = "model"  # relative: the child must get it absolute
+
+    spec = evaluator.spec(cfg.benchmark, cfg.seed, checkpoint, device="cuda")
+    assert spec["backend"] == "vllm" and spec["batch_size"] == "auto" and spec["device"] is None
+    assert spec["model_args"] == {
+        "pretrained": str(tmp_path / "model"),
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.85,
+        "tensor_parallel_size": 1,
+        "max_model_len": 8192,
+        "seed": 7,
+    }
+    assert spec["generation"]["minerva_math"] == {"max_gen_toks": 1024}
+    assert spec["generation"]["mmlu_pro"] == {"max_gen_toks": 2048}
+    assert spec["tasks"] == ["mmlu_pro", "bbh_cot_fewshot", "minerva_math"] and spec["log_samples"] is False
+    command = evaluator.command("spec.json")
+    assert command == [str(python), command[1], "spec.json"] and command[1].endswith(
+        "jcexp/lm_eval_worker.py"
+    )
+
+    # The whole evaluate() path, with the stand-in answering as the worker would.
+    result = evaluator.evaluate(cfg.benchmark, cfg.seed, checkpoint=checkpoint, device="cuda")
+    received = json.loads(record.read_text())
+    assert received["argv"][1] == command[1]
+    assert {k: v for k, v in received["spec"].items() if k != "output"} == spec
+    assert {t: s.value for t, s in result.scores.items()} == dict.fromkeys(spec["tasks"], 0.5)
+    assert result.settings == {"evaluator": "vllm", "backend": "vllm"}
+
+
+@pytest.mark.parametrize(
+    "python,message",
+    [
+        ("/nonexistent/bin/python", r"evaluator.python='/nonexistent/bin/python' is not an executable file"),
+        ("not-executable", r"is not an executable file"),
+        (sys.executable, r"has no vllm installed, needed by lm-eval's vllm backend; `make vllm-env`"),
+    ],
+)
+def test_unusable_vllm_python_is_a_config_error(compose, tmp_path, python, message):
+    if python == "not-executable":
+        python = str(tmp_path / "python")
+        Path(python).write_text("#!/bin/sh\n")
+    evaluator = instantiate(compose(*TINY, "evaluator=vllm", f"evaluator.python={python}").evaluator)
+    with pytest.raises(ConfigError, match=message):
+        evaluator.check()
+
+
+def test_vllm_python_defaults_to_the_project_environment(compose, tmp_path, monkeypatch):
+    """.venv-vllm/bin/python (what `make vllm-env` builds) from the current directory, else the project root."""
+    import jcexp.evaluate
+
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setattr(jcexp.evaluate, "PROJECT_ROOT", root)
+    monkeypatch.delenv("JCEXP_VLLM_PYTHON", raising=False)
+    evaluator = instantiate(compose(*TINY, "evaluator=vllm").evaluator)
+    with pytest.raises(ConfigError, match=r"'\.venv-vllm/bin/python'.*make vllm-env"):
+        evaluator.check()
+    (root / ".venv-vllm" / "bin").mkdir(parents=True)
+    python = _executable(root / ".venv-vllm" / "bin" / "python", "")
+    assert evaluator.interpreter == str(python)
+    monkeypatch.setenv("JCEXP_VLLM_PYTHON", sys.executable)
+    assert compose(*TINY, "evaluator=vllm").evaluator.python == sys.executable
+
+
+def test_in_process_evaluator_refuses_subprocess_settings(compose):
+    evaluator = instantiate(compose(*TINY, "+evaluator.model_args.dtype=float16").evaluator)
+    with pytest.raises(ConfigError, match="evaluator=hf .*model_args apply to subprocess evaluators"):
+        evaluator.check()
+    with pytest.raises(ConfigError, match="evaluator.batch_size=0"):
+        instantiate(compose(*TINY, "evaluator.batch_size=0").evaluator).check()
+
+
+@pytest.mark.parametrize(
+    "script,status,last_line",
+    [
+        (
+            "echo loading >&2\necho 'CUDA out of memory' >&2\nexit 3",
+            "exited with code 3",
+            "CUDA out of memory",
+        ),
+        ("echo 'about to be killed' >&2\nkill -9 $$", "was killed by SIGKILL", "about to be killed"),
+    ],
+)
+def test_failed_subprocess_names_command_status_and_stderr(compose, tmp_path, script, status, last_line):
+    python = _executable(tmp_path / "python", f"#!/bin/sh\n{script}\n")
+    evaluator = instantiate(compose(*TINY, "evaluator=hf_subprocess", f"evaluator.python={python}").evaluator)
+    with pytest.raises(EvaluatorError) as failure:
+        evaluator.evaluate(compose(*TINY).benchmark, 0, checkpoint=str(tmp_path), device="cpu")
+    message = str(failure.value)
+    assert f"`{python} " in message and "lm_eval_worker.py" in message
+    assert status in message and message.endswith(last_line)
+    spec = Path(message.split("spec kept in ")[1].split(")")[0]) / "spec.json"
+    assert json.loads(spec.read_text())["backend"] == "hf"  # kept, to rerun the command by hand
+
+
+def test_subprocess_evaluator_needs_a_checkpoint(compose):
+    evaluator = instantiate(compose(*TINY, "evaluator=hf_subprocess").evaluator)
+    with pytest.raises(ValueError, match="evaluates a saved checkpoint"):
+        evaluator.evaluate(compose(*TINY).benchmark, 0, model=object(), tokenizer=object())
+    assert os.path.samefile(evaluator.interpreter, sys.executable)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_a_run_scored_in_a_subprocess_matches_the_in_process_run(compose, tmp_path, bits):
+    """The whole run through evaluator=hf_subprocess: the dense baseline from the source checkpoint, the
+    compressed model from a plain (dense) checkpoint of its baked quantized weights, both scored by lm-eval in
+    a child process, exactly as evaluator=hf scores the in-memory model. The checkpoint it read is recorded."""
+    common = (*TINY, f"quant.bits={bits}", f"paths.cache_dir={tmp_path / 'cache'}")
+    in_process = run(compose(*common, "save_model=false"))
+    child = run(compose(*common, "save_model=false", "evaluator=hf_subprocess"))
+    assert child["baseline"]["reused"] is False  # the evaluator is part of the baseline's key
+    assert {t: (r["value"], r["baseline"]) for t, r in child["tasks"].items()} == {
+        t: (r["value"], r["baseline"]) for t, r in in_process["tasks"].items()
+    }
+    assert child["perplexity"] == in_process["perplexity"]
+    placed = child["placement"]["compressed_eval"]
+    assert placed["evaluator"] == "hf_subprocess" and placed["checkpoint_format"] == "dense"
+    assert not Path(placed["checkpoint"]).exists()  # the temporary copy is removed after scoring
+    assert child["evaluator"]["evaluator"] == "hf_subprocess"
+    assert child["benchmark"]["settings"]["evaluator"] == "hf_subprocess"
+
+
+def test_vllm_reads_the_packed_checkpoint_at_4_bits_and_a_dense_copy_at_3(compose):
+    ev = instantiate(compose(*TINY, "evaluator=vllm").evaluator)
+    assert ev.checkpoint_format("gptq", 4) == "compressed-tensors"
+    assert ev.checkpoint_format("gptq", 3) == "dense"
+    assert ev.checkpoint_format("nf4", 4) == "dense"

@@ -178,6 +178,9 @@ def make_spec(bench, seed: int, **backend: Any) -> dict[str, Any]:
         "apply_chat_template": bench.apply_chat_template,
         "fewshot_as_multiturn": bench.fewshot_as_multiturn,
         "log_samples": False,
+        # lm-eval's CachingLM: every answered request is committed to this sqlite file as it completes, so a
+        # requeued job (SLURM timeout) re-asks only the requests it had not answered. None: no cache.
+        "use_cache": None,
         **backend,
     }
 
@@ -217,8 +220,9 @@ def parse_results(out: dict[str, Any], bench, evaluator: str) -> EvalResult:
     return result
 
 
-def evaluate(model, tokenizer, bench, seed: int) -> EvalResult:
-    """Score the in-memory model on the benchmark's tasks with lm-eval's HFLM, in this process."""
+def evaluate(model, tokenizer, bench, seed: int, resume: str | None = None) -> EvalResult:
+    """Score the in-memory model on the benchmark's tasks with lm-eval's HFLM, in this process. ``resume``: a
+    path prefix for lm-eval's response cache (see make_spec)."""
     from lm_eval.models.huggingface import HFLM
 
     # lm-eval bootstraps stderr in a fork()ed multiprocessing Pool; forked from a process that holds torch's
@@ -227,7 +231,9 @@ def evaluate(model, tokenizer, bench, seed: int) -> EvalResult:
     start = time.perf_counter()
     # HFLM takes its device from the model object (wherever the pipeline placed it).
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bench.batch_size, max_length=bench.max_length)
-    spec = make_spec(bench, seed, backend="hf", model_args=None, batch_size=bench.batch_size)
+    spec = make_spec(
+        bench, seed, backend="hf", model_args=None, batch_size=bench.batch_size, use_cache=resume
+    )
     out = worker.evaluate_lm(lm, spec, task_manager(bench))
     result = parse_results(out, bench, evaluator="hf")
     result.seconds = time.perf_counter() - start
@@ -364,7 +370,10 @@ class Evaluator:
         tokenizer=None,
         checkpoint: str | None = None,
         device: str = "cpu",
+        resume: str | None = None,
     ) -> EvalResult:
+        """``resume``: lm-eval's response cache for this evaluation (a path prefix), so that an evaluation
+        cut off by a timeout or a kill continues from the last answered request when the run is retried."""
         raise NotImplementedError
 
 
@@ -379,14 +388,18 @@ class InProcessEvaluator(Evaluator):
                 "and python / model_args apply to subprocess evaluators only (evaluator=vllm, hf_subprocess)"
             )
 
-    def evaluate(self, bench, seed, *, model=None, tokenizer=None, checkpoint=None, device="cpu"):
+    def evaluate(
+        self, bench, seed, *, model=None, tokenizer=None, checkpoint=None, device="cpu", resume=None
+    ):
         if model is None or tokenizer is None:
             raise ValueError(f"evaluator={self.name} evaluates the in-memory model: pass model and tokenizer")
         if self.batch_size is not None:
             from omegaconf import OmegaConf
 
             bench = OmegaConf.merge(bench, {"batch_size": self.batch_size})
-        result = evaluate(model, tokenizer, bench, seed)  # the module function (tests spy on it)
+        result = evaluate(
+            model, tokenizer, bench, seed, resume=resume
+        )  # the module function (tests spy on it)
         result.settings["evaluator"] = self.name
         return result
 
@@ -474,11 +487,15 @@ class SubprocessEvaluator(Evaluator):
     def command(self, spec_path: str | Path) -> list[str]:
         return worker_command(self.interpreter, spec_path)
 
-    def evaluate(self, bench, seed, *, model=None, tokenizer=None, checkpoint=None, device="cpu"):
+    def evaluate(
+        self, bench, seed, *, model=None, tokenizer=None, checkpoint=None, device="cpu", resume=None
+    ):
         if checkpoint is None or not Path(checkpoint).is_dir():
             raise ValueError(f"evaluator={self.name} evaluates a saved checkpoint; got {checkpoint!r}")
         start = time.perf_counter()
-        out = run_worker(self.interpreter, self.spec(bench, seed, checkpoint, device))
+        out = run_worker(
+            self.interpreter, {**self.spec(bench, seed, checkpoint, device), "use_cache": resume}
+        )
         result = parse_results(out, bench, evaluator=self.name)
         result.seconds = time.perf_counter() - start
         return result

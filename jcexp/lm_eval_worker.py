@@ -134,6 +134,7 @@ def evaluate_lm(lm: Any, spec: dict[str, Any], task_manager) -> dict[str, Any]:
         torch_random_seed=seed,
         fewshot_random_seed=seed,
         bootstrap_iters=spec["bootstrap_iters"],
+        use_cache=spec.get("use_cache"),
     )
     out = {key: res.get(key, {}) for key in ("results", "groups", "versions", "n-samples", "configs")}
     out["settings"] = {

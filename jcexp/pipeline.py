@@ -24,6 +24,7 @@ from jcexp import measure, metrics, placement, preflight
 from jcexp.cache import KeyedCache
 from jcexp.compress import compression_device
 from jcexp.config import ConfigError, check_values
+from jcexp.files import key_hash
 from jcexp.observers import RunState, default_observers
 from jcexp.results import (
     RESULT_FILE,
@@ -151,21 +152,38 @@ def _baseline_key(plan: Plan) -> dict[str, Any]:
     }
 
 
-def evaluate_model(plan: Plan, model, tokenizer, timings: dict[str, Any], name: str, checkpoint=None):
+def _responses(plan: Plan, key: str) -> Path:
+    """lm-eval's response cache for one evaluation (the model it scores is fixed by ``key``): kept until that
+    evaluation completes, so a run cut off mid-evaluation resumes at the last answered request."""
+    return Path(plan.cfg.paths.cache_dir) / "responses" / key
+
+
+def evaluate_model(
+    plan: Plan, model, tokenizer, timings: dict[str, Any], name: str, key: str, checkpoint=None
+):
     """Score the model with the configured evaluator; returns the scores and where they were computed.
 
     In process (evaluator=hf), the device contract's evaluation side holds: a plain model resident on
     plan.device. A subprocess evaluator (vllm, hf_subprocess) scores ``checkpoint`` instead; the in-memory
     model goes back to host RAM first, so that the evaluator's process has the GPU."""
     ev, bench, seed = plan.evaluator, plan.cfg.benchmark, plan.cfg.seed
+    responses = _responses(plan, key)
+    responses.parent.mkdir(parents=True, exist_ok=True)
     if ev.needs_checkpoint:
         placement.for_compression(model)
         with measure.timed(timings, name):
-            scores = ev.evaluate(bench, seed, checkpoint=str(checkpoint), device=plan.device)
-        return scores, {"evaluator": ev.name, "checkpoint": str(checkpoint)}
-    placed = placement.state(placement.for_evaluation(model, plan.device)).to_dict()
-    with measure.timed(timings, name):
-        scores = ev.evaluate(bench, seed, model=model, tokenizer=tokenizer, device=plan.device)
+            scores = ev.evaluate(
+                bench, seed, checkpoint=str(checkpoint), device=plan.device, resume=str(responses)
+            )
+        placed = {"evaluator": ev.name, "checkpoint": str(checkpoint)}
+    else:
+        placed = placement.state(placement.for_evaluation(model, plan.device)).to_dict()
+        with measure.timed(timings, name):
+            scores = ev.evaluate(
+                bench, seed, model=model, tokenizer=tokenizer, device=plan.device, resume=str(responses)
+            )
+    for done in responses.parent.glob(f"{responses.name}_rank*.db"):  # complete: its scores are cached now
+        done.unlink()
     return scores, placed
 
 
@@ -178,7 +196,7 @@ def evaluate_compressed(plan: Plan, state: RunState, out: Path, timings: dict[st
 
     ev = plan.evaluator
     if not ev.needs_checkpoint:
-        scores, placed = evaluate_model(plan, state.model, state.tokenizer, timings, "eval")
+        scores, placed = evaluate_model(plan, state.model, state.tokenizer, timings, "eval", plan.hash)
         return scores, placed, save_model(plan, state.model, state.tokenizer, out, timings)
     fmt = ev.checkpoint_format(plan.quant.name, plan.quant.bits if plan.quant.active else 16)
     temporary = None
@@ -189,7 +207,9 @@ def evaluate_compressed(plan: Plan, state: RunState, out: Path, timings: dict[st
     checkpoint = temporary or saved["path"]
     if checkpoint is None:  # the save failed; its error is in `saved`
         raise RuntimeError(f"no checkpoint for evaluator={ev.name}: {saved.get('error')}")
-    scores, placed = evaluate_model(plan, state.model, state.tokenizer, timings, "eval", checkpoint)
+    scores, placed = evaluate_model(
+        plan, state.model, state.tokenizer, timings, "eval", plan.hash, checkpoint
+    )
     placed["checkpoint_format"] = fmt
     if fmt == "dense" and plan.quant.active:
         placed["note"] = (
@@ -212,14 +232,17 @@ def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
 
     def build(tmp: Path) -> None:
         checkpoint = plan.source.checkpoint_dir() if plan.evaluator.needs_checkpoint else None
-        scores, placed = evaluate_model(plan, model, tokenizer, timings, "eval_dense", checkpoint)
+        scores, placed = evaluate_model(
+            plan, model, tokenizer, timings, "eval_dense", f"dense-{key_hash(key)}", checkpoint
+        )
         atomic_write_json(tmp / BASELINE_FILE, {"eval": scores.to_dict(), "placement": placed})
 
     def damaged(entry: Path) -> str | None:
         return None if read_json(entry / BASELINE_FILE) else f"{BASELINE_FILE} unreadable"
 
+    key = _baseline_key(plan)
     cache = KeyedCache(Path(plan.cfg.paths.cache_dir) / "baselines")
-    entry, reused = cache.get_or_build(_baseline_key(plan), build, check=damaged)
+    entry, reused = cache.get_or_build(key, build, check=damaged)
     stored = read_json(entry / BASELINE_FILE) or {}
     path = str(entry / BASELINE_FILE)
     return EvalResult.from_dict(stored["eval"]), {"path": path, "reused": reused}, stored.get("placement")

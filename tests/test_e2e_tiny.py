@@ -132,9 +132,9 @@ def test_other_stage_choices_change_the_weights(compose, tmp_path, pruner, quant
 
     real, seen = jcexp.evaluate.evaluate, []
 
-    def spy(model, tokenizer, bench, seed):
+    def spy(model, tokenizer, bench, seed, **kwargs):
         seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.dim() == 2})
-        return real(model, tokenizer, bench, seed)
+        return real(model, tokenizer, bench, seed, **kwargs)
 
     monkeypatch.setattr(jcexp.evaluate, "evaluate", spy)
     cache = f"paths.cache_dir={tmp_path / 'cache'}"  # its own: the dense evaluation must run here

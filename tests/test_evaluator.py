@@ -298,3 +298,37 @@ def test_vllm_reads_the_packed_checkpoint_at_4_bits_and_a_dense_copy_at_3(compos
     assert ev.checkpoint_format("gptq", 4) == "compressed-tensors"
     assert ev.checkpoint_format("gptq", 3) == "dense"
     assert ev.checkpoint_format("nf4", 4) == "dense"
+
+
+def test_an_evaluation_cut_off_resumes_at_the_last_answered_request(compose, tmp_path):
+    """lm-eval's response cache commits each answered request: a retried evaluation (a requeued SLURM job)
+    re-asks only the rest and scores exactly like an uninterrupted one; a finished run leaves no cache."""
+    cfg = compose(*TINY)
+    model, tokenizer = instantiate(cfg.model.source).load()
+    calls = []
+    counter = model.register_forward_hook(lambda *_: calls.append(1))
+    full = evaluate(model, tokenizer, cfg.benchmark, cfg.seed)
+    everything = len(calls)
+
+    def killed(*_):
+        if len(calls) >= everything // 2:
+            raise KeyboardInterrupt("killed mid-evaluation")
+
+    calls.clear()
+    kill = model.register_forward_hook(killed)
+    resume = str(tmp_path / "responses")
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, tokenizer, cfg.benchmark, cfg.seed, resume=resume)
+    kill.remove()
+    calls.clear()
+    again = evaluate(model, tokenizer, cfg.benchmark, cfg.seed, resume=resume)
+    counter.remove()
+    assert 0 < len(calls) < everything  # only the unanswered half was asked again
+    assert {t: s.value for t, s in again.scores.items()} == {t: s.value for t, s in full.scores.items()}
+    assert {t: s.value for t, s in again.perplexity.items()} == {
+        t: s.value for t, s in full.perplexity.items()
+    }
+
+    result = run(compose(*TINY, "save_model=false", f"paths.cache_dir={tmp_path / 'cache'}"))
+    assert result["status"] == "complete"
+    assert not list((tmp_path / "cache" / "responses").glob("*.db"))

@@ -47,9 +47,9 @@ def spy_evaluations(monkeypatch):
     real = jcexp.evaluate.evaluate
     seen: list[dict] = []
 
-    def spy(model, tokenizer, bench, seed):
+    def spy(model, tokenizer, bench, seed, **kwargs):
         seen.append({**placement.state(model).to_dict(), "digest": _digest(model)})
-        return real(model, tokenizer, bench, seed)
+        return real(model, tokenizer, bench, seed, **kwargs)
 
     monkeypatch.setattr(jcexp.evaluate, "evaluate", spy)
     return seen

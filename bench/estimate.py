@@ -1,15 +1,18 @@
 """An estimate, not a measurement: the paper's full grid on Llama-3.1-8B on one 24 GB GPU (the paper used A10s),
 from the stage costs measured by bench/stages.py and the stage counts of jcexp's experiment configs.
 
-    python -m bench.estimate [--gpu-tflops 50] [--gpu-gbps 600] [--decode-batch 16]
+    python -m bench.estimate [--gpu-tflops 50] [--gpu-gbps 600] [--gpu-gb 24]
 
 How: (1) the stage counts come from expanding conf/experiment/{pruning_only,quantization_only,joint_tcr,
 semi_structured}.yaml, with and without jcexp's caches; (2) SparseGPT/GPTQ time is fitted on CPU as
 a·tokens + b (bench/stages.py measured two calibration sizes), then each part is scaled by its FLOP ratio
 8B/SmolLM2 (per-token: 2·(params + Σ d_in²); fixed: Σ d_in³/3 + 2·d_out·d_in²) and by the ratio of the GPU's
 effective FLOP rate (--gpu-tflops) to the CPU's, measured from the calibration forward; (3) evaluation of the
-generative suites is modelled as prefill FLOPs at --gpu-tflops plus decode steps that read the bf16 weights
-at --gpu-gbps, --decode-batch sequences at a time, with the token counts below (assumptions, per question).
+generative suites, with the weights resident on the GPU and the settings of conf/benchmark/paper.yaml (batch,
+max_length, max_gen_toks per task), is modelled as prefill FLOPs at --gpu-tflops plus decode steps that read
+the bf16 weights and the KV cache at --gpu-gbps, for lm-eval's HF backend (static batches that wait for their
+longest answer) and for its vLLM backend (continuous batching as deep as the KV budget allows), with the token
+counts below (assumptions, per question).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ LLAMA_8B = (
     32,
 )
 # Questions, prompt tokens (with the few-shot examples) and generated tokens per question: assumptions.
+# (The third column is kept for older results; GENERATED below holds the generation model.)
 SUITE = {
     "mmlu_pro": (12032, 1500, 250),
     "bbh_cot_fewshot": (6511, 1000, 150),
@@ -65,7 +69,7 @@ def paper_points() -> list[tuple[str, int]]:
             prune = "0" if "pruner" in disabled else "25"
             bits = 16 if "quant" in disabled else 4
             for key, value in zip(keys, combo, strict=True):
-                if key == "+point":
+                if key == "point":
                     point = yaml.safe_load((ROOT / "conf" / "point" / f"{value}.yaml").read_text())
                     p, q = point.get("pruner", {}), point.get("quant", {})
                     prune = p.get("mask") or str(p.get("sparsity", prune))
@@ -78,13 +82,62 @@ def paper_points() -> list[tuple[str, int]]:
     return sorted(points)
 
 
+# Llama-3.1-8B and Mistral-7B: 32 layers x 8 KV heads x 128 dims, K and V, bf16.
+KV_BYTES_PER_TOKEN = 2 * 32 * 8 * 128 * 2
+PARAMS_8B = 8.03e9
+WEIGHT_BYTES_8B = 2 * PARAMS_8B
+# Generated tokens per answer (mean, 90th percentile): assumptions for an 8B base model's chain of thought.
+GENERATED = {"mmlu_pro": (250, 700), "bbh_cot_fewshot": (150, 400), "minerva_math": (300, 900)}
+
+
+def paper_eval_settings() -> dict:
+    """batch_size, max_length and each task's max_gen_toks, as conf/benchmark/paper.yaml sets them."""
+    bench = yaml.safe_load((ROOT / "conf" / "benchmark" / "paper.yaml").read_text())
+    generation = bench.get("generation") or {}
+    return {
+        "batch_size": bench.get("batch_size"),
+        "max_length": bench.get("max_length"),
+        "max_gen_toks": {t: (generation.get(t) or {}).get("max_gen_toks", 256) for t in SUITE},
+    }
+
+
+def eval_hours(backend: str, settings: dict, gpu_gb: float, tflops: float, gbps: float) -> dict:
+    """One evaluation of the paper's suite: prefill at `tflops`, decode memory-bound at `gbps` (each step reads
+    the weights and the batch's KV cache). hf: static batches of batch_size, each decoding until its slowest
+    answer stops (the 90th percentile, capped by max_gen_toks). vllm: continuous batching, as many sequences as
+    the KV budget (90% of the GPU less the weights) holds, decoding the mean answer length."""
+    flops = tflops * 1e12
+    bw = gbps * 1e9
+    prefill = sum(q * p for q, p, _ in SUITE.values()) * 2 * PARAMS_8B / flops
+    decode = 0.0
+    for task, (questions, prompt, _) in SUITE.items():
+        mean_gen, p90_gen = GENERATED[task]
+        cap = settings["max_gen_toks"][task]
+        if backend == "hf":
+            batch = int(settings["batch_size"])
+            steps = -(-questions // batch) * min(cap, p90_gen)
+            context = prompt + min(cap, p90_gen) / 2
+        else:
+            budget = 0.9 * gpu_gb * 2**30 - WEIGHT_BYTES_8B
+            batch = max(1, min(256, int(budget / (KV_BYTES_PER_TOKEN * (prompt + mean_gen)))))
+            steps = questions * min(cap, mean_gen) / batch
+            context = prompt + min(cap, mean_gen) / 2
+        decode += steps * (WEIGHT_BYTES_8B + batch * context * KV_BYTES_PER_TOKEN) / bw
+    return {
+        "backend": backend,
+        "prefill_h": prefill / 3600,
+        "decode_h": decode / 3600,
+        "hours": (prefill + decode) / 3600,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--gpu-tflops", type=float, default=50.0, help="effective bf16 TFLOP/s (A10 peak: 125)"
     )
     parser.add_argument("--gpu-gbps", type=float, default=600.0, help="memory bandwidth, GB/s (A10: 600)")
-    parser.add_argument("--decode-batch", type=int, default=16)
+    parser.add_argument("--gpu-gb", type=float, default=24.0, help="GPU memory, GB (A10: 24)")
     parser.add_argument("--calib-tokens", type=int, default=512 * 2048, help="the paper's 512 C4 samples")
     args = parser.parse_args(argv)
 
@@ -107,10 +160,9 @@ def main(argv: list[str] | None = None) -> None:
             "cpu_fixed_s": fixed,
             "gpu_8b_s": cpu_8b * cpu_flops / gpu_flops,
         }
-    prefill = sum(q * p for q, p, _ in SUITE.values()) * 2 * big["params"] / gpu_flops
-    steps = sum(q * g for q, _, g in SUITE.values()) / args.decode_batch
-    decode = steps * (2 * big["params"]) / (args.gpu_gbps * 1e9)
-    eval_s = prefill + decode
+    settings = paper_eval_settings()
+    evals = {b: eval_hours(b, settings, args.gpu_gb, args.gpu_tflops, args.gpu_gbps) for b in ("hf", "vllm")}
+    hf_kv_worst = int(settings["batch_size"]) * int(settings["max_length"]) * KV_BYTES_PER_TOKEN / 2**30
 
     points = paper_points()
     pruned = [p for p in points if p[0] != "0"]
@@ -128,31 +180,43 @@ def main(argv: list[str] | None = None) -> None:
     }
     rows = []
     for variant, c in counts.items():
-        hours = (
-            c["sparsegpt"] * per_stage["prune"]["gpu_8b_s"]
-            + c["gptq"] * per_stage["quantize"]["gpu_8b_s"]
-            + c["evaluations"] * eval_s
-        ) / 3600
-        rows.append({"variant": variant, **c, "gpu_hours": round(hours, 1)})
+        compress = (
+            c["sparsegpt"] * per_stage["prune"]["gpu_8b_s"] + c["gptq"] * per_stage["quantize"]["gpu_8b_s"]
+        )
+        row = {"variant": variant, **c}
+        for backend, ev in evals.items():
+            row[f"gpu_hours_{backend}"] = round(compress / 3600 + c["evaluations"] * ev["hours"], 1)
+        rows.append(row)
     md = f"paper grid: {len(points)} points ({', '.join(f'{p}/{b}' for p, b in points)}) plus the dense model\n\n"
+    md += (
+        f"evaluation settings (conf/benchmark/paper.yaml): batch {settings['batch_size']}, max_length "
+        f"{settings['max_length']}, max_gen_toks {settings['max_gen_toks']}; HF's worst-case KV cache at that "
+        f"batch and length: {hf_kv_worst:.1f} GiB, beside 15.0 GiB of bf16 weights\n\n"
+    )
     md += table(
         [
             {"stage": "SparseGPT, one run", "hours": per_stage["prune"]["gpu_8b_s"] / 3600},
             {"stage": "GPTQ, one run", "hours": per_stage["quantize"]["gpu_8b_s"] / 3600},
-            {"stage": "MMLU-Pro + BBH + MATH, one evaluation", "hours": eval_s / 3600},
+            *(
+                {"stage": f"MMLU-Pro + BBH + MATH, one evaluation, {b}", "hours": ev["hours"]}
+                for b, ev in evals.items()
+            ),
         ],
         ["stage", "hours"],
     )
-    md += "\n\n" + table(rows, ["variant", "sparsegpt", "gptq", "evaluations", "gpu_hours"])
+    md += "\n\n" + table(
+        rows, ["variant", "sparsegpt", "gptq", "evaluations", "gpu_hours_hf", "gpu_hours_vllm"]
+    )
     md += (
-        f"\n\nassumptions: {args.gpu_tflops:g} effective TFLOP/s and {args.gpu_gbps:g} GB/s on the GPU "
-        f"(CPU here: {cpu_flops / 1e9:.1f} GFLOP/s measured in the calibration forward), {args.calib_tokens} "
-        f"calibration tokens, decode batch {args.decode_batch}, token counts per question {SUITE}"
+        f"\n\nassumptions: one {args.gpu_gb:g} GB GPU at {args.gpu_tflops:g} effective TFLOP/s and "
+        f"{args.gpu_gbps:g} GB/s (CPU here: {cpu_flops / 1e9:.1f} GFLOP/s measured in the calibration forward), "
+        f"{args.calib_tokens} calibration tokens, questions/prompt tokens {SUITE}, generated tokens "
+        f"(mean, p90) {GENERATED}"
     )
     payload = {
-        "settings": vars(args),
+        "settings": {**vars(args), "eval": settings},
         "per_stage": per_stage,
-        "eval_s": eval_s,
+        "eval": evals,
         "counts": rows,
         "points": points,
     }

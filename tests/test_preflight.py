@@ -320,18 +320,20 @@ def _pipeline_calls_preflight() -> bool:
 @pytest.mark.skipif(
     not _pipeline_calls_preflight(), reason="jcexp.pipeline.run does not call the preflight yet"
 )
-def test_run_refuses_before_reading_weights(compose, no_weights):
+def test_run_refuses_before_reading_weights(compose, no_weights, tmp_path):
     from jcexp.pipeline import run
 
     with pytest.raises(ConfigError, match="not enough host RAM"):
-        run(compose(*TINY, "resources.host_ram_gb=0.1"))
+        # Its own cache: a result stored by another test would be returned before any preflight (no work to do).
+        run(compose(*TINY, "resources.host_ram_gb=0.1", f"paths.cache_dir={tmp_path}"))
 
 
 def test_tiny_estimate_is_within_25_percent_of_the_measured_peak(compose, tmp_path):
     """One real tiny run in its own process: result.json's peak_rss_mb (ru_maxrss) against the estimate."""
     from jcexp.pipeline import Plan
 
-    cfg = compose(*TINY)
+    # Its own cache: a result reused from another test would carry that process's peak, not this run's.
+    cfg = compose(*TINY, f"paths.cache_dir={tmp_path / 'cache'}")
     est = preflight.estimate_for(Plan(cfg))
     proc = launch(*TINY, "logger=none", f"paths.cache_dir={cfg.paths.cache_dir}", outputs=tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]

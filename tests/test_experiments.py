@@ -14,14 +14,14 @@ from hydra.errors import CompactHydraException, ConfigCompositionException, Miss
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from hydra_plugins.jcexp_launcher.launcher import JcexpLocalLauncher, _as_current, _Point
+from hydra_plugins.jcexp_launcher.launcher import JcexpLocalLauncher, _as_current, _SweepJob
 from jcexp import pipeline
 from jcexp.results import effective_config, task_config_hash
 
 from .conftest import ROOT, TINY
 
 
-def sweep(*args: str, search_path: Path | None = None) -> list[_Point]:
+def sweep(*args: str, search_path: Path | None = None) -> list[_SweepJob]:
     """The points of `python launch.py -m <args>`, built the way Hydra and the jcexp launcher build them:
     the experiment's hydra.sweeper.params plus the command line, parsed by Hydra's override parser and crossed
     by BasicSweeper.split_arguments; each point composed by the config loader's load_sweep_config; then the
@@ -44,12 +44,12 @@ def sweep(*args: str, search_path: Path | None = None) -> list[_Point]:
             config = loader.load_sweep_config(master, list(overrides))
             with open_dict(config.hydra.job):
                 config.hydra.job.num = idx  # as the launcher's _points does
-            points.append(_Point(idx, list(overrides), config, Path("unused")))
+            points.append(_SweepJob(idx, list(overrides), config, Path("unused")))
     JcexpLocalLauncher._check(points)
     return points
 
 
-def what_runs(point: _Point) -> tuple[float, str | None, int, str]:
+def what_runs(point: _SweepJob) -> tuple[float, str | None, int, str]:
     """(sparsity %, mask, bits, quantizer) as the hash sees them: an inactive stage counts as none."""
     with _as_current(point.config):
         task = OmegaConf.masked_copy(point.config, [k for k in point.config if k != "hydra"])
@@ -57,7 +57,7 @@ def what_runs(point: _Point) -> tuple[float, str | None, int, str]:
     return (round(c["pruner"]["sparsity"], 3), c["pruner"]["mask"], c["quant"]["bits"], c["quant"]["name"])
 
 
-def hashes(points: list[_Point]) -> list[str]:
+def hashes(points: list[_SweepJob]) -> list[str]:
     out = []
     for point in points:
         with _as_current(point.config):

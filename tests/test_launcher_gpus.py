@@ -56,7 +56,7 @@ def fake_nvidia_smi(monkeypatch, tmp_path: Path, listing: str, rc: int = 0) -> N
 
 
 def point(cfg, idx: int = 0):
-    return jl._Point(idx, [], cfg, Path("unused"))
+    return jl._SweepJob(idx, [], cfg, Path("unused"))
 
 
 def job_config(**values):

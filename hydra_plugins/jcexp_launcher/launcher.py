@@ -87,7 +87,7 @@ class PointFailure:
 
 
 @dataclass
-class _Point:
+class _SweepJob:
     idx: int
     overrides: list[str]
     config: DictConfig
@@ -222,7 +222,7 @@ class _JcexpLaunch:
         )
         return executor
 
-    def _points(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[_Point]:
+    def _points(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[_SweepJob]:
         assert self.config is not None
         points = []
         for i, overrides in enumerate(job_overrides):
@@ -232,12 +232,12 @@ class _JcexpLaunch:
                 config.hydra.job.num = idx
             with _as_current(config):
                 job_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
-            points.append(_Point(idx, list(overrides), config, job_dir))
+            points.append(_SweepJob(idx, list(overrides), config, job_dir))
         self._check(points)
         return points
 
     @staticmethod
-    def _check(points: list[_Point]) -> None:
+    def _check(points: list[_SweepJob]) -> None:
         """Value checks for every point before any job is submitted: one bad point fails the sweep up front."""
         from jcexp.config import ConfigError, check_values
 
@@ -251,7 +251,7 @@ class _JcexpLaunch:
         if errors:
             raise CompactHydraException("jcexp: sweep not started, bad point(s):\n" + "\n".join(errors))
 
-    def _reused(self, point: _Point) -> JobReturn | None:
+    def _reused(self, point: _SweepJob) -> JobReturn | None:
         from jcexp.results import reuse_result, stored_result
 
         with _as_current(point.config):
@@ -265,13 +265,13 @@ class _JcexpLaunch:
         result = reuse_result(stored, point.job_dir)
         return self._job_return(point, JobStatus.COMPLETED, result)
 
-    def _job_return(self, point: _Point, status: JobStatus, value: Any) -> JobReturn:
+    def _job_return(self, point: _SweepJob, status: JobStatus, value: Any) -> JobReturn:
         ret = JobReturn(overrides=point.overrides, working_dir=str(point.job_dir), status=status)
         ret.task_name = str(point.config.hydra.job.name)
         ret._return_value = value
         return ret
 
-    def _job_args(self, point: _Point) -> tuple[Any, ...]:
+    def _job_args(self, point: _SweepJob) -> tuple[Any, ...]:
         return (
             point.overrides,
             "hydra.sweep.dir",
@@ -280,13 +280,13 @@ class _JcexpLaunch:
             Singleton.get_state(),
         )
 
-    def _preflight(self, points: list[_Point]) -> None:
+    def _preflight(self, points: list[_SweepJob]) -> None:
         """Checks on the points about to be submitted that need the launcher's settings; raise to submit none."""
 
-    def _submit(self, executor: Any, points: list[_Point]) -> Iterator[tuple[_Point, Any]]:
+    def _submit(self, executor: Any, points: list[_SweepJob]) -> Iterator[tuple[_SweepJob, Any]]:
         raise NotImplementedError
 
-    def _outcome(self, point: _Point, job: Any) -> JobReturn:
+    def _outcome(self, point: _SweepJob, job: Any) -> JobReturn:
         """The job's JobReturn; a failure becomes a recorded PointFailure instead of an exception."""
         try:
             ret = job.results()[0]
@@ -319,7 +319,7 @@ class _JcexpLaunch:
             return self._failed(point, cause, record)
         return ret
 
-    def _failed(self, point: _Point, cause: str, record: Path) -> JobReturn:
+    def _failed(self, point: _SweepJob, cause: str, record: Path) -> JobReturn:
         failure = PointFailure(list(filter_overrides(point.overrides)), cause, str(record))
         log.error("#%d failed: %s", point.idx, failure)
         # COMPLETED with the failure as its value: Hydra's sweeper re-raises a FAILED return at once and skips
@@ -371,7 +371,7 @@ class JcexpLocalLauncher(_JcexpLaunch, LocalLauncher):
             )
         return list(gpus[: cap or len(gpus)])
 
-    def _preflight(self, points: list[_Point]) -> None:
+    def _preflight(self, points: list[_SweepJob]) -> None:
         self._slot_ids = self._slots()
         self._parallel = min(len(self._slot_ids), len(points))
         pinned = self._slot_ids[0] is not None
@@ -402,7 +402,7 @@ class JcexpLocalLauncher(_JcexpLaunch, LocalLauncher):
                 os.environ.get("CUDA_VISIBLE_DEVICES"),
             )
 
-    def _job_env(self, point: _Point, gpu: str | None) -> dict[str, str]:
+    def _job_env(self, point: _SweepJob, gpu: str | None) -> dict[str, str]:
         """Environment variables one job gets on top of the driver's."""
         env = {}
         if gpu is not None:
@@ -413,12 +413,12 @@ class JcexpLocalLauncher(_JcexpLaunch, LocalLauncher):
             env["JCEXP_THREADS"] = str(max(1, usable_cpus() // self._parallel))
         return env
 
-    def _submit(self, executor: Any, points: list[_Point]) -> Iterator[tuple[_Point, Any]]:
+    def _submit(self, executor: Any, points: list[_SweepJob]) -> Iterator[tuple[_SweepJob, Any]]:
         slots = self._slot_ids
         log.info("running at most %d job(s) at once; GPU slots: %s", len(slots), slots)
         queue = deque(points)
         free = deque(range(len(slots)))
-        running: dict[int, tuple[_Point, Any]] = {}
+        running: dict[int, tuple[_SweepJob, Any]] = {}
         poll = float(self.extra.get("poll_s") or 1.0)
         while queue or running:
             while queue and free:
@@ -441,7 +441,7 @@ class JcexpLocalLauncher(_JcexpLaunch, LocalLauncher):
 
 
 class JcexpSlurmLauncher(_JcexpLaunch, SlurmLauncher):
-    def _submit(self, executor: Any, points: list[_Point]) -> Iterator[tuple[_Point, Any]]:
+    def _submit(self, executor: Any, points: list[_SweepJob]) -> Iterator[tuple[_SweepJob, Any]]:
         # One array; SLURM's %N throttle (array_parallelism) caps it, one GPU per task via gpus_per_node.
         jobs = executor.map_array(self, *zip(*(self._job_args(p) for p in points), strict=True))
         log.info("submitted SLURM array %s (%d tasks)", jobs[0].job_id.split("_")[0], len(jobs))

@@ -168,7 +168,8 @@ def check_stages(stages: list[Stage], layer_widths: dict[str, int]) -> None:
     one_pass = quant is not None and quant.active and quant.declares("prunes")
     if pruner is not None and pruner.fused != one_pass:
         errors.append(
-            "one-pass joint compression needs both pruner=onepass and quant=gptq_onepass "
+            "one-pass joint compression needs both pruner=onepass and quant=gptq_onepass, which "
+            "variant=onepass selects together "
             f"(got pruner={pruner.name}, quant={quant.name if quant else None})"
         )
     if errors:

@@ -68,5 +68,7 @@ class ReportCallback(Callback):
         from hydra.utils import instantiate
 
         tracker = instantiate(config.logger)
-        info = tracker.log_sweep(report, name=f"summary_{config.logger.group or 'sweep'}")
+        info = tracker.log_sweep(
+            report, name=f"summary_{config.logger.group or 'sweep'}", tags=list(config.get("tags") or [])
+        )
         log.info("sweep summary run: %s", info)

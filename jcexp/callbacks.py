@@ -14,9 +14,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-log = logging.getLogger("jcexp")
+from jcexp.records import FAILURE_FILE
 
-FAILURE_FILE = "failure.json"
+log = logging.getLogger("jcexp")
 
 
 class FailureRecorder(Callback):
@@ -45,7 +45,8 @@ class FailureRecorder(Callback):
 
 class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from jcexp.report import collect_failures, write_report
+        from jcexp.records import collect_failures
+        from jcexp.report import write_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -20,26 +19,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jcexp import metrics  # noqa: E402
-from jcexp.report import label as _label  # noqa: E402
-from jcexp.report import point as _point  # noqa: E402
-from jcexp.report import with_errors  # noqa: E402
-
-Result = dict[str, Any]
-
-
-def is_pruning_only(r: Result) -> bool:
-    s, _, b = _point(r)
-    return s > 0 and b == 16
-
-
-def is_quant_only(r: Result) -> bool:
-    s, _, b = _point(r)
-    return s == 0 and b < 16
-
-
-def is_joint(r: Result) -> bool:
-    s, _, b = _point(r)
-    return s > 0 and b < 16
+from jcexp.records import (  # noqa: E402
+    Result,
+    by_model,
+    is_joint,
+    is_pruning_only,
+    is_quant_only,
+    label,
+    point,
+    quant_method,
+    sr_of,
+    srcr_of,
+    tcr_key,
+    tcr_of,
+    with_errors,
+)
 
 
 def _retention_bars(runs: list[Result], title: str, path: Path) -> Path | None:
@@ -51,13 +45,12 @@ def _retention_bars(runs: list[Result], title: str, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(runs) + 2), 3.6))
     for k, name in enumerate(series):
         values = [
-            (r["metrics"]["sr"] if name == "Sr" else (r["tasks"].get(name) or {}).get("retention")) or 0.0
-            for r in runs
+            (sr_of(r) if name == "Sr" else (r["tasks"].get(name) or {}).get("retention")) or 0.0 for r in runs
         ]
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(runs))]
         ax.bar(xs, values, width, label=name, hatch="//" if name == "Sr" else None)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(runs)), [f"{_label(r)}\nTCr {100 * r['metrics']['tcr']:.4g}%" for r in runs])
+    ax.set_xticks(range(len(runs)), [f"{label(r)}\nTCr {100 * tcr_of(r):.4g}%" for r in runs])
     ax.set_ylabel("retention")
     ax.set_title(title)
     ax.legend(fontsize=7, ncols=min(4, len(series)))
@@ -76,21 +69,17 @@ def _srcr_plot(runs: list[Result], title: str, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     drawn = False
     for name, keep, marker in kinds:
-        pts = sorted(
-            (r["metrics"]["tcr"], r["metrics"]["srcr"]) for r in runs if keep(r) and r["metrics"]["srcr"]
-        )
+        pts = sorted((tcr_of(r), srcr_of(r)) for r in runs if keep(r) and srcr_of(r))
         if pts:
             ax.plot([100 * t for t, _ in pts], [v for _, v in pts], marker=marker, label=name)
             drawn = True
     est = []
     for j in filter(is_joint, runs):
-        s, mask, b = _point(j)
-        p = next((r for r in runs if is_pruning_only(r) and _point(r)[:2] == (s, mask)), None)
-        q = next((r for r in runs if is_quant_only(r) and _point(r)[2] == b), None)
-        if p and q and p["metrics"]["sr"] is not None and q["metrics"]["sr"] is not None:
-            est.append(
-                (j["metrics"]["tcr"], metrics.srcr_estimate(p["metrics"]["sr"], q["metrics"]["sr"], s, b))
-            )
+        s, mask, b = point(j)
+        p = next((r for r in runs if is_pruning_only(r) and point(r)[:2] == (s, mask)), None)
+        q = next((r for r in runs if is_quant_only(r) and point(r)[2] == b), None)
+        if p and q and sr_of(p) is not None and sr_of(q) is not None:
+            est.append((tcr_of(j), metrics.srcr_estimate(sr_of(p), sr_of(q), s, b)))
     if est:
         ax.scatter(
             [100 * t for t, _ in est], [v for _, v in est], marker="x", color="k", label="SrCr_p·SrCr_q"
@@ -118,12 +107,14 @@ def _error_plot(runs: list[Result], title: str, path: Path) -> Path | None:
     ax = axes[0][0]
     series: dict[str, list[tuple[float, float]]] = {}
     for r in runs:
-        s, _, b = _point(r)
+        s, _, b = point(r)
         st = r["measured"]["errors"]["stages"]
         if "prune" in st:
             series.setdefault("after pruning", []).append((s, st["prune"]["rel"]))
         if "total" in st and b < 16:
-            series.setdefault(f"after pruning + {b} bit ({_methods(r)})", []).append((s, st["total"]["rel"]))
+            series.setdefault(f"after pruning + {b} bit ({quant_method(r)})", []).append(
+                (s, st["total"]["rel"])
+            )
     for name, pts in sorted(series.items()):
         pts = sorted(set(pts))
         ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name)
@@ -134,7 +125,7 @@ def _error_plot(runs: list[Result], title: str, path: Path) -> Path | None:
     ax.legend(fontsize=7)
     if ratios:
         ax = axes[0][1]
-        pts = sorted((_point(r)[0], r["measured"]["errors"]["case_ratio"]) for r in ratios)
+        pts = sorted((point(r)[0], r["measured"]["errors"]["case_ratio"]) for r in ratios)
         xs = [x for x, _ in pts]
         ax.errorbar(
             xs,
@@ -162,27 +153,17 @@ def _error_plot(runs: list[Result], title: str, path: Path) -> Path | None:
     return path
 
 
-def _methods(r: Result) -> str:
-    q = r["compression"]["quant"]
-    return q.get("name") + (", case B" if q.get("case") == "B" else "")
-
-
 def write_plots(results: list[Result], out_dir: str | Path) -> list[Path]:
     """One set of figures per model; returns the files written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = sorted({r["model"]["name"] for r in results})
+    models = by_model(results)
     written: list[Path] = []
-    for model in models:
-        runs = [r for r in results if r["model"]["name"] == model]
-        by_tcr = sorted(runs, key=lambda r: (r["metrics"]["tcr"], _label(r)))
+    for model, runs in models.items():
+        by_tcr = sorted(runs, key=lambda r: (tcr_of(r), label(r)))
         suffix = f"_{model}" if len(models) > 1 else ""
-        joint_tcrs = {round(r["metrics"]["tcr"], 6) for r in runs if is_joint(r)}
-        compare = [
-            r
-            for r in by_tcr
-            if is_joint(r) or (is_quant_only(r) and round(r["metrics"]["tcr"], 6) in joint_tcrs)
-        ]
+        joint_tcrs = {tcr_key(r) for r in runs if is_joint(r)}
+        compare = [r for r in by_tcr if is_joint(r) or (is_quant_only(r) and tcr_key(r) in joint_tcrs)]
         figures = [
             (
                 _retention_bars,

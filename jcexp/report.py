@@ -10,54 +10,30 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jcexp import metrics
-from jcexp.results import RESULT_FILE, read_json
+from jcexp.plots import write_plots
+from jcexp.records import (
+    by_model,
+    collect_failures,
+    is_joint,
+    is_quant_only,
+    label,
+    model_of,
+    point,
+    read_sweep,
+    sr_of,
+    srcr_of,
+    tcr_key,
+    tcr_of,
+    with_errors,
+)
 
-FAILURE_FILE = "failure.json"
-
-
-def collect(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Complete results under ``root``, and the run directories that have none (failed or unfinished)."""
-    results, missing = [], []
-    for path in sorted(Path(root).rglob(RESULT_FILE)):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            missing.append(str(path.parent))
-            continue
-        if data.get("status") == "complete":
-            results.append(data)
-        else:
-            missing.append(str(path.parent))
-    has_result = {str(p.parent) for p in Path(root).rglob(RESULT_FILE)}
-    for marker in (".hydra", FAILURE_FILE):
-        for found in sorted(Path(root).rglob(marker)):
-            run = str(found.parent)
-            if run not in has_result and run not in missing:
-                missing.append(run)
-    return results, missing
-
-
-def collect_failures(root: str | Path) -> list[dict[str, Any]]:
-    """Points that left a failure.json (the worker's traceback or the launcher's exit cause) and no result."""
-    failures = []
-    for record in sorted(Path(root).rglob(FAILURE_FILE)):
-        if (record.parent / RESULT_FILE).exists():
-            continue
-        data = read_json(record) or {}
-        failures.append(
-            {
-                "point": ",".join(data.get("overrides") or []) or record.parent.name,
-                "cause": data.get("cause", "unknown"),
-                "record": str(record),
-            }
-        )
-    return failures
+# collect_failures lived here before jcexp.records: it stays importable from the report.
+__all__ = ["Report", "collect_failures", "main", "write_report"]
 
 
 def stage_counts(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -90,28 +66,6 @@ def stage_counts(results: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def point(result: dict[str, Any]) -> tuple[float, str | None, int]:
-    """(sparsity %, mask, bits) of a run, as compressed."""
-    p, q = result["compression"]["pruner"], result["compression"]["quant"]
-    return float(p.get("sparsity") or 0.0), p.get("mask"), int(q.get("bits") or 16)
-
-
-DEFAULT_METHODS = ("sparsegpt", "gptq", "none", None)
-
-
-def label(result: dict[str, Any]) -> str:
-    """'25% 4bit', with the method named when it is not the paper's (SparseGPT -> GPTQ, Case A)."""
-    s, mask, bits = point(result)
-    p, q = result["compression"]["pruner"], result["compression"]["quant"]
-    prune = mask or (f"{s:g}%" if s else "")
-    quant = f"{bits}bit" if bits < 16 else ""
-    methods = [m for m in (p.get("name"), q.get("name")) if m not in DEFAULT_METHODS]
-    if q.get("case") == "B":
-        methods.append("case B")
-    base = " ".join(x for x in (prune, quant) if x) or "dense"
-    return f"{base} ({', '.join(methods)})" if methods else base
-
-
 def _fmt(x: float | None, scale: float = 1.0, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x * scale:.{digits}f}"
 
@@ -131,27 +85,22 @@ def tcr_table(results: list[dict[str, Any]]) -> list[str]:
 
 def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for r in sorted(results, key=lambda r: (r["model"]["name"], -metrics.tcr(*_sb(r)), label(r))):
-        row = {"model": r["model"]["name"], "config": label(r), "tcr": r["metrics"]["tcr"]}
+    for r in sorted(results, key=lambda r: (model_of(r), -metrics.tcr(*_sb(r)), label(r))):
+        row = {"model": model_of(r), "config": label(r), "tcr": tcr_of(r)}
         for task, t in r["tasks"].items():
             row[task] = t["value"]
             row[f"{task}_stderr"] = t["stderr"]
         for task, t in r.get("perplexity", {}).items():
             row[task] = t["value"]
         row.update(
-            sr=r["metrics"]["sr"],
+            sr=sr_of(r),
             sr1=r["metrics"]["sr1"],
-            srcr=r["metrics"]["srcr"],
+            srcr=srcr_of(r),
             sparsity_measured=r["measured"]["sparsity"]["final"],
             run_dir=r["run_dir"],
         )
         rows.append(row)
     return rows
-
-
-def with_errors(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs that recorded the error analysis (``errors.enabled``)."""
-    return [r for r in results if (r["measured"].get("errors") or {}).get("stages")]
 
 
 def error_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -169,7 +118,7 @@ def error_lines(results: list[dict[str, Any]]) -> list[str]:
         "eq. 7 first order 1/(1-p) |",
         "|---" * 8 + "|",
     ]
-    for r in sorted(runs, key=lambda r: (r["model"]["name"], _sb(r), label(r))):
+    for r in sorted(runs, key=lambda r: (model_of(r), _sb(r), label(r))):
         e = r["measured"]["errors"]
         st, c = e["stages"], e.get("case_ratio")
         rel = [_fmt((st.get(k) or {}).get("rel"), 1, 5) for k in ("prune", "quant", "total")]
@@ -182,7 +131,7 @@ def error_lines(results: list[dict[str, Any]]) -> list[str]:
             if c
             else ["", "", ""]
         )
-        md.append("| " + " | ".join([r["model"]["name"], label(r), *rel, *ratio]) + " |")
+        md.append("| " + " | ".join([model_of(r), label(r), *rel, *ratio]) + " |")
     return [*md, ""]
 
 
@@ -195,21 +144,17 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
     """The paper's question on this sweep's data: at each TCr where both exist, does joint compression retain
     more than quantization alone, and by how many points of Sr?"""
     lines = []
-    by_model: dict[str, list[dict[str, Any]]] = {}
-    for r in results:
-        by_model.setdefault(r["model"]["name"], []).append(r)
-    for model, runs in sorted(by_model.items()):
-        quant_only = {round(r["metrics"]["tcr"], 6): r for r in runs if _sb(r)[0] == 0 and _sb(r)[1] < 16}
-        joint = [r for r in runs if _sb(r)[0] > 0 and _sb(r)[1] < 16]
-        for j in sorted(joint, key=lambda r: r["metrics"]["tcr"]):
-            q = quant_only.get(round(j["metrics"]["tcr"], 6))
-            if q is None or j["metrics"]["sr"] is None or q["metrics"]["sr"] is None:
+    for model, runs in by_model(results).items():
+        quant_only = {tcr_key(r): r for r in runs if is_quant_only(r)}
+        for j in sorted(filter(is_joint, runs), key=tcr_of):
+            q = quant_only.get(tcr_key(j))
+            if q is None or sr_of(j) is None or sr_of(q) is None:
                 continue
-            gain = 100 * (j["metrics"]["sr"] - q["metrics"]["sr"])
+            gain = 100 * (sr_of(j) - sr_of(q))
             word = "retains more than" if gain > 0 else "retains less than" if gain < 0 else "ties"
             lines.append(
-                f"- {model}, TCr {100 * j['metrics']['tcr']:.4g}%: {label(j)} (Sr {j['metrics']['sr']:.3f}) "
-                f"{word} {label(q)} (Sr {q['metrics']['sr']:.3f}) by {gain:+.1f} points of Sr"
+                f"- {model}, TCr {100 * tcr_of(j):.4g}%: {label(j)} (Sr {sr_of(j):.3f}) "
+                f"{word} {label(q)} (Sr {sr_of(q):.3f}) by {gain:+.1f} points of Sr"
             )
     return lines or ["- no TCr has both a joint and a quantization-only point in this sweep"]
 
@@ -230,13 +175,9 @@ class Report:
 
 
 def write_report(root: str | Path) -> Report:
-    from jcexp.plots import write_plots
-
     root = Path(root)
-    results, missing = collect(root)
-    failures = collect_failures(root)
-    failed_dirs = {str(Path(f["record"]).parent) for f in failures}
-    missing = [m for m in missing if m not in failed_dirs]
+    sweep = read_sweep(root)
+    results, failures, missing = sweep.results, sweep.failures, sweep.missing
     rows = score_rows(results)
     tasks = sorted({t for r in results for t in r["tasks"]})
     ppl = sorted({t for r in results for t in r.get("perplexity", {})})

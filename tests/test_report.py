@@ -55,5 +55,7 @@ def test_report_tables_and_verdict(tmp_path):
     # The paper's headline on LLaMA: 25% + 4 bit beats 3 bit at TCr 81.25% by ~21.8 points of Sr.
     assert "TCr 81.25%: 25% 4bit (Sr 0.818) retains more than 3bit (Sr 0.601) by +21.8 points of Sr" in md
     assert str(failed) in md
+    figures = ("fig1_pruning_only", "fig2_quant_only", "fig5_joint_vs_quant", "fig3_srcr")
+    assert "## Plots\n\n" + "\n".join(f"![{f}](plots/{f}.png)" for f in figures) + "\n" in md
     rows = list(csv.DictReader(open(tmp_path / "report.csv")))
     assert len(rows) == 4 and {"model", "config", "tcr", "sr", "srcr"} <= set(rows[0])

@@ -38,11 +38,11 @@ from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQu
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from jcexp.records import FAILURE_FILE
+
 # No `from __future__ import annotations` here: Hydra execs plugin modules without registering them in
 # sys.modules, and dataclasses cannot resolve string annotations then. Hence Optional/List in the schemas.
 log = logging.getLogger(__name__)
-
-FAILURE_FILE = "failure.json"
 
 
 @dataclass

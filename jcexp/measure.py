@@ -197,4 +197,13 @@ def timed(records: dict[str, Any], name: str) -> Iterator[Meter]:
 
 
 def process_peak_rss_mb() -> float:
+    """This process's peak RSS since it started. Linux's VmHWM, which exec resets; ru_maxrss is the fallback
+    elsewhere, but it survives exec, so a job forked from a large parent (pytest, a notebook) would report the
+    parent's size at fork time as its own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

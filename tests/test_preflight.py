@@ -340,3 +340,22 @@ def test_tiny_estimate_is_within_25_percent_of_the_measured_peak(compose, tmp_pa
     result = json.loads(next((tmp_path / "run").rglob("result.json")).read_text())
     cmp = preflight.compare(est, result["peak_rss_mb"])["host_ram"]
     assert 0.75 <= cmp["measured_over_estimated"] <= 1.25, cmp
+
+
+def test_a_jobs_peak_rss_is_its_own_not_its_parents():
+    """ru_maxrss survives fork and exec: a job started by a large parent (pytest late in the suite, a notebook,
+    a driver) reported the parent's RSS at fork time (1.5 GB here) as its own peak. VmHWM is reset by exec."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    blob = bytearray(1024 * 2**20)
+    blob[::4096] = b"\x01" * len(blob[::4096])  # touch every page: resident, not just reserved
+    parent = psutil.Process().memory_info().rss / 2**20
+    code = "import resource; from jcexp.measure import process_peak_rss_mb; print(process_peak_rss_mb())"
+    child = float(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    del blob
+    assert child < parent - 512, (child, parent)

@@ -81,7 +81,7 @@ class ModelSource:
         raise NotImplementedError
 
     def _skeleton(self):
-        """The model on the meta device (no memory), built once: the shape checks and the disk check share it."""
+        """The model on the meta device (no memory), built once: the shape checks and the preflight share it."""
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -90,16 +90,6 @@ class ModelSource:
             with torch.device("meta"):
                 self._meta_model = AutoModelForCausalLM.from_config(config)
         return self._meta_model
-
-    def checkpoint_bytes(self) -> int:
-        """Bytes of a dense checkpoint of this model in its dtype, from the config: no weight is read."""
-        import torch
-
-        skeleton = self._skeleton()
-        return (
-            sum(p.numel() for p in skeleton.parameters())
-            * torch.empty(0, dtype=_torch_dtype(self.dtype)).element_size()
-        )
 
     def layer_widths(self, ignore: str = "lm_head") -> dict[str, int]:
         """Input width of every Linear layer (lm_head excluded), from the config on the meta device."""

@@ -185,6 +185,17 @@ def parse_mask(mask: str | None) -> tuple[int, int] | None:
     return n, m
 
 
+def prunes(modifier: Any, sparsity: float, nm: tuple[int, int] | None) -> bool:
+    """The one rule for a pruner that does something: a modifier, and a sparsity or an N:M mask. Shared by the
+    stage (jcexp.compress.Pruner) and the config hash (jcexp.results), which sees only the config."""
+    return modifier is not None and (float(sparsity or 0) > 0 or nm is not None)
+
+
+def quantizes(modifier: Any, bits: int) -> bool:
+    """The one rule for a quantizer that does something: a modifier, below 16 bits."""
+    return modifier is not None and int(bits) < 16
+
+
 def _mask_sparsity(mask: str | None, default: float) -> float:
     # Resolvers must not raise (the error would surface as an opaque interpolation failure):
     # a malformed mask falls back here and check_values names it.

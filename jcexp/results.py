@@ -38,23 +38,23 @@ NO_QUANT = {
 
 
 def pruner_active(pruner: dict[str, Any]) -> bool:
-    """As jcexp.compress.Pruner: a modifier with something to prune, or fused into the quantizer's sweep."""
-    from jcexp.config import ConfigError, parse_mask
+    """As jcexp.compress.Pruner (the same rule, jcexp.config.prunes), or fused into the quantizer's sweep."""
+    from jcexp.config import ConfigError, parse_mask, prunes
 
     if pruner.get("fused"):
         return True
-    if pruner.get("modifier") is None:
-        return False
     try:
-        has_mask = parse_mask(pruner.get("mask")) is not None
+        nm = parse_mask(pruner.get("mask"))
     except ConfigError:  # refused by check_values; hashed as written
-        return True
-    return float(pruner.get("sparsity") or 0) > 0 or has_mask
+        return pruner.get("modifier") is not None
+    return prunes(pruner.get("modifier"), pruner.get("sparsity") or 0, nm)
 
 
 def quant_active(quant: dict[str, Any]) -> bool:
-    """As jcexp.compress.Quantizer: a modifier, below 16 bits."""
-    return quant.get("modifier") is not None and int(quant.get("bits", 16)) < 16
+    """As jcexp.compress.Quantizer (the same rule, jcexp.config.quantizes)."""
+    from jcexp.config import quantizes
+
+    return quantizes(quant.get("modifier"), quant.get("bits", 16))
 
 
 def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from jcexp.config import ConfigError, group_size_errors, parse_mask
+from jcexp.config import ConfigError, group_size_errors, parse_mask, prunes, quantizes
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +81,7 @@ class Pruner(Stage):
 
     @property
     def active(self) -> bool:
-        return self.modifier is not None and (self.sparsity > 0 or self.nm is not None)
+        return prunes(self.modifier, self.sparsity, self.nm)
 
     @property
     def target_sparsity(self) -> float:
@@ -130,7 +130,7 @@ class Quantizer(Stage):
 
     @property
     def active(self) -> bool:
-        return self.modifier is not None and self.bits < 16
+        return quantizes(self.modifier, self.bits)
 
     def check(self, layer_widths: dict[str, int]) -> list[str]:
         if not self.active:

@@ -43,6 +43,9 @@ class PrunerConfig:
     name: str = MISSING
     sparsity: float = 0.0  # percent, as in the paper's tables
     mask: str | None = None  # "N:M": N pruned of every M consecutive weights (the paper's convention)
+    # Where N:M groups fall: "exact" (groups of M along the row) or "paper" (SparseGPT's block of 128, groups
+    # restarting at each block, as the paper ran it). jcexp/nm.py has the rule for partial groups.
+    nm_layout: str = "exact"
     # The llm-compressor modifier (``_target_`` + its own arguments); null for no pruning.
     modifier: dict[str, Any] | None = None
     # true: the quantizer prunes inside its own column sweep (pruner=onepass with quant=gptq_onepass).
@@ -214,13 +217,15 @@ def _mask_structure(mask: str | None) -> str:
     return "0:0" if nm is None else f"{nm[0]}:{nm[1]}"
 
 
-def _nm_block_size(mask: str | None, block: int) -> int:
-    """SparseGPT restarts N:M groups at every block boundary: use the largest multiple of M <= block."""
+def _nm_block_size(mask: str | None, block: int, layout: str = "exact") -> int:
+    """SparseGPT restarts N:M groups at every block boundary: the block that gives the layout (jcexp/nm.py)."""
+    from jcexp import nm as nm_layout
+
     try:
         nm = parse_mask(mask)
     except ConfigError:
         return int(block)
-    return int(block) if nm is None else max(nm[1], (int(block) // nm[1]) * nm[1])
+    return nm_layout.block_size(nm and nm[1], str(layout), int(block))
 
 
 def _percent_to_fraction(value: float) -> float:
@@ -334,6 +339,9 @@ def check_values(cfg: DictConfig) -> None:
             )
         if p.modifier is None and not p.get("fused", False):
             errors.append(f"pruner.mask={p.mask} needs a pruner (pruner={p.name} prunes nothing)")
+    layout = p.get("nm_layout", "exact")
+    if layout not in ("exact", "paper"):
+        errors.append(f"pruner.nm_layout={layout!r} is not one of 'exact', 'paper' (see jcexp/nm.py)")
 
     if q.bits not in SUPPORTED_BITS:
         errors.append(f"quant.bits={q.bits} is not supported; choose one of {list(SUPPORTED_BITS)}")

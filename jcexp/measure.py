@@ -89,17 +89,35 @@ def zeros_after_quantization(model, pruned: dict[str, torch.Tensor]) -> dict[str
     }
 
 
-def nm_structure(model, n: int, m: int) -> dict[str, Any]:
-    """Share of groups of M consecutive weights along the input dimension with at least N zeros."""
-    groups = holding = 0
+def nm_structure(model, n: int, m: int, block: int | None = None) -> dict[str, Any]:
+    """Share of full N:M groups with at least N zeros: the layout's own groups (restarting at every ``block``
+    of columns, as SparseGPT's; jcexp/nm.py), and the row's groups of M from column 0 (what an N:M kernel
+    reads). Partial groups are left out of both shares: they follow the partial-group rule instead."""
+    from jcexp import nm as layout
+
+    counts = {"layout": [0, 0], "row": [0, 0]}
+    columns: dict[tuple[str, int], torch.Tensor] = {}
     for mod in compressible_linears(model).values():
         w = _weight(mod)
-        if w.shape[1] % m:
-            continue
-        zeros = (w.reshape(w.shape[0], -1, m) == 0).sum(-1)
-        groups += zeros.numel()
-        holding += int((zeros >= n).sum())
-    return {"pattern": f"{n}:{m}", "groups": groups, "groups_holding": holding / groups if groups else None}
+        width = w.shape[1]
+        for kind, blk in (("layout", block), ("row", None)):
+            key = (kind, width)
+            if key not in columns:
+                columns[key] = torch.tensor(layout.full_group_columns(width, m, blk), dtype=torch.long)
+            cols = columns[key]
+            if not len(cols):
+                continue
+            zeros = (w.index_select(1, cols.to(w.device)).reshape(w.shape[0], -1, m) == 0).sum(-1)
+            counts[kind][0] += zeros.numel()
+            counts[kind][1] += int((zeros >= n).sum())
+    (groups, holding), (row_groups, row_holding) = counts["layout"], counts["row"]
+    return {
+        "pattern": f"{n}:{m}",
+        "block": block,
+        "groups": groups,
+        "groups_holding": holding / groups if groups else None,
+        "row_groups_holding": row_holding / row_groups if row_groups else None,
+    }
 
 
 def lm_head_digest(model) -> str:

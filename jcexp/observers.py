@@ -64,8 +64,9 @@ class SparsityMeter(Observer):
     """Sparsity measured from the weights after each stage, never assumed from the config; the N:M pattern's
     share of holding groups; and after quantization, which zeros are pruned positions and which are rounding."""
 
-    def __init__(self, nm: tuple[int, int] | None):
+    def __init__(self, nm: tuple[int, int] | None, nm_block: int | None = None):
         self.nm = nm
+        self.nm_block = nm_block
         self._pruned_masks = None
 
     def before(self, stage: Stage, run: RunState) -> None:
@@ -78,17 +79,31 @@ class SparsityMeter(Observer):
             found.update(measure.zeros_after_quantization(run.model, self._pruned_masks))
             self._pruned_masks = None
         run.measured[stage.kind] = found
+        if stage.kind == "quant" and stage.declares("prunes"):
+            run.measured["onepass_pruned"] = stage.modifier.pruned_fraction()
         if self.nm:
-            run.measured[f"nm_after_{stage.kind}"] = measure.nm_structure(run.model, *self.nm)
+            run.measured[f"nm_after_{stage.kind}"] = measure.nm_structure(run.model, *self.nm, self.nm_block)
 
     def finish(self, run: RunState) -> None:
         prune, quant = run.measured.get("prune"), run.measured.get("quant")
         # The last stage's measurement is the model's final state; only an uncompressed model needs its own pass.
         last = quant or prune or measure.sparsity(run.model)
+        final = last["overall"]
+        # What pruning removed, never counting the zeros quantization rounded to (a 3-bit model without
+        # pruning has ~30% exact zeros); the TCr from measured sparsity uses this.
+        pruned = prune["overall"] if prune else run.measured.get("onepass_pruned", 0.0)
+        if quant is None:
+            rounding = 0.0
+        elif prune:
+            rounding = quant["kept_rounded_to_zero"] * (1.0 - pruned)
+        else:
+            rounding = max(0.0, final - pruned)  # one-pass: its pruned positions all stay exactly 0
         run.measured["sparsity"] = {
             "after_prune": prune and prune["overall"],
             "after_quant": quant and quant["overall"],
-            "final": last["overall"],
+            "final": final,
+            "pruned": pruned,
+            "rounding_zeros": rounding,
         }
 
 
@@ -179,7 +194,11 @@ class ReconstructionErrors(Observer):
 
 def default_observers(plan: Plan) -> list[Observer]:
     """The observers of a run, outermost first (the timer last, so it times the stage alone)."""
-    observers: list[Observer] = [PlacementGuard(), SparsityMeter(plan.pruner.nm), LmHeadGuard()]
+    observers: list[Observer] = [
+        PlacementGuard(),
+        SparsityMeter(plan.pruner.nm, plan.pruner.nm_block),
+        LmHeadGuard(),
+    ]
     if plan.cfg.errors.enabled and plan.stages:
         observers.append(ReconstructionErrors(plan))
     observers.append(StageTimer())

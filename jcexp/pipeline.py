@@ -396,7 +396,8 @@ def _perplexity_rows(compressed, dense) -> dict[str, Any]:
     }
 
 
-def compute_metrics(plan: Plan, compressed, dense, measured_sparsity: float) -> dict[str, Any]:
+def compute_metrics(plan: Plan, compressed, dense, pruned_sparsity: float) -> dict[str, Any]:
+    """The paper's metrics; ``pruned_sparsity`` is the measured share of weights pruning removed."""
     sparsity = plan.pruner.target_sparsity
     bits = plan.quant.bits if plan.quant.active else 16
     comp = {t: s.value for t, s in compressed.scores.items()}
@@ -410,7 +411,7 @@ def compute_metrics(plan: Plan, compressed, dense, measured_sparsity: float) -> 
     return {
         "sr_undefined_because": note,
         "tcr": metrics.tcr(sparsity, bits),
-        "tcr_measured_sparsity": metrics.tcr(min(99.999, 100 * measured_sparsity), bits),
+        "tcr_measured_sparsity": metrics.tcr(min(99.999, 100 * (pruned_sparsity or 0.0)), bits),
         # What the paper cites for storing the sparsity pattern (IV-B.4); compare saved_model.bits_per_weight.
         "mask_overhead_bits_per_weight": (
             metrics.mask_overhead_bits(*plan.pruner.nm)
@@ -464,7 +465,7 @@ def build_record(
         "layer_errors": state.layer_errors or None,
         "tasks": _task_rows(compressed, dense),
         "perplexity": _perplexity_rows(compressed, dense),
-        "metrics": compute_metrics(plan, compressed, dense, state.measured["sparsity"]["final"]),
+        "metrics": compute_metrics(plan, compressed, dense, state.measured["sparsity"]["pruned"]),
         "baseline": baseline,
         "prune_cache": state.prune_cache,
         "stages": state.timings,
@@ -494,7 +495,8 @@ def _summary(result: dict[str, Any]) -> None:
     lines = [
         f"run {result['run_name']} ({result['config_hash']}) -> {result['run_dir']}",
         f"  TCr {m['tcr']:.4f}  Sr {_fmt(m['sr'])}  Sr1 {_fmt(m['sr1'])}  SrCr {_fmt(m['srcr'])}",
-        f"  sparsity after prune {s['after_prune']}  after quant {s['after_quant']}",
+        f"  sparsity pruned {_fmt(s['pruned'])}  zeros after prune {_fmt(s['after_prune'])}"
+        f"  after quant {_fmt(s['after_quant'])}  (rounding {_fmt(s['rounding_zeros'])})",
     ]
     for task, row in result["tasks"].items():
         lines.append(

@@ -96,7 +96,9 @@ def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             sr=sr_of(r),
             sr1=r["metrics"]["sr1"],
             srcr=srcr_of(r),
-            sparsity_measured=r["measured"]["sparsity"]["final"],
+            # What pruning removed (old results have only the final zeros, rounding zeros included).
+            sparsity_measured=r["measured"]["sparsity"].get("pruned", r["measured"]["sparsity"]["final"]),
+            zeros_final=r["measured"]["sparsity"]["final"],
             run_dir=r["run_dir"],
         )
         rows.append(row)

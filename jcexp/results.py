@@ -37,6 +37,15 @@ NO_QUANT = {
 }
 
 
+# jcexp's own GPTQ sweeps (jcexp/compress/): bumped when the algorithm changes, so that results of the earlier
+# one are recomputed rather than reused. 2: Case B propagates the error of pruned weights (SparseGPT's joint
+# mode) and one-pass picks each N:M group's mask when its sweep reaches it (issue 11).
+SWEEP_REVISIONS = {
+    "jcexp.compress.case_b.SparsityPreservingGPTQModifier": 2,
+    "jcexp.compress.one_pass.OnePassSparseGPTQModifier": 2,
+}
+
+
 def pruner_active(pruner: dict[str, Any]) -> bool:
     """As jcexp.compress.Pruner (the same rule, jcexp.config.prunes), or fused into the quantizer's sweep."""
     from jcexp.config import ConfigError, parse_mask, prunes
@@ -48,6 +57,15 @@ def pruner_active(pruner: dict[str, Any]) -> bool:
     except ConfigError:  # refused by check_values; hashed as written
         return pruner.get("modifier") is not None
     return prunes(pruner.get("modifier"), pruner.get("sparsity") or 0, nm)
+
+
+def _masked(pruner: dict[str, Any]) -> bool:
+    from jcexp.config import ConfigError, parse_mask
+
+    try:
+        return parse_mask(pruner.get("mask")) is not None
+    except ConfigError:
+        return True
 
 
 def quant_active(quant: dict[str, Any]) -> bool:
@@ -72,6 +90,16 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
         out.pop("errors", None)
     pruning = "pruner" in out and pruner_active(out["pruner"])
     quantizing = "quant" in out and quant_active(out["quant"])
+    if "pruner" in out and (
+        not pruning or out["pruner"].get("nm_layout") == "exact" or not _masked(out["pruner"])
+    ):
+        # The layout changes nothing without a mask, and "exact" is what every earlier mask ran with: those
+        # results keep their hash (pruner.nm_layout, jcexp/nm.py).
+        out["pruner"] = {k: v for k, v in out["pruner"].items() if k != "nm_layout"}
+    if "quant" in out and quant_active(out["quant"]):
+        target = (out["quant"].get("modifier") or {}).get("_target_")
+        if target in SWEEP_REVISIONS:
+            out["quant"] = {**out["quant"], "sweep_revision": SWEEP_REVISIONS[target]}
     if "pruner" in out and not pruning:
         out["pruner"] = dict(NO_PRUNER)
     if "quant" in out and not quantizing:

@@ -270,11 +270,11 @@ CASES: list[Case] = [
         r"pruner.mask=2:8 needs a pruner",
     ),
     Case(
-        "mask-m-not-dividing",
-        "M that does not divide a layer",
-        ("pruner.mask=2:5",),
+        "mask-partial-group-below-n",
+        "N:M whose partial group (M not dividing a layer) cannot hold N",
+        ("pruner.mask=4:6",),
         "plan",
-        r"pruner.mask=2:5: M=5 does not divide layer input width\(s\) \[64, 128\]",
+        r"pruner.mask=4:6 \(nm_layout=exact\): partial groups of fewer than N=4 columns .*width 128: \[2\]",
     ),
     # group sizes
     Case(

@@ -47,6 +47,60 @@ def test_case_b_keeps_every_pruned_zero_where_case_a_revives_some():
     assert (stock[pruned] != 0).float().mean() > 0.02  # Case A: compensation writes into pruned positions
 
 
+def _masked_case_b(W, H, scale, zp, args, blocksize):
+    """The earlier Case B sweep, kept here only as the baseline the joint mode must not lose to: it re-zeroed
+    pruned positions after every update, discarding the compensation that had reached them."""
+    from copy import copy
+
+    from compressed_tensors.quantization import QuantizationStrategy
+    from llmcompressor.modifiers.gptq.helpers import column_scale_window, factorize_hessian
+
+    from jcexp.compress.case_b import qdq_column
+
+    W, H = W.clone().double().float(), H.clone()
+    batch, rows, cols = W.shape
+    keep = (W != 0).float()
+    g_idx = torch.arange(cols, dtype=torch.int) // args.group_size
+    Hinv = factorize_hessian(W, H, 0.01, torch.zeros(batch, dtype=torch.bool))
+    per_column = copy(args)
+    per_column.strategy = QuantizationStrategy.CHANNEL
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, keep1, Hinv1 = W[:, :, i1:i2].clone(), keep[:, :, i1:i2], Hinv[:, i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        eff, z = column_scale_window(scale, zp, None, g_idx, args, num_rows=rows, i1=i1, i2=i2)
+        for i in range(i2 - i1):
+            w = W1[:, :, i]
+            q = qdq_column(w, eff, z, i, per_column) * keep1[:, :, i]
+            err = (w - q) / Hinv1[:, i, i][:, None]
+            W1[:, :, i:] -= err.unsqueeze(-1) * Hinv1[:, i, i:].unsqueeze(1)
+            W1[:, :, i:] *= keep1[:, :, i:]
+            W1[:, :, i] = q
+            Err1[:, :, i] = err
+        W[:, :, i1:i2] = W1
+        W[:, :, i2:] -= torch.bmm(Err1, Hinv[:, i1:i2, i2:])
+        W[:, :, i2:] *= keep[:, :, i2:]
+    return W
+
+
+def _output_error(W, Q, H):
+    """||(W - Q) X||^2 / n = tr((W - Q) H (W - Q)^T), the layer-output error GPTQ minimises."""
+    D = (W - Q)[0]
+    return float(torch.einsum("rc,cd,rd->", D, H[0], D))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("prune", [0.25, 0.5])
+def test_case_b_joint_mode_has_no_larger_output_error_than_masking(seed, prune):
+    W, H, scale, zp, args = _problem(seed=seed, prune=prune)
+    joint, _, _ = quantize_kept_weights(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
+    masked = _masked_case_b(W, H, scale, zp, args, blocksize=32)
+    assert torch.all(joint[W == 0] == 0) and torch.all(masked[W == 0] == 0)
+    e_joint, e_masked = _output_error(W, joint, H), _output_error(W, masked, H)
+    # Strictly: with the masking back in place the two are equal and this fails (measured 15-55% lower here).
+    assert e_joint < e_masked, (e_joint, e_masked)
+
+
 @pytest.mark.parametrize("case", ["A", "B"])
 def test_case_switch_end_to_end_on_2_8(compose, case):
     result = run(

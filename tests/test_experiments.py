@@ -191,7 +191,18 @@ def test_the_none_choices_keep_their_hash(compose, group):
     """The canonical inactive stage is exactly what `<group>=none` composes to: results stored for those runs
     before canonicalization keep their hash."""
     resolved = OmegaConf.to_container(compose(f"{group}=none"), resolve=True)
+    resolved[group].pop("nm_layout", None)  # added later, and left out of the hash while it is "exact"
     assert effective_config(resolved)[group] == resolved[group]
+
+
+def test_nm_layout_and_sweep_revisions_in_the_hash(compose):
+    """`exact` (what earlier masks ran) keeps earlier hashes; `paper` is another experiment; Case B and one-pass
+    results of the earlier sweeps are not reused (results.SWEEP_REVISIONS)."""
+    assert chash(compose, "pruner.mask=2:6") == chash(compose, "pruner.mask=2:6", "pruner.nm_layout=exact")
+    assert chash(compose, "pruner.mask=2:6") != chash(compose, "pruner.mask=2:6", "pruner.nm_layout=paper")
+    assert chash(compose, "pruner.sparsity=25") == chash(compose, "pruner.sparsity=25", "pruner.nm_layout=paper")
+    resolved = OmegaConf.to_container(compose("quant.preserve_sparsity=true"), resolve=True)
+    assert effective_config(resolved)["quant"]["sweep_revision"] == 2
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Case B GPTQ: quantize only the weights pruning kept, and let the error compensation land only on them.
+"""Case B GPTQ: quantize only the weights pruning kept, and keep every pruned weight exactly zero.
 
 The paper (III-B) contrasts Case A, quantizing every weight after pruning, with Case B, quantizing the
 kept ones. llm-compressor 0.14's GPTQ is Case A: its column updates write into pruned positions, so pruned
@@ -8,10 +8,13 @@ own helpers (activation ordering, Hessian factorization, per-column qparams, fak
 sweep in for the duration of ``compress_module_list``. Everything else stays the stock GPTQModifier:
 calibration, Hessian accumulation, observers, batching, and how qparams are written back.
 
-The mask is read from the incoming weights (exact zeros = pruned). A pruned weight is never quantized
-(0 is exact for integer grids) and never receives compensation. The update uses the dense Hessian inverse,
-restricted by masking: the practical Case B of SparseGPT's joint mode and the old llm-compressor path, not
-a per-row re-solve.
+The mask is read from the incoming weights (exact zeros = pruned). The sweep is SparseGPT's joint mode with
+that mask fixed: earlier columns' compensation lands on every weight not yet visited, pruned positions
+included; when a pruned weight's column comes up, its accumulated value w is set back to exactly 0 and its
+error (w - 0)/d is propagated like a quantization error. So no pruned weight survives, and the compensation
+that reached it is not thrown away but passed on to the columns after it (an earlier version re-zeroed pruned
+positions after every update, discarding that share: tests/test_case_b.py measures that the joint mode's
+output error is no larger).
 """
 
 from __future__ import annotations
@@ -88,16 +91,16 @@ def quantize_kept_weights(
         for i in range(i2 - i1):
             w = W1[:, :, i]
             q = qdq_column(w, eff, zp, i, per_column)
-            q = q * keep1[:, :, i]  # a pruned weight stays exactly zero
-            err = (w - q) / Hinv1[:, i, i][:, None]  # zero at pruned rows: w = q = 0 there
+            q = q * keep1[:, :, i]  # a pruned weight ends exactly zero
+            err = (w - q) / Hinv1[:, i, i][
+                :, None
+            ]  # at a pruned row: (w - 0)/d, the compensation it received
             W1[:, :, i:] -= err.unsqueeze(-1) * Hinv1[:, i, i:].unsqueeze(1)
-            W1[:, :, i:] *= keep1[:, :, i:]  # compensation lands on kept weights only
             W1[:, :, i] = q
             Err1[:, :, i] = err
             losses += err.square() / 2
         W[:, :, i1:i2] = W1
         W[:, :, i2:] -= torch.bmm(Err1, Hinv[:, i1:i2, i2:])
-        W[:, :, i2:] *= keep[:, :, i2:]
 
     if perm is not None:
         W = torch.gather(W, -1, torch.argsort(perm, dim=-1).unsqueeze(-2).expand(-1, rows, -1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from jcexp import nm
 from jcexp.config import ConfigError, group_size_errors, parse_mask, prunes, quantizes
 
 
@@ -72,9 +73,11 @@ class Pruner(Stage):
         mask: str | None = None,
         modifier: Any | None = None,
         fused: bool = False,
+        nm_layout: str = "exact",
     ):
         super().__init__(name, modifier)
         self.fused = fused
+        self.nm_layout = nm_layout
         self.sparsity = float(sparsity)
         self.mask = mask
         self.nm = parse_mask(mask)
@@ -91,12 +94,29 @@ class Pruner(Stage):
             return 0.0
         return 100.0 * self.nm[0] / self.nm[1] if self.nm else self.sparsity
 
+    @property
+    def nm_block(self) -> int | None:
+        """Where N:M groups restart (SparseGPT's block, from the layout); None: along the whole row (Wanda)."""
+        if self.nm is None:
+            return None
+        block = getattr(self.modifier, "block_size", None)
+        if self.fused:  # one-pass: the quantizer's sweep picks the mask, with the same layout
+            return nm.block_size(self.nm[1], self.nm_layout)
+        return None if block is None else int(block)
+
     def check(self, layer_widths: dict[str, int]) -> list[str]:
         if self.nm is None or not (self.active or self.fused):
             return []
-        m = self.nm[1]
-        bad = sorted({w for w in layer_widths.values() if w % m})
-        return [f"pruner.mask={self.mask}: M={m} does not divide layer input width(s) {bad}"] if bad else []
+        (n, m), block = self.nm, self.nm_block
+        bad = {w: nm.width_problems(w, n, m, block) for w in sorted(set(layer_widths.values()))}
+        bad = {w: r for w, r in bad.items() if r}
+        if not bad:
+            return []
+        where = ", ".join(f"width {w}: {r}" for w, r in bad.items())
+        return [
+            f"pruner.mask={self.mask} (nm_layout={self.nm_layout}): partial groups of fewer than N={n} "
+            f"columns cannot hold {n} pruned weights ({where}); see jcexp/nm.py"
+        ]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -104,6 +124,7 @@ class Pruner(Stage):
             "sparsity": self.target_sparsity,
             "mask": f"{self.nm[0]}:{self.nm[1]}" if self.nm else None,
             "fused": self.fused,
+            "nm_layout": self.nm_layout if self.nm else None,
             "block_size": getattr(self.modifier, "block_size", None),
             "dampening_frac": getattr(self.modifier, "dampening_frac", None),
         }

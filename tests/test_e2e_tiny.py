@@ -262,3 +262,12 @@ def test_corrupt_prune_cache_entry_is_rebuilt(compose, tmp_path):
     again = run(compose(*TINY, "save_model=false", "quant.bits=3", f"paths.cache_dir={cache}"))
     assert again["prune_cache"]["reused"] is False and "prune" in again["stages"]
     assert json.loads((entry / "jcexp_key.json").read_text())["seed"] == 0
+
+
+def test_tcr_from_measured_sparsity_counts_pruned_positions_only(compose):
+    """3-bit GPTQ alone rounds many weights to exactly zero: those are reported as rounding zeros, and the TCr
+    from measured sparsity stays the 3-bit one (issue 11: it showed ~30% "sparsity" before)."""
+    result = run(compose(*TINY, "save_model=false", "pruner=none", "quant.bits=3"))
+    s, m = result["measured"]["sparsity"], result["metrics"]
+    assert s["pruned"] == 0.0 and s["rounding_zeros"] == s["final"] > 0.05
+    assert m["tcr_measured_sparsity"] == pytest.approx(m["tcr"]) == pytest.approx(1 - 3 / 16)

@@ -117,11 +117,3 @@ def mask_overhead_bits(n: int | None = None, m: int | None = None) -> float:
     return math.log2(math.comb(m, n)) / m
 
 
-def case_error_ratio_first_order(sparsity: float) -> float:
-    """E_A / E_B of eq. (7) with the accumulated-update terms ||delta||^2 dropped: n·eps^2 / ((1-p)·n·eps^2).
-
-    Case A quantizes all n weights of a column, Case B only the (1-p)·n kept ones, so to first order Case A's
-    error is 1/(1-p) times Case B's; it tends to 1 as p -> 0, the limit the paper's argument rests on.
-    """
-    _check(sparsity, REFERENCE_BITS)
-    return 1.0 / (1.0 - sparsity / 100.0)

@@ -13,7 +13,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from jcexp import measure, metrics, placement, reconstruction
+from jcexp import measure, placement, reconstruction
 
 if TYPE_CHECKING:
     from jcexp.compress import Stage
@@ -168,7 +168,8 @@ class ReconstructionErrors(Observer):
         if ratio is not None:
             summary["case_ratio"] = {
                 **{k: v for k, v in ratio.items() if k != "per_layer"},
-                "first_order": metrics.case_error_ratio_first_order(self.plan.pruner.target_sparsity),
+                # Not the paper's per-column weight-space E_j of eq. 7: see reconstruction.case_ratio.
+                "quantity": reconstruction.CASE_RATIO_QUANTITY,
             }
             errors["case_ratio"] = ratio["per_layer"]
         run.measured["errors"] = summary

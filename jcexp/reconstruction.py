@@ -96,8 +96,14 @@ def summarize(per_layer: dict[str, dict[str, float]]) -> dict[str, float]:
     }
 
 
+CASE_RATIO_QUANTITY = "output-space sum_layers ||(W_p - W_A)X||^2 / sum_layers ||(W_p - W_B)X||^2"
+
+
 def case_ratio(case_a: dict[str, dict[str, float]], case_b: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """E_A / E_B (eq. 7) per layer and pooled, both measured against the same pruned model's outputs."""
+    """The measured counterpart of eq. 7's E_A / E_B: quantization's output error ||(W_p - Ŵ)X||² in Case A over
+    Case B, both from the same pruned weights W_p on the same inputs, per layer and pooled (summed over layers,
+    then divided). It is not the paper's E_j, a per-column error in weight space; what carries over is the
+    limit the paper relies on: both cases quantize the same weights as p -> 0, so the ratio tends to 1."""
     per_layer = {n: case_a[n]["sq"] / case_b[n]["sq"] for n in case_a if case_b[n]["sq"] > 0}
     ratios = sorted(per_layer.values())
     total_b = sum(v["sq"] for v in case_b.values())

@@ -62,6 +62,12 @@ def requantizing(model: torch.nn.Module) -> list[str]:
     return [name for name, mod in model.named_modules() if _quantizes_weights(mod)]
 
 
+def activation_quantizing(model: torch.nn.Module) -> list[str]:
+    """Modules whose forward quantizes their input activations on purpose (W8A8: quant=llm_int8's
+    Int8MixedLinear declares ``quantizes_activations``). Part of the model, not a leftover: recorded, not refused."""
+    return [name for name, mod in model.named_modules() if getattr(mod, "quantizes_activations", False)]
+
+
 @torch.no_grad()
 def bake_quantization(model: torch.nn.Module) -> int:
     """Write each quantized Linear's quantize-dequantize image into its stored weight and turn its forward
@@ -124,6 +130,7 @@ class PlacementState:
     dtypes: list[str]
     offload_wrapped: int
     requantizing: int
+    activation_quantizing: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +143,7 @@ def state(model: torch.nn.Module) -> PlacementState:
         dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in model.parameters()}),
         offload_wrapped=len(offload_wrapped(model)),
         requantizing=len(requantizing(model)),
+        activation_quantizing=len(activation_quantizing(model)),
     )
 
 

@@ -143,11 +143,13 @@ def test_int8_absmax_per_row():
     assert (q - w).abs().max() <= scale.max() / 2 + 1e-6
 
 
-@pytest.mark.parametrize("quant", ["nf4", "int8"])
+@pytest.mark.parametrize("quant", ["nf4", "int8_weight", "llm_int8"])
 def test_simple_quantizers_end_to_end(compose, quant):
     result = run(compose(*TINY, "save_model=false", f"quant={quant}"))
     q = result["compression"]["quant"]
-    assert q["modifier"] in ("NF4Quantize", "Int8AbsmaxQuantize") and q["backend"] == "torch"
+    assert (
+        q["modifier"] in ("NF4Quantize", "Int8AbsmaxQuantize", "LLMInt8Quantize") and q["backend"] == "torch"
+    )
     assert result["measured"]["quant"]["pruned_still_zero"] == 1.0  # no error compensation: zeros stay
     assert "quantize" in result["stages"]
 

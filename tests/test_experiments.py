@@ -89,7 +89,9 @@ EXPECTED = {
         for s, m in ((25, "2:8"), (25, "1:4"), (S33, "2:6"), (S33, "1:3"))
         for b in (16, 4, 3)
     ],
-    "simple_quantizers": [(s, None, 4, q) for s in (0, 25) for q in ("gptq", "nf4")],
+    # Table IV: 4 bit GPTQ vs NF4 at 0/25%, 8 bit GPTQ vs LLM.int8() at 0/50%.
+    "simple_quantizers": [(s, None, 4, q) for s in (0, 25) for q in ("gptq", "nf4")]
+    + [(s, None, 8, q) for s in (0, 50) for q in ("gptq", "llm_int8")],
 }
 
 
@@ -200,7 +202,9 @@ def test_nm_layout_and_sweep_revisions_in_the_hash(compose):
     results of the earlier sweeps are not reused (results.SWEEP_REVISIONS)."""
     assert chash(compose, "pruner.mask=2:6") == chash(compose, "pruner.mask=2:6", "pruner.nm_layout=exact")
     assert chash(compose, "pruner.mask=2:6") != chash(compose, "pruner.mask=2:6", "pruner.nm_layout=paper")
-    assert chash(compose, "pruner.sparsity=25") == chash(compose, "pruner.sparsity=25", "pruner.nm_layout=paper")
+    assert chash(compose, "pruner.sparsity=25") == chash(
+        compose, "pruner.sparsity=25", "pruner.nm_layout=paper"
+    )
     resolved = OmegaConf.to_container(compose("quant.preserve_sparsity=true"), resolve=True)
     assert effective_config(resolved)["quant"]["sweep_revision"] == 2
 

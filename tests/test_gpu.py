@@ -45,7 +45,7 @@ def _agree(cpu: dict, gpu: dict) -> None:
         assert abs(cpu["metrics"]["sr"] - gpu["metrics"]["sr"]) <= SR_ABS_TOL
 
 
-@pytest.mark.parametrize("quant", ["gptq", "rtn", "nf4", "int8"])
+@pytest.mark.parametrize("quant", ["gptq", "rtn", "nf4", "int8_weight", "llm_int8"])
 def test_tiny_point_on_cuda_matches_cpu(compose, tmp_path, quant):
     extra = ("quant.group_size=32",) if quant == "nf4" else ()
     common = (*TINY, f"quant={quant}", *extra, "save_model=false")

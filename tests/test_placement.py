@@ -20,14 +20,16 @@ from jcexp.pipeline import Plan, run
 from .conftest import TINY
 
 # Every way a quantized model reaches evaluation: llm-compressor's GPTQ (Case A) and RTN, jcexp's Case B and
-# one-pass column sweeps, and the data-free NF4 and int8.
+# one-pass column sweeps, and the data-free NF4, weight-only int8 and LLM.int8() (W8A8, whose activation
+# quantization is part of its forward: recorded in the placement state, not flagged).
 QUANTIZERS = {
     "gptq": ("quant=gptq",),
     "rtn": ("quant=rtn",),
     "case_b": ("quant=gptq", "quant.preserve_sparsity=true"),
     "onepass": ("variant=onepass",),
     "nf4": ("quant=nf4", "quant.group_size=32"),
-    "int8": ("quant=int8",),
+    "int8_weight": ("quant=int8_weight",),
+    "llm_int8": ("quant=llm_int8",),
 }
 
 
@@ -72,6 +74,10 @@ def test_every_evaluation_sees_a_plain_model_on_the_planned_device(compose, tmp_
     for key in ("dense_eval", "compressed_eval"):
         assert placed[key]["offload_wrapped"] == 0 and placed[key]["requantizing"] == 0
         assert placed[key]["devices"] == [device]
+    # LLM.int8()'s activation quantization is live at evaluation, in every compressible Linear, and only there.
+    w8a8 = len(Plan(cfg).layer_widths) if name == "llm_int8" else 0
+    assert placed["dense_eval"]["activation_quantizing"] == 0
+    assert placed["compressed_eval"]["activation_quantizing"] == w8a8
 
 
 def _tiny_model(compose):
@@ -145,7 +151,7 @@ def test_baked_weights_with_quantization_off_score_like_the_library_forward(comp
     }
 
 
-@pytest.mark.parametrize("name", ["nf4", "int8", "rtn"])
+@pytest.mark.parametrize("name", ["nf4", "int8_weight", "llm_int8", "rtn"])
 def test_stage_writes_reach_storage_when_onload_device_is_not_storage(compose, name):
     """A model left dispatched with an onload device other than its storage (``meta`` here; ``cuda`` on a GPU
     node, where each weight access returns a temporary GPU copy): the stage's writes must land in storage."""
@@ -168,10 +174,12 @@ def test_stage_writes_reach_storage_when_onload_device_is_not_storage(compose, n
     for n, m in linears.items():
         assert m.weight.device.type == "cpu"
         assert not torch.equal(m.weight, before[n]), f"{n}: the stage's write was lost"
-    if name in ("nf4", "int8"):
+    if name in ("nf4", "int8_weight", "llm_int8"):
         roundtrip = stage.modifier.roundtrip
         for n, m in linears.items():
             assert torch.equal(m.weight, roundtrip(before[n]))
+            if name == "llm_int8":  # the original weight stays beside it, for the outlier columns
+                assert torch.equal(m.weight_fp, before[n])
 
 
 def test_pruned_model_from_cache_reaches_evaluation_like_a_fresh_one(compose, tmp_path, spy_evaluations):

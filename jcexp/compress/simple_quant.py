@@ -1,4 +1,6 @@
-"""The simpler quantizers of the paper's Table IV / Fig. 4: NF4 and LLM.int8()-style absmax int8, weight-only.
+"""The simpler quantizers of the paper's Table IV / Fig. 4, weight-only: NF4, and absmax int8 (``quant=int8_weight``,
+W8A16: LLM.int8()'s weight quantization without its activation side; the full W8A8 LLM.int8() is
+``quant=llm_int8``, jcexp/compress/llm_int8.py).
 
 llm-compressor has neither. compressed-tensors has no NF4 codebook, and bitsandbytes needs a GPU. So these run
 on CPU in torch: each Linear weight is replaced by its quantize-dequantize image (simulated quantization,
@@ -56,8 +58,8 @@ def nf4_roundtrip(weight: torch.Tensor, block_size: int = 64) -> torch.Tensor:
 
 
 def int8_absmax_roundtrip(weight: torch.Tensor) -> torch.Tensor:
-    """LLM.int8()'s vector-wise absmax: one scale per output row, round to [-127, 127]. The paper's weight-only
-    comparison has no activations, so the fp16 outlier path of LLM.int8() (an activation feature) is absent."""
+    """LLM.int8()'s vector-wise absmax: one scale per output row, round to [-127, 127]. Weight-only: the int8
+    activations and the fp16 outlier path of LLM.int8() are in jcexp/compress/llm_int8.py."""
     w = weight.detach().float()
     scale = w.abs().amax(dim=1, keepdim=True) / 127.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -123,11 +125,15 @@ class NF4Quantize(_WeightOnly):
 
 
 class Int8AbsmaxQuantize(_WeightOnly):
+    """``quant=int8_weight``: W8A16, absmax int8 weights with one scale per output row; activations stay 16-bit."""
+
     bits = 8
 
     def __init__(self, backend: str = "torch"):
         if backend == "bitsandbytes":
-            raise ValueError("quant=int8 runs in torch only (bitsandbytes' int8 path quantizes at inference)")
+            raise ValueError(
+                "quant=int8_weight runs in torch only (bitsandbytes' int8 path quantizes at inference)"
+            )
         super().__init__("torch")
 
     def roundtrip(self, weight: torch.Tensor) -> torch.Tensor:

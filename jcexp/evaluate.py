@@ -58,9 +58,11 @@ class EvalResult:
     # What the evaluation actually used: evaluator, backend, max_length, batch size(s), shots, limit, and per
     # leaf task its output type, shots and effective generation kwargs (lm_eval_worker.evaluate_lm).
     settings: dict[str, Any] = field(default_factory=dict)
+    # Per-item values (jcexp/items.py), written to their own sidecar, never into result.json.
+    items: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "items"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalResult:
@@ -177,7 +179,8 @@ def make_spec(bench, seed: int, **backend: Any) -> dict[str, Any]:
         "bootstrap_iters": BOOTSTRAP_ITERS,
         "apply_chat_template": bench.apply_chat_template,
         "fewshot_as_multiturn": bench.fewshot_as_multiturn,
-        "log_samples": False,
+        # Per-item values for the paired intervals (jcexp/items.py); the worker keeps only ids and values.
+        "log_samples": True,
         # lm-eval's CachingLM: every answered request is committed to this sqlite file as it completes, so a
         # requeued job (SLURM timeout) re-asks only the requests it had not answered. None: no cache.
         "use_cache": None,
@@ -206,10 +209,13 @@ def _chance(res: dict[str, Any], bench, task: str) -> float | None:
 
 def parse_results(out: dict[str, Any], bench, evaluator: str) -> EvalResult:
     """EvalResult from the worker's output dict (in process or read from the subprocess's JSON)."""
+    from jcexp import items
+
     result = EvalResult(
         task_versions=dict(out.get("versions", {})),
         n_samples=dict(out.get("n-samples", {})),
         settings={"evaluator": evaluator, **out.get("settings", {})},
+        items=items.select(out, dict(bench.scores), dict(bench.perplexity)),
     )
     for task, metric in bench.scores.items():
         value, stderr = _lookup(out, task, metric)

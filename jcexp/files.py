@@ -20,14 +20,14 @@ def key_hash(key: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+            json.dump(obj, fh, indent=indent, sort_keys=True, default=str)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

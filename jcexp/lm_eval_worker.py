@@ -136,7 +136,12 @@ def evaluate_lm(lm: Any, spec: dict[str, Any], task_manager) -> dict[str, Any]:
         bootstrap_iters=spec["bootstrap_iters"],
         use_cache=spec.get("use_cache"),
     )
-    out = {key: res.get(key, {}) for key in ("results", "groups", "versions", "n-samples", "configs")}
+    out = {
+        key: res.get(key, {})
+        for key in ("results", "groups", "versions", "n-samples", "configs", "group_subtasks")
+    }
+    if spec.get("log_samples"):
+        out["items"] = compact_samples(res.get("samples") or {})
     out["settings"] = {
         "backend": spec["backend"],
         "model_args": spec.get("model_args"),
@@ -154,6 +159,22 @@ def evaluate_lm(lm: Any, spec: dict[str, Any], task_manager) -> dict[str, Any]:
     }
     # Through JSON in process too, so both paths hand the parser the same types.
     return json.loads(json.dumps(out, default=handle_non_serializable))
+
+
+def compact_samples(samples: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, list]]]:
+    """Per task and "metric,filter": item ids and each item's value (a number, or [value, weight] for weighted
+    metrics such as word_perplexity). lm-eval's logged samples also hold documents, prompts and responses, far
+    too much to keep per run; the paired intervals need only this."""
+    out: dict[str, dict[str, dict[str, list]]] = {}
+    for task, rows in samples.items():
+        per_metric = out.setdefault(task, {})
+        for row in rows:
+            for metric in row.get("metrics", []):
+                entry = per_metric.setdefault(f"{metric},{row['filter']}", {"ids": [], "values": []})
+                value = row[metric]
+                entry["ids"].append(row["doc_id"])
+                entry["values"].append(list(value) if isinstance(value, list | tuple) else value)
+    return out
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:

@@ -115,5 +115,3 @@ def mask_overhead_bits(n: int | None = None, m: int | None = None) -> float:
     if n is None or m is None or not 0 < n < m:
         raise ValueError(f"N:M needs 0 < N < M, got {n}:{m}")
     return math.log2(math.comb(m, n)) / m
-
-

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from jcexp import measure, metrics, placement, preflight
+from jcexp import items, measure, metrics, paired, placement, preflight
 from jcexp.cache import KeyedCache
 from jcexp.compress import compression_device
 from jcexp.config import ConfigError, check_values
@@ -115,6 +115,13 @@ class Plan:
         self.calibration = instantiate(cfg.calibration)
         self.tracker = instantiate(cfg.logger)
         self.evaluator = instantiate(cfg.evaluator)
+        if self.evaluator.needs_checkpoint and self.quant.active and self.quant.declares("in_process_only"):
+            # A subprocess evaluator loads the saved weights: a forward-time part (W8A8) would silently drop.
+            raise ConfigError(
+                f"quant={self.quant.name} quantizes activations inside this process's model only; "
+                f"evaluator={self.evaluator.name} scores a saved checkpoint, which holds its int8 weights but "
+                "not its activation quantization: use evaluator=hf"
+            )
         self.evaluator.check()
         self.source.check()
         self.calibration.check()
@@ -235,17 +242,24 @@ def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
         scores, placed = evaluate_model(
             plan, model, tokenizer, timings, "eval_dense", f"dense-{key_hash(key)}", checkpoint
         )
+        if scores.items:
+            items.write(tmp, scores.items)
         atomic_write_json(tmp / BASELINE_FILE, {"eval": scores.to_dict(), "placement": placed})
 
     def damaged(entry: Path) -> str | None:
-        return None if read_json(entry / BASELINE_FILE) else f"{BASELINE_FILE} unreadable"
+        if not read_json(entry / BASELINE_FILE):
+            return f"{BASELINE_FILE} unreadable"
+        # A baseline cached before per-item sidecars existed is evaluated once more, to get them.
+        return None if items.complete(items.read(entry)) else f"{items.ITEMS_FILE} missing or incomplete"
 
     key = _baseline_key(plan)
     cache = KeyedCache(Path(plan.cfg.paths.cache_dir) / "baselines")
     entry, reused = cache.get_or_build(key, build, check=damaged)
     stored = read_json(entry / BASELINE_FILE) or {}
     path = str(entry / BASELINE_FILE)
-    return EvalResult.from_dict(stored["eval"]), {"path": path, "reused": reused}, stored.get("placement")
+    dense = EvalResult.from_dict(stored["eval"])
+    dense.items = items.read(entry)
+    return dense, {"path": path, "reused": reused}, stored.get("placement")
 
 
 def _prune_key(plan: Plan, calibration) -> dict[str, Any]:
@@ -338,7 +352,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         compressed, placed["compressed_eval"], saved = evaluate_compressed(plan, state, out, timings)
     saved = saved or save_model(plan, state.model, state.tokenizer, out, timings)
     result = build_record(plan, state, out, dense, compressed, baseline, placed, saved, resources)
-    return publish(plan, result, out)
+    return publish(plan, result, out, compressed.items)
 
 
 def save_model(plan: Plan, model, tokenizer, out: Path, timings: dict[str, Any]) -> dict[str, Any]:
@@ -368,7 +382,7 @@ def save_model(plan: Plan, model, tokenizer, out: Path, timings: dict[str, Any])
     }
 
 
-def _task_rows(compressed, dense) -> dict[str, Any]:
+def _task_rows(compressed, dense, intervals: dict[str, Any] | None) -> dict[str, Any]:
     rows = {}
     for task, s in compressed.scores.items():
         base = dense.scores[task].value
@@ -380,24 +394,45 @@ def _task_rows(compressed, dense) -> dict[str, Any]:
             "baseline": base,
             "baseline_stderr": dense.scores[task].stderr,
             "retention": metrics.retention(s.value, base) if base else None,
+            "retention_ci": intervals["tasks"].get(task) if intervals else None,
         }
     return rows
 
 
-def _perplexity_rows(compressed, dense) -> dict[str, Any]:
+def _perplexity_rows(compressed, dense, seed: int) -> dict[str, Any]:
+    paired_docs = items.complete(dense.items) and items.complete(compressed.items)
     return {
         task: {
             "metric": s.metric,
             "value": s.value,
             "baseline": dense.perplexity[task].value,
             "retention": metrics.perplexity_retention(s.value, dense.perplexity[task].value),
+            "retention_ci": paired.perplexity_retention_interval(
+                items.documents(dense.items, task), items.documents(compressed.items, task), seed=seed
+            )
+            if paired_docs
+            else None,
         }
         for task, s in compressed.perplexity.items()
     }
 
 
-def compute_metrics(plan: Plan, compressed, dense, pruned_sparsity: float) -> dict[str, Any]:
-    """The paper's metrics; ``pruned_sparsity`` is the measured share of weights pruning removed."""
+def retention_intervals(compressed, dense, seed: int) -> dict[str, Any] | None:
+    """Paired bootstrap intervals of R_t, Sr and Sr1 over the items both models answered (jcexp/paired.py);
+    None when either evaluation has no per-item results."""
+    if not (items.complete(dense.items) and items.complete(compressed.items)):
+        return None
+    base, comp = items.scores(dense.items), items.scores(compressed.items)
+    if not base:
+        return None
+    return paired.retention_intervals(base, comp, seed=seed)
+
+
+def compute_metrics(
+    plan: Plan, compressed, dense, pruned_sparsity: float, intervals: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The paper's metrics; ``pruned_sparsity`` is the measured share of weights pruning removed; ``intervals``
+    the paired bootstrap intervals (retention_intervals)."""
     sparsity = plan.pruner.target_sparsity
     bits = plan.quant.bits if plan.quant.active else 16
     comp = {t: s.value for t, s in compressed.scores.items()}
@@ -421,7 +456,11 @@ def compute_metrics(plan: Plan, compressed, dense, pruned_sparsity: float) -> di
             else 0.0
         ),
         "sr": sr,
+        "sr_ci": intervals["sr"] if intervals else None,
         "sr1": sr1,
+        "sr1_ci": intervals["sr1"] if intervals else None,
+        # How the intervals were computed: method, resamples, seed, level.
+        "ci": {k: intervals[k] for k in ("method", "resamples", "seed", "level")} if intervals else None,
         "srcr": metrics.srcr(sr, sparsity, bits) if sr is not None else None,
         "mean_score": sum(comp.values()) / len(comp) if comp else None,
         "mean_score_dense": sum(base.values()) / len(base) if base else None,
@@ -435,6 +474,7 @@ def build_record(
     import torch
 
     cfg = plan.cfg
+    intervals = retention_intervals(compressed, dense, cfg.seed)
     peak_rss = measure.process_peak_rss_mb()
     peak_cuda = max((t.get("peak_cuda_mb") or 0 for t in state.timings.values()), default=0) or None
     return {
@@ -463,9 +503,9 @@ def build_record(
         "compression": {"pruner": plan.pruner.describe(), "quant": plan.quant.describe()},
         "measured": state.measured,
         "layer_errors": state.layer_errors or None,
-        "tasks": _task_rows(compressed, dense),
-        "perplexity": _perplexity_rows(compressed, dense),
-        "metrics": compute_metrics(plan, compressed, dense, state.measured["sparsity"]["pruned"]),
+        "tasks": _task_rows(compressed, dense, intervals),
+        "perplexity": _perplexity_rows(compressed, dense, cfg.seed),
+        "metrics": compute_metrics(plan, compressed, dense, state.measured["sparsity"]["pruned"], intervals),
         "baseline": baseline,
         "prune_cache": state.prune_cache,
         "stages": state.timings,
@@ -479,8 +519,12 @@ def build_record(
     }
 
 
-def publish(plan: Plan, result: dict[str, Any], out: Path) -> dict[str, Any]:
-    """result.json first (never lost to a tracking error), then W&B, then the result index."""
+def publish(
+    plan: Plan, result: dict[str, Any], out: Path, item_values: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The per-item sidecar, then result.json (never lost to a tracking error), then W&B, then the index."""
+    if item_values:
+        items.write(out, item_values)
     atomic_write_json(out / RESULT_FILE, result)
     log.info("wrote %s", out / RESULT_FILE)
     result["tracking"] = plan.tracker.log_run(result, plan.cfg.run_name, plan.resolved)
@@ -494,7 +538,7 @@ def _summary(result: dict[str, Any]) -> None:
     m, s = result["metrics"], result["measured"]["sparsity"]
     lines = [
         f"run {result['run_name']} ({result['config_hash']}) -> {result['run_dir']}",
-        f"  TCr {m['tcr']:.4f}  Sr {_fmt(m['sr'])}  Sr1 {_fmt(m['sr1'])}  SrCr {_fmt(m['srcr'])}",
+        f"  TCr {m['tcr']:.4f}  Sr {_fmt(m['sr'])} {_ci(m.get('sr_ci'))}  Sr1 {_fmt(m['sr1'])}  SrCr {_fmt(m['srcr'])}",
         f"  sparsity pruned {_fmt(s['pruned'])}  zeros after prune {_fmt(s['after_prune'])}"
         f"  after quant {_fmt(s['after_quant'])}  (rounding {_fmt(s['rounding_zeros'])})",
     ]
@@ -511,6 +555,10 @@ def _summary(result: dict[str, Any]) -> None:
         + ", ".join(f"{k} {v['seconds']:.1f}s/{v['peak_rss_mb']:.0f}MB" for k, v in result["stages"].items())
     )
     print("\n".join(lines), flush=True)
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
 def _fmt(x: float | None) -> str:

@@ -183,3 +183,32 @@ def by_model(results: list[Result]) -> dict[str, list[Result]]:
 def with_errors(results: list[Result]) -> list[Result]:
     """The runs that recorded the error analysis (``errors.enabled``)."""
     return [r for r in results if (r["measured"].get("errors") or {}).get("stages")]
+
+
+# Per-item sidecars (jcexp/items.py): the paired intervals read them.
+
+
+def items_of(result: Result) -> dict[str, Any] | None:
+    """The run's per-item sidecar: beside its result.json, else where it was computed (a reused result)."""
+    from jcexp import items
+
+    for where in (result.get("run_dir"), result.get("resumed_from")):
+        found = items.read(where) if where else None
+        if items.complete(found):
+            return found
+    return None
+
+
+def dense_items_of(result: Result) -> dict[str, Any] | None:
+    """The dense baseline's sidecar, cached beside its baseline.json."""
+    from jcexp import items
+
+    path = (result.get("baseline") or {}).get("path")
+    found = items.read(Path(path).parent) if path else None
+    return found if items.complete(found) else None
+
+
+def same_baseline(a: Result, b: Result) -> bool:
+    return bool(a.get("baseline")) and (a["baseline"] or {}).get("path") == (b.get("baseline") or {}).get(
+        "path"
+    )

@@ -1,6 +1,7 @@
 """Paper-style tables and the verdict from a directory of result.json files (a sweep, or any tree of runs).
 
     python -m jcexp.report <sweep_dir>
+    python -m jcexp.report --compare <run A> <run B>   # Sr(A) - Sr(B) with its paired 95% interval
 
 Writes ``report.md`` and ``report.csv`` into the directory. Works on a partial sweep: points without a
 complete result are listed as missing. Reads results only: no torch, no W&B.
@@ -14,23 +15,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jcexp import metrics
+from jcexp import items, metrics, paired
 from jcexp.plots import write_plots
 from jcexp.records import (
     by_model,
     collect_failures,
+    dense_items_of,
     is_joint,
     is_quant_only,
+    items_of,
     label,
     model_of,
     point,
     read_sweep,
+    same_baseline,
     sr_of,
     srcr_of,
     tcr_key,
     tcr_of,
     with_errors,
 )
+from jcexp.results import RESULT_FILE, read_json
 
 # collect_failures lived here before jcexp.records: it stays importable from the report.
 __all__ = ["Report", "collect_failures", "main", "write_report"]
@@ -92,8 +97,11 @@ def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{task}_stderr"] = t["stderr"]
         for task, t in r.get("perplexity", {}).items():
             row[task] = t["value"]
+        ci = r["metrics"].get("sr_ci") or [None, None]
         row.update(
             sr=sr_of(r),
+            sr_ci_lo=ci[0],
+            sr_ci_hi=ci[1],
             sr1=r["metrics"]["sr1"],
             srcr=srcr_of(r),
             # What pruning removed (old results have only the final zeros, rounding zeros included).
@@ -144,9 +152,31 @@ def _sb(r: dict[str, Any]) -> tuple[float, int]:
     return s, b
 
 
+def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """Sr(a) - Sr(b) with its paired bootstrap interval over the items both answered (jcexp/paired.py), or
+    None when the two were not scored against the same dense baseline or lack per-item sidecars."""
+    if not same_baseline(a, b):
+        return None
+    dense, ia, ib = dense_items_of(a), items_of(a), items_of(b)
+    if dense is None or ia is None or ib is None:
+        return None
+    return paired.difference_interval(items.scores(dense), items.scores(ia), items.scores(ib), seed=a["seed"])
+
+
+def difference_text(diff: dict[str, Any] | None, gain: float) -> str:
+    """'by +26.9 points of Sr (95% CI [+22.1, +31.5])', or 'within noise: ...' when the interval holds 0."""
+    if diff is None or diff["ci"] is None:
+        return f"by {gain:+.1f} points of Sr (no paired interval: per-item results missing)"
+    lo, hi = (100 * x for x in diff["ci"])
+    ci = f"95% CI [{lo:+.1f}, {hi:+.1f}]"
+    if diff["within_noise"]:
+        return f"by {gain:+.1f} points of Sr, within noise ({ci} contains 0)"
+    return f"by {gain:+.1f} points of Sr ({ci})"
+
+
 def verdict(results: list[dict[str, Any]]) -> list[str]:
     """The paper's question on this sweep's data: at each TCr where both exist, does joint compression retain
-    more than quantization alone, and by how many points of Sr?"""
+    more than quantization alone, by how many points of Sr, and is the difference beyond the noise?"""
     lines = []
     for model, runs in by_model(results).items():
         quant_only = {tcr_key(r): r for r in runs if is_quant_only(r)}
@@ -155,12 +185,77 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
             if q is None or sr_of(j) is None or sr_of(q) is None:
                 continue
             gain = 100 * (sr_of(j) - sr_of(q))
-            word = "retains more than" if gain > 0 else "retains less than" if gain < 0 else "ties"
+            diff = paired_difference(j, q)
+            if diff is not None and diff["within_noise"]:
+                word = "ties with"
+            else:
+                word = "retains more than" if gain > 0 else "retains less than" if gain < 0 else "ties with"
             lines.append(
                 f"- {model}, TCr {100 * tcr_of(j):.4g}%: {label(j)} (Sr {sr_of(j):.3f}) "
-                f"{word} {label(q)} (Sr {sr_of(q):.3f}) by {gain:+.1f} points of Sr"
+                f"{word} {label(q)} (Sr {sr_of(q):.3f}) {difference_text(diff, gain)}"
             )
     return lines or ["- no TCr has both a joint and a quantization-only point in this sweep"]
+
+
+# Pairs of runs at the same point (sparsity, mask, bits) that differ in one method: what each comparison names.
+def _variant(r: dict[str, Any]) -> str:
+    p, q = r["compression"]["pruner"], r["compression"]["quant"]
+    if p.get("fused"):
+        return "one-pass"
+    if q.get("case") == "B":
+        return "Case B"
+    return q.get("name") or "none"
+
+
+COMPARISONS = (
+    ("gptq", "Case B", "Case A vs Case B"),
+    ("gptq", "one-pass", "sequential vs one-pass"),
+    ("gptq", "nf4", "GPTQ vs NF4"),
+    ("gptq", "llm_int8", "GPTQ vs LLM.int8()"),
+)
+
+
+def comparison_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Case A vs B, one-pass vs sequential, NF4 (and LLM.int8()) vs GPTQ: each pair at the same point, with the
+    paired interval of the Sr difference."""
+    lines = []
+    for model, runs in by_model(results).items():
+        at: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+        for r in runs:
+            at.setdefault(point(r), {})[_variant(r)] = r
+        for _, variants in sorted(at.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
+            for first, second, name in COMPARISONS:
+                a, b = variants.get(first), variants.get(second)
+                if a is None or b is None or sr_of(a) is None or sr_of(b) is None:
+                    continue
+                gain = 100 * (sr_of(a) - sr_of(b))
+                lines.append(
+                    f"- {model}, {label(a)}: {name}: Sr {sr_of(a):.3f} vs {sr_of(b):.3f}, "
+                    f"{difference_text(paired_difference(a, b), gain)}"
+                )
+    return lines
+
+
+def compare(a_path: str | Path, b_path: str | Path) -> str:
+    """``--compare A B``: Sr(A) - Sr(B) for two runs (run directories or result.json files)."""
+
+    def load(path: str | Path) -> dict[str, Any]:
+        path = Path(path)
+        data = read_json(path / RESULT_FILE if path.is_dir() else path)
+        if not data:
+            raise SystemExit(f"no readable result.json at {path}")
+        return data
+
+    a, b = load(a_path), load(b_path)
+    if sr_of(a) is None or sr_of(b) is None:
+        return f"{label(a)} vs {label(b)}: Sr is undefined for one of them"
+    if not same_baseline(a, b):
+        return f"{label(a)} vs {label(b)}: not scored against the same dense baseline; no paired comparison"
+    gain = 100 * (sr_of(a) - sr_of(b))
+    return (
+        f"{label(a)} (Sr {sr_of(a):.3f}) vs {label(b)} (Sr {sr_of(b):.3f}): "
+        f"{difference_text(paired_difference(a, b), gain)}"
+    )
 
 
 @dataclass
@@ -197,20 +292,24 @@ def write_report(root: str | Path) -> Report:
     ]
     md += ["## Theoretical compression rate (Table I)", "", *table_i, ""]
     md += ["## Scores (x100, ± stderr), retention and SrCr", ""]
-    head = ["model", "config", "TCr", *tasks, *ppl, "Sr", "Sr1", "SrCr", "measured sparsity"]
+    head = ["model", "config", "TCr", *tasks, *ppl, "Sr [95% CI]", "Sr1", "SrCr", "measured sparsity"]
     md += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in rows:
         cells = [row["model"], row["config"], f"{100 * row['tcr']:.4g}%"]
         cells += [f"{_fmt(row.get(t), 100, 1)} ± {_fmt(row.get(f'{t}_stderr'), 100, 1)}" for t in tasks]
         cells += [_fmt(row.get(t), 1, 2) for t in ppl]
         cells += [
-            _fmt(row["sr"]),
+            _fmt(row["sr"])
+            + (f" [{_fmt(row['sr_ci_lo'])}, {_fmt(row['sr_ci_hi'])}]" if row["sr_ci_lo"] is not None else ""),
             _fmt(row["sr1"]),
             _fmt(row["srcr"]),
             _fmt(row["sparsity_measured"], 100, 2) + "%",
         ]
         md.append("| " + " | ".join(cells) + " |")
     md += ["", "## Verdict: joint vs quantization-only at equal TCr", "", *verdict_lines, ""]
+    compared = comparison_lines(results)
+    if compared:
+        md += ["## Paired comparisons at the same point", "", *compared, ""]
     md += [
         "## Work done vs reused",
         "",
@@ -256,8 +355,14 @@ def write_report(root: str | Path) -> Report:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir")
+    parser.add_argument("sweep_dir", nargs="?")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two runs: Sr(A) - Sr(B) with its CI")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(compare(*args.compare))
+        return
+    if not args.sweep_dir:
+        parser.error("give a sweep directory, or --compare A B")
     print(write_report(args.sweep_dir).markdown)
 
 

@@ -143,10 +143,22 @@ def indexed_result(cache_dir: str | Path, chash: str) -> dict[str, Any] | None:
 
 
 def index_result(cache_dir: str | Path, result: dict[str, Any]) -> None:
-    """Publish a finished result in the index (the latest one for its hash wins)."""
-    _result_index(cache_dir).put(
-        {"config_hash": result["config_hash"]}, lambda tmp: atomic_write_json(tmp / RESULT_FILE, result)
-    )
+    """Publish a finished result in the index (the latest one for its hash wins), with its per-item sidecar."""
+
+    def build(tmp: Path) -> None:
+        _copy_items(Path(result["run_dir"]), tmp)
+        atomic_write_json(tmp / RESULT_FILE, result)
+
+    _result_index(cache_dir).put({"config_hash": result["config_hash"]}, build)
+
+
+def _copy_items(source: Path, target: Path) -> None:
+    import shutil
+
+    from jcexp.items import ITEMS_FILE
+
+    if (source / ITEMS_FILE).is_file() and source.resolve() != target.resolve():
+        shutil.copyfile(source / ITEMS_FILE, target / ITEMS_FILE)
 
 
 def task_config_hash(cfg: Any) -> str:
@@ -170,5 +182,12 @@ def reuse_result(stored: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     result = dict(stored)
     result["resumed_from"] = stored.get("resumed_from") or stored.get("run_dir")
     result["run_dir"] = str(run_dir)
+    cache_dir = ((stored.get("config") or {}).get("paths") or {}).get("cache_dir")
+    index_dir = index_path(cache_dir, stored["config_hash"]).parent if cache_dir else None
+    for source in (index_dir, Path(stored["run_dir"])):
+        if source is not None and source.is_dir():
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            _copy_items(source, Path(run_dir))
+            break
     atomic_write_json(Path(run_dir) / RESULT_FILE, result)
     return result

@@ -141,17 +141,35 @@ class WandbTracker:
         summary.update(
             {f"sparsity/{k}": v for k, v in result["measured"]["sparsity"].items() if v is not None}
         )
+        # The paired 95% intervals (jcexp/paired.py) as lo/hi fields, which W&B can chart and filter.
+        for name in ("sr_ci", "sr1_ci"):
+            ci = result["metrics"].get(name)
+            if ci:
+                summary[f"{name}_lo"], summary[f"{name}_hi"] = ci
+        for task, row in result["tasks"].items():
+            if row.get("retention_ci"):
+                summary[f"retention_ci/{task}_lo"], summary[f"retention_ci/{task}_hi"] = row["retention_ci"]
         errors = result["measured"].get("errors") or {}
         summary.update({f"errors/{k}_rel": v["rel"] for k, v in (errors.get("stages") or {}).items()})
         if errors.get("case_ratio"):
             summary["errors/case_ratio_pooled"] = errors["case_ratio"]["pooled"]
         run.summary.update(summary)
         rows = [
-            [t, s["metric"], s["value"], s["stderr"], s.get("chance"), s["baseline"], s["retention"]]
+            [
+                t,
+                s["metric"],
+                s["value"],
+                s["stderr"],
+                s.get("chance"),
+                s["baseline"],
+                s["retention"],
+                *(s.get("retention_ci") or [None, None]),
+            ]
             for t, s in result["tasks"].items()
         ]
         table = wandb.Table(
-            columns=["task", "metric", "score", "stderr", "chance", "dense", "retention"], data=rows
+            columns=["task", "metric", "score", "stderr", "chance", "dense", "retention", "ci_lo", "ci_hi"],
+            data=rows,
         )
         payload = {"tasks": table}
         layers = result.get("layer_errors") or {}

@@ -184,7 +184,9 @@ def test_vllm_spec_and_command_hold_the_configured_settings(compose, tmp_path, m
     }
     assert spec["generation"]["minerva_math"] == {"max_gen_toks": 1024}
     assert spec["generation"]["mmlu_pro"] == {"max_gen_toks": 2048}
-    assert spec["tasks"] == ["mmlu_pro", "bbh_cot_fewshot", "minerva_math"] and spec["log_samples"] is False
+    assert (
+        spec["tasks"] == ["mmlu_pro", "bbh_cot_fewshot", "minerva_math"] and spec["log_samples"] is True
+    )  # per-item sidecars (jcexp/items.py)
     command = evaluator.command("spec.json")
     assert command == [str(python), command[1], "spec.json"] and command[1].endswith(
         "jcexp/lm_eval_worker.py"

@@ -1,0 +1,127 @@
+"""Paired statistics (issue 12): the bootstrap against closed forms, the per-item sidecar round trip through real
+lm-eval on the tiny Llama, and the report's "within noise" verdict."""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from jcexp import items, paired
+from jcexp.pipeline import run
+
+from .conftest import TINY
+
+
+def _coins(n: int, p: float, seed: int) -> dict[str, float]:
+    rng = random.Random(seed)
+    return {str(i): float(rng.random() < p) for i in range(n)}
+
+
+def test_identical_models_give_exactly_one():
+    dense = {"a": _coins(300, 0.6, 0), "b": _coins(200, 0.3, 1)}
+    ci = paired.retention_intervals(dense, dense, resamples=500)
+    assert ci["sr"] == [1.0, 1.0] and ci["sr1"] == [1.0, 1.0]
+    assert all(v == [1.0, 1.0] for v in ci["tasks"].values())
+    assert ci["method"] == paired.METHOD and ci["resamples"] == 500 and ci["seed"] == 0
+
+
+def test_independent_coin_flips_give_the_binomial_width():
+    """Dense right on every item: R_t is the compressed model's accuracy, whose 95% interval is the binomial
+    p ± 1.96 sqrt(p(1-p)/n)."""
+    n, p = 2000, 0.5
+    dense = {"t": {str(i): 1.0 for i in range(n)}}
+    comp = {"t": _coins(n, p, 7)}
+    lo, hi = paired.retention_intervals(dense, comp, resamples=4000, seed=3)["tasks"]["t"]
+    binomial = 2 * 1.96 * math.sqrt(p * (1 - p) / n)
+    assert hi - lo == pytest.approx(binomial, rel=0.08)
+    acc = sum(comp["t"].values()) / n
+    assert lo < acc < hi
+
+
+def test_pairing_is_far_tighter_than_two_independent_stderrs():
+    """A compressed model that flips 3% of a 60%-accurate dense model's answers: the paired interval of R_t is a
+    fraction of what two independent stderrs would allow."""
+    n = 1000
+    dense = _coins(n, 0.6, 11)
+    rng = random.Random(5)
+    comp = {i: (1.0 - v if rng.random() < 0.03 else v) for i, v in dense.items()}
+    lo, hi = paired.retention_intervals({"t": dense}, {"t": comp}, resamples=2000)["tasks"]["t"]
+    unpaired = 2 * 1.96 * math.sqrt(2 * 0.6 * 0.4 / n) / 0.6  # width of R_t from two independent stderrs
+    assert hi - lo < 0.4 * unpaired
+
+
+def test_difference_of_two_models_within_noise_or_not():
+    dense = {"t": _coins(500, 0.7, 2)}
+    rng = random.Random(9)
+    near = {"t": {i: (1.0 - v if rng.random() < 0.02 else v) for i, v in dense["t"].items()}}
+    far = {"t": {i: (0.0 if rng.random() < 0.3 else v) for i, v in dense["t"].items()}}
+    same = paired.difference_interval(dense, near, near)
+    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0] and same["within_noise"] is True
+    tiny = paired.difference_interval(dense, dense, near)
+    assert tiny["within_noise"] is True  # 2% of items flipped both ways: no call can be made
+    big = paired.difference_interval(dense, dense, far)
+    assert big["within_noise"] is False and big["ci"][0] > 0.15
+
+
+def test_perplexity_retention_interval():
+    docs = {str(i): [-float(10 + i % 7), 5.0 + i % 3] for i in range(50)}
+    assert paired.perplexity_retention_interval(docs, docs) == [1.0, 1.0]
+    worse = {i: [v[0] * 1.1, v[1]] for i, v in docs.items()}  # 10% lower log-likelihood everywhere
+    lo, hi = paired.perplexity_retention_interval(docs, worse)
+    point = paired.perplexity(docs) / paired.perplexity(worse)
+    assert lo <= point <= hi < 1.0
+
+
+def test_sidecar_round_trip_and_intervals_in_result_json(compose):
+    """Real lm-eval (log_samples) on the tiny Llama: per-item values in items.json beside result.json (not in it),
+    whose means are the task scores and whose documents give the reported perplexity; the dense baseline's
+    sidecar is cached with it; result.json carries the paired intervals."""
+    result = run(compose(*TINY, "save_model=false", "benchmark.limit=24"))
+    out = Path(result["run_dir"])
+    assert "items" not in json.loads((out / "result.json").read_text())
+    stored = items.read(out)
+    assert items.complete(stored)
+    for task, row in result["tasks"].items():
+        values = list(items.scores(stored)[task].values())
+        assert len(values) == 24
+        assert sum(values) / len(values) == pytest.approx(row["value"])
+    for task, row in result["perplexity"].items():
+        assert paired.perplexity(items.documents(stored, task)) == pytest.approx(row["value"], rel=1e-9)
+    dense = items.read(Path(result["baseline"]["path"]).parent)
+    for task, row in result["tasks"].items():
+        values = list(items.scores(dense)[task].values())
+        assert sum(values) / len(values) == pytest.approx(row["baseline"])
+    m = result["metrics"]
+    assert m["ci"]["method"] == paired.METHOD and m["ci"]["resamples"] == paired.RESAMPLES
+    for row in result["tasks"].values():
+        if row["retention_ci"] is not None:
+            lo, hi = row["retention_ci"]
+            assert lo <= row["retention"] <= hi
+
+
+def test_an_old_baseline_without_sidecar_is_evaluated_again(compose):
+    cfg = compose(*TINY, "save_model=false", "benchmark.limit=8")
+    first = run(cfg)
+    base_dir = Path(first["baseline"]["path"]).parent
+    (base_dir / items.ITEMS_FILE).unlink()  # a baseline cached before sidecars existed
+    second = run(compose(*TINY, "save_model=false", "benchmark.limit=8", "quant.bits=3"))
+    assert second["baseline"]["reused"] is False and items.complete(items.read(base_dir))
+
+
+def test_report_says_within_noise_and_compare_cli(compose, capsys):
+    """Two runs whose Sr cannot be told apart on the items: the comparison says "within noise", with its CI."""
+    from jcexp import report
+
+    a = run(compose(*TINY, "save_model=false", "benchmark.limit=64"))
+    b = run(compose(*TINY, "save_model=false", "benchmark.limit=64", "quant.preserve_sparsity=true"))
+    text = report.compare(a["run_dir"], b["run_dir"])
+    assert "95% CI" in text
+    diff = report.paired_difference(a, b)
+    if diff["ci"] is not None and diff["within_noise"]:
+        assert "within noise" in text
+    # A run against itself: exactly zero difference, within noise by construction.
+    assert "within noise" in report.compare(a["run_dir"], a["run_dir"])
+    report.main(["--compare", a["run_dir"], a["run_dir"]])
+    assert "within noise" in capsys.readouterr().out

@@ -36,6 +36,12 @@ from jcexp.records import (  # noqa: E402
 )
 
 
+def _ci(r: Result, name: str) -> list[float] | None:
+    if name == "Sr":
+        return r["metrics"].get("sr_ci")
+    return (r["tasks"].get(name) or {}).get("retention_ci")
+
+
 def _retention_bars(runs: list[Result], title: str, path: Path) -> Path | None:
     if not runs:
         return None
@@ -48,7 +54,22 @@ def _retention_bars(runs: list[Result], title: str, path: Path) -> Path | None:
             (sr_of(r) if name == "Sr" else (r["tasks"].get(name) or {}).get("retention")) or 0.0 for r in runs
         ]
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(runs))]
-        ax.bar(xs, values, width, label=name, hatch="//" if name == "Sr" else None)
+        cis = [_ci(r, name) for r in runs]
+        # The paired 95% interval (jcexp/paired.py) where the run has one; no bar where it has none.
+        yerr = [
+            [max(0.0, v - ci[0]) if ci else 0.0 for v, ci in zip(values, cis, strict=True)],
+            [max(0.0, ci[1] - v) if ci else 0.0 for v, ci in zip(values, cis, strict=True)],
+        ]
+        ax.bar(
+            xs,
+            values,
+            width,
+            label=name,
+            hatch="//" if name == "Sr" else None,
+            yerr=yerr if any(cis) else None,
+            capsize=2,
+            error_kw={"lw": 0.8},
+        )
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(runs)), [f"{label(r)}\nTCr {100 * tcr_of(r):.4g}%" for r in runs])
     ax.set_ylabel("retention")

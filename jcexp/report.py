@@ -107,6 +107,11 @@ def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # What pruning removed (old results have only the final zeros, rounding zeros included).
             sparsity_measured=r["measured"]["sparsity"].get("pruned", r["measured"]["sparsity"]["final"]),
             zeros_final=r["measured"]["sparsity"]["final"],
+            tcr_measured_sparsity=r["metrics"].get("tcr_measured_sparsity"),
+            # N:M: the share of the layout's full groups holding N zeros after the last stage.
+            nm_groups_holding=(
+                r["measured"].get("nm_after_quant") or r["measured"].get("nm_after_prune") or {}
+            ).get("groups_holding"),
             run_dir=r["run_dir"],
         )
         rows.append(row)
@@ -292,7 +297,7 @@ def write_report(root: str | Path) -> Report:
     ]
     md += ["## Theoretical compression rate (Table I)", "", *table_i, ""]
     md += ["## Scores (x100, ± stderr), retention and SrCr", ""]
-    head = ["model", "config", "TCr", *tasks, *ppl, "Sr [95% CI]", "Sr1", "SrCr", "measured sparsity"]
+    head = ["model", "config", "TCr", *tasks, *ppl, "Sr [95% CI]", "Sr1", "SrCr", "pruned (measured)"]
     md += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in rows:
         cells = [row["model"], row["config"], f"{100 * row['tcr']:.4g}%"]
@@ -303,7 +308,13 @@ def write_report(root: str | Path) -> Report:
             + (f" [{_fmt(row['sr_ci_lo'])}, {_fmt(row['sr_ci_hi'])}]" if row["sr_ci_lo"] is not None else ""),
             _fmt(row["sr1"]),
             _fmt(row["srcr"]),
-            _fmt(row["sparsity_measured"], 100, 2) + "%",
+            _fmt(row["sparsity_measured"], 100, 2)
+            + "%"
+            + (
+                f" (N:M groups {_fmt(row['nm_groups_holding'], 100, 1)}%)"
+                if row["nm_groups_holding"] is not None
+                else ""
+            ),
         ]
         md.append("| " + " | ".join(cells) + " |")
     md += ["", "## Verdict: joint vs quantization-only at equal TCr", "", *verdict_lines, ""]

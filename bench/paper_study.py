@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jcexp.records import collect, label, point, sr_of, srcr_of, tcr_of
-from jcexp.report import _variant, paired_difference
+from jcexp.report import run_variant, paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = (
@@ -68,7 +68,7 @@ class Study:
     ) -> dict[str, Any] | None:
         for r in self.runs:
             s, m, b = point(r)
-            if abs(s - sparsity) < 0.01 and m == mask and b == bits and _variant(r) == variant:
+            if abs(s - sparsity) < 0.01 and m == mask and b == bits and run_variant(r) == variant:
                 return r
         return None
 

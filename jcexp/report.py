@@ -203,7 +203,7 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
 
 
 # Pairs of runs at the same point (sparsity, mask, bits) that differ in one method: what each comparison names.
-def _variant(r: dict[str, Any]) -> str:
+def run_variant(r: dict[str, Any]) -> str:
     p, q = r["compression"]["pruner"], r["compression"]["quant"]
     if p.get("fused"):
         return "one-pass"
@@ -227,7 +227,7 @@ def comparison_lines(results: list[dict[str, Any]]) -> list[str]:
     for model, runs in by_model(results).items():
         at: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
         for r in runs:
-            at.setdefault(point(r), {})[_variant(r)] = r
+            at.setdefault(point(r), {})[run_variant(r)] = r
         for _, variants in sorted(at.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
             for first, second, name in COMPARISONS:
                 a, b = variants.get(first), variants.get(second)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jcexp.records import collect, label, point, sr_of, srcr_of, tcr_of
-from jcexp.report import run_variant, paired_difference
+from jcexp.report import paired_difference, run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = (

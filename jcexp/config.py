@@ -93,6 +93,10 @@ class BenchmarkConfig:
     generation: dict[str, dict[str, Any]] = field(default_factory=dict)
     apply_chat_template: bool = False
     fewshot_as_multiturn: bool = False
+    # Sequential evaluation (jcexp/sequential.py): score items in a seeded order, ci_chunk per leaf task per
+    # round, until Sr's 95% interval has half-width <= ci_target or the items run out. null: score them all.
+    ci_target: float | None = None
+    ci_chunk: int = 64
 
 
 @dataclass
@@ -363,6 +367,22 @@ def check_values(cfg: DictConfig) -> None:
         errors.append(f"benchmark.limit={b.limit} must be positive (a count, or a fraction < 1)")
     if not re.fullmatch(r"[1-9]\d*|auto(:\d+)?", str(b.batch_size)):
         errors.append(f"benchmark.batch_size={b.batch_size} must be a positive integer, 'auto' or 'auto:N'")
+    target = b.get("ci_target")
+    if target is not None:
+        if not 0 < target < 1:
+            errors.append(
+                f"benchmark.ci_target={target} must be in (0, 1): a half-width of Sr's 95% interval"
+            )
+        if b.get("ci_chunk", 64) <= 0:
+            errors.append(f"benchmark.ci_chunk={b.ci_chunk} must be positive (items per task per round)")
+        if b.limit is not None:
+            errors.append(
+                f"benchmark.ci_target={target} with benchmark.limit={b.limit}: sequential evaluation picks its "
+                "own items (a seeded order over all of them) and lm-eval takes a limit or chosen items, not "
+                "both; set benchmark.limit=null"
+            )
+        if not b.scores:
+            errors.append(f"benchmark.ci_target={target} needs scored tasks (benchmark.scores): it bounds Sr")
 
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
         errors.append(f"device={cfg.device!r} must be auto, cpu, cuda or cuda:N")

@@ -60,9 +60,12 @@ class EvalResult:
     settings: dict[str, Any] = field(default_factory=dict)
     # Per-item values (jcexp/items.py), written to their own sidecar, never into result.json.
     items: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # An evaluation on chosen documents only (jcexp/sequential.py): the worker's per-leaf items and each scored
+    # task's chance; its scores are computed once the chunks are merged.
+    leaf_items: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "items"}
+        return {k: v for k, v in asdict(self).items() if k not in ("items", "leaf_items")}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalResult:
@@ -165,10 +168,13 @@ def check_documents(bench) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------- results
-def make_spec(bench, seed: int, **backend: Any) -> dict[str, Any]:
+def make_spec(
+    bench, seed: int, samples: dict[str, list[int]] | None = None, **backend: Any
+) -> dict[str, Any]:
     """The worker's spec for this benchmark: tasks, shots, limit, seeds and generation settings, plus the
-    backend's ``backend``, ``model_args``, ``batch_size`` and ``device``."""
-    return {
+    backend's ``backend``, ``model_args``, ``batch_size`` and ``device``. ``samples``: only these documents of
+    these leaf tasks (sequential evaluation); the spec has no "samples" key otherwise."""
+    spec = {
         "tasks": task_names(bench),
         "include_paths": include_paths(bench),
         "gen_kwargs": _plain(bench.gen_kwargs) or None,
@@ -186,6 +192,9 @@ def make_spec(bench, seed: int, **backend: Any) -> dict[str, Any]:
         "use_cache": None,
         **backend,
     }
+    if samples is not None:
+        spec["samples"] = {leaf: [int(i) for i in docs] for leaf, docs in samples.items()}
+    return spec
 
 
 def _lookup(res: dict[str, Any], task: str, metric: str) -> tuple[float, float | None]:
@@ -226,9 +235,24 @@ def parse_results(out: dict[str, Any], bench, evaluator: str) -> EvalResult:
     return result
 
 
-def evaluate(model, tokenizer, bench, seed: int, resume: str | None = None) -> EvalResult:
+def partial_result(out: dict[str, Any], bench, evaluator: str) -> EvalResult:
+    """EvalResult of an evaluation on chosen documents: no scores yet, the worker's per-leaf items kept."""
+    return EvalResult(
+        task_versions=dict(out.get("versions", {})),
+        n_samples=dict(out.get("n-samples", {})),
+        settings={"evaluator": evaluator, **out.get("settings", {})},
+        leaf_items={
+            "items": out.get("items") or {},
+            "chance": {t: _chance(out, bench, t) for t in bench.scores},
+        },
+    )
+
+
+def evaluate(
+    model, tokenizer, bench, seed: int, resume: str | None = None, samples: dict[str, list[int]] | None = None
+) -> EvalResult:
     """Score the in-memory model on the benchmark's tasks with lm-eval's HFLM, in this process. ``resume``: a
-    path prefix for lm-eval's response cache (see make_spec)."""
+    path prefix for lm-eval's response cache (see make_spec); ``samples``: only these documents (make_spec)."""
     from lm_eval.models.huggingface import HFLM
 
     # lm-eval bootstraps stderr in a fork()ed multiprocessing Pool; forked from a process that holds torch's
@@ -238,10 +262,10 @@ def evaluate(model, tokenizer, bench, seed: int, resume: str | None = None) -> E
     # HFLM takes its device from the model object (wherever the pipeline placed it).
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bench.batch_size, max_length=bench.max_length)
     spec = make_spec(
-        bench, seed, backend="hf", model_args=None, batch_size=bench.batch_size, use_cache=resume
+        bench, seed, samples, backend="hf", model_args=None, batch_size=bench.batch_size, use_cache=resume
     )
     out = worker.evaluate_lm(lm, spec, task_manager(bench))
-    result = parse_results(out, bench, evaluator="hf")
+    result = parse_results(out, bench, "hf") if samples is None else partial_result(out, bench, "hf")
     result.seconds = time.perf_counter() - start
     return result
 
@@ -377,9 +401,12 @@ class Evaluator:
         checkpoint: str | None = None,
         device: str = "cpu",
         resume: str | None = None,
+        samples: dict[str, list[int]] | None = None,
     ) -> EvalResult:
         """``resume``: lm-eval's response cache for this evaluation (a path prefix), so that an evaluation
-        cut off by a timeout or a kill continues from the last answered request when the run is retried."""
+        cut off by a timeout or a kill continues from the last answered request when the run is retried.
+        ``samples``: only these documents of these leaf tasks; the result then has per-leaf items and no scores
+        (partial_result; jcexp/sequential.py merges the chunks and scores them)."""
         raise NotImplementedError
 
 
@@ -395,7 +422,16 @@ class InProcessEvaluator(Evaluator):
             )
 
     def evaluate(
-        self, bench, seed, *, model=None, tokenizer=None, checkpoint=None, device="cpu", resume=None
+        self,
+        bench,
+        seed,
+        *,
+        model=None,
+        tokenizer=None,
+        checkpoint=None,
+        device="cpu",
+        resume=None,
+        samples=None,
     ):
         if model is None or tokenizer is None:
             raise ValueError(f"evaluator={self.name} evaluates the in-memory model: pass model and tokenizer")
@@ -403,9 +439,9 @@ class InProcessEvaluator(Evaluator):
             from omegaconf import OmegaConf
 
             bench = OmegaConf.merge(bench, {"batch_size": self.batch_size})
-        result = evaluate(
-            model, tokenizer, bench, seed, resume=resume
-        )  # the module function (tests spy on it)
+        # The module function (tests spy on it); samples passed only when set, so older spies keep working.
+        chosen = {} if samples is None else {"samples": samples}
+        result = evaluate(model, tokenizer, bench, seed, resume=resume, **chosen)
         result.settings["evaluator"] = self.name
         return result
 
@@ -479,10 +515,18 @@ class SubprocessEvaluator(Evaluator):
             "compressed-tensors" if quant in self.packed_quantizers and bits in self.packed_bits else "dense"
         )
 
-    def spec(self, bench, seed: int, checkpoint: str, device: str = "cpu") -> dict[str, Any]:
+    def spec(
+        self,
+        bench,
+        seed: int,
+        checkpoint: str,
+        device: str = "cpu",
+        samples: dict[str, list[int]] | None = None,
+    ) -> dict[str, Any]:
         return make_spec(
             bench,
             seed,
+            samples,
             backend=self.backend,
             model_args={**self.model_args, "pretrained": str(Path(checkpoint).resolve())},
             batch_size=self.batch(bench),
@@ -494,14 +538,26 @@ class SubprocessEvaluator(Evaluator):
         return worker_command(self.interpreter, spec_path)
 
     def evaluate(
-        self, bench, seed, *, model=None, tokenizer=None, checkpoint=None, device="cpu", resume=None
+        self,
+        bench,
+        seed,
+        *,
+        model=None,
+        tokenizer=None,
+        checkpoint=None,
+        device="cpu",
+        resume=None,
+        samples=None,
     ):
         if checkpoint is None or not Path(checkpoint).is_dir():
             raise ValueError(f"evaluator={self.name} evaluates a saved checkpoint; got {checkpoint!r}")
         start = time.perf_counter()
         out = run_worker(
-            self.interpreter, {**self.spec(bench, seed, checkpoint, device), "use_cache": resume}
+            self.interpreter, {**self.spec(bench, seed, checkpoint, device, samples), "use_cache": resume}
         )
-        result = parse_results(out, bench, evaluator=self.name)
+        if samples is not None:
+            result = partial_result(out, bench, self.name)
+        else:
+            result = parse_results(out, bench, evaluator=self.name)
         result.seconds = time.perf_counter() - start
         return result

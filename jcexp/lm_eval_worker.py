@@ -11,7 +11,8 @@ per-task generation settings and report the effective settings with one piece of
 
 The spec (written by jcexp.evaluate): backend, model_args, batch_size, device, tasks, include_paths, gen_kwargs
 (every generative task), generation ({task or group: generation kwargs} for its leaf tasks; wins over
-gen_kwargs), num_fewshot, limit, seed, bootstrap_iters, apply_chat_template, fewshot_as_multiturn, output.
+gen_kwargs), num_fewshot, limit, seed, bootstrap_iters, apply_chat_template, fewshot_as_multiturn, output, and
+optionally samples ({leaf task: document indices}: only those documents, only those leaf tasks; jcexp/sequential.py).
 The output JSON holds lm-eval's results, groups, versions, n-samples, configs, and the effective settings.
 """
 
@@ -96,6 +97,21 @@ def apply_generation(
             task.set_config(key="generation_kwargs", value=dict(kwargs), update=True)
 
 
+def restrict(items: list[Any], samples: dict[str, list[int]]) -> list[Any]:
+    """The tasks and groups cut down to the leaf tasks that ``samples`` gives documents for. lm-eval evaluates a
+    task missing from ``samples``, or given an empty list, on all its documents: such leaves must go."""
+    keep = {name for name, docs in samples.items() if docs}
+
+    def prune(group: Any) -> bool:  # True when something is left under the group
+        for child in list(group):
+            gone = not prune(child) if _is_group(child) else child.task_name not in keep
+            if gone:
+                group.pop(child.name if _is_group(child) else child.task_name)
+        return len(group) > 0
+
+    return [i for i in items if (prune(i) if _is_group(i) else i.task_name in keep)]
+
+
 def task_settings(items: list[Any], lm: Any) -> dict[str, dict[str, Any]]:
     """Per leaf task: output type, shots, and for generative tasks the generation kwargs as the backend will use
     them (lm-eval's normalize_gen_kwargs, with the backend's default max_gen_toks where a task sets none)."""
@@ -118,12 +134,19 @@ def evaluate_lm(lm: Any, spec: dict[str, Any], task_manager) -> dict[str, Any]:
 
     items = load_tasks(list(spec["tasks"]), task_manager)
     apply_generation(items, spec.get("gen_kwargs"), spec.get("generation") or {})
+    samples = spec.get("samples")
+    if samples is not None:
+        items = restrict(items, samples)
+        # Sorted: lm-eval 0.4.13 walks the chosen documents in data set order and logs the i-th as samples[i],
+        # so an unsorted list would mislabel the logged doc_id.
+        samples = {name: sorted(int(i) for i in docs) for name, docs in samples.items() if docs}
     seed = spec["seed"]
     res = lm_eval.simple_evaluate(
         model=lm,
         tasks=items,
         num_fewshot=spec.get("num_fewshot"),
         limit=spec.get("limit"),
+        samples=samples,
         task_manager=task_manager,
         gen_kwargs=None,  # applied above, under the per-task settings
         apply_chat_template=spec.get("apply_chat_template", False),
@@ -150,6 +173,7 @@ def evaluate_lm(lm: Any, spec: dict[str, Any], task_manager) -> dict[str, Any]:
         "batch_sizes": res.get("config", {}).get("batch_sizes", []),  # what batch_size=auto picked
         "num_fewshot": spec.get("num_fewshot"),
         "limit": spec.get("limit"),
+        **({"samples": {name: len(docs) for name, docs in samples.items()}} if samples is not None else {}),
         "seed": seed,
         "bootstrap_iters": spec["bootstrap_iters"],
         "apply_chat_template": spec.get("apply_chat_template", False),

@@ -147,9 +147,11 @@ def _baseline_key(plan: Plan) -> dict[str, Any]:
     from jcexp.data import fingerprint, prose_split
 
     versions = library_versions()
-    return {
+    # How many items a sequential run scores is not part of what the baseline is: its entry grows instead.
+    bench = {k: v for k, v in plan.resolved["benchmark"].items() if k not in ("ci_target", "ci_chunk")}
+    key = {
         "model": plan.source.identity(),
-        "benchmark": plan.resolved["benchmark"],
+        "benchmark": bench,
         "seed": plan.cfg.seed,
         "device_type": plan.device.split(":")[0],
         "lm_eval": versions["lm_eval"],
@@ -157,6 +159,9 @@ def _baseline_key(plan: Plan) -> dict[str, Any]:
         "offline_data": fingerprint(prose_split("eval")),
         "evaluator": plan.evaluator.identity(),
     }
+    if plan.cfg.benchmark.ci_target is not None:  # a partial sidecar: never the entry of a full evaluation
+        key["items"] = "sequential"
+    return key
 
 
 def _responses(plan: Plan, key: str) -> Path:
@@ -166,28 +171,36 @@ def _responses(plan: Plan, key: str) -> Path:
 
 
 def evaluate_model(
-    plan: Plan, model, tokenizer, timings: dict[str, Any], name: str, key: str, checkpoint=None
+    plan: Plan, model, tokenizer, timings: dict[str, Any], name: str, key: str, checkpoint=None, samples=None
 ):
     """Score the model with the configured evaluator; returns the scores and where they were computed.
 
     In process (evaluator=hf), the device contract's evaluation side holds: a plain model resident on
     plan.device. A subprocess evaluator (vllm, hf_subprocess) scores ``checkpoint`` instead; the in-memory
-    model goes back to host RAM first, so that the evaluator's process has the GPU."""
+    model goes back to host RAM first, so that the evaluator's process has the GPU. ``samples``: only these
+    documents (sequential evaluation, jcexp/sequential.py)."""
     ev, bench, seed = plan.evaluator, plan.cfg.benchmark, plan.cfg.seed
+    chosen = {} if samples is None else {"samples": samples}
     responses = _responses(plan, key)
     responses.parent.mkdir(parents=True, exist_ok=True)
     if ev.needs_checkpoint:
         placement.for_compression(model)
         with measure.timed(timings, name):
             scores = ev.evaluate(
-                bench, seed, checkpoint=str(checkpoint), device=plan.device, resume=str(responses)
+                bench, seed, checkpoint=str(checkpoint), device=plan.device, resume=str(responses), **chosen
             )
         placed = {"evaluator": ev.name, "checkpoint": str(checkpoint)}
     else:
         placed = placement.state(placement.for_evaluation(model, plan.device)).to_dict()
         with measure.timed(timings, name):
             scores = ev.evaluate(
-                bench, seed, model=model, tokenizer=tokenizer, device=plan.device, resume=str(responses)
+                bench,
+                seed,
+                model=model,
+                tokenizer=tokenizer,
+                device=plan.device,
+                resume=str(responses),
+                **chosen,
             )
     for done in responses.parent.glob(f"{responses.name}_rank*.db"):  # complete: its scores are cached now
         done.unlink()
@@ -203,7 +216,7 @@ def evaluate_compressed(plan: Plan, state: RunState, out: Path, timings: dict[st
 
     ev = plan.evaluator
     if not ev.needs_checkpoint:
-        scores, placed = evaluate_model(plan, state.model, state.tokenizer, timings, "eval", plan.hash)
+        scores, placed = _score(plan, state, timings)
         return scores, placed, save_model(plan, state.model, state.tokenizer, out, timings)
     fmt = ev.checkpoint_format(plan.quant.name, plan.quant.bits if plan.quant.active else 16)
     temporary = None
@@ -214,9 +227,7 @@ def evaluate_compressed(plan: Plan, state: RunState, out: Path, timings: dict[st
     checkpoint = temporary or saved["path"]
     if checkpoint is None:  # the save failed; its error is in `saved`
         raise RuntimeError(f"no checkpoint for evaluator={ev.name}: {saved.get('error')}")
-    scores, placed = evaluate_model(
-        plan, state.model, state.tokenizer, timings, "eval", plan.hash, checkpoint
-    )
+    scores, placed = _score(plan, state, timings, checkpoint)
     placed["checkpoint_format"] = fmt
     if fmt == "dense" and plan.quant.active:
         placed["note"] = (
@@ -225,6 +236,59 @@ def evaluate_compressed(plan: Plan, state: RunState, out: Path, timings: dict[st
     if temporary is not None:
         shutil.rmtree(temporary, ignore_errors=True)
     return scores, placed, saved
+
+
+def _score(plan: Plan, state: RunState, timings: dict[str, Any], checkpoint=None):
+    """The compressed model's scores: all items, or with benchmark.ci_target chunk by chunk until Sr's interval
+    is narrow enough, the dense model scored alongside on the items its cached baseline lacks."""
+    if plan.cfg.benchmark.ci_target is None:
+        return evaluate_model(plan, state.model, state.tokenizer, timings, "eval", plan.hash, checkpoint)
+    seq, store, dense_key = _sequential_store(plan)
+    placed: dict[str, Any] = {}
+    dense: list[Any] = []  # the dense model, loaded again only if a round needs items the cache lacks
+
+    def compressed(samples):
+        scores, where = evaluate_model(
+            plan, state.model, state.tokenizer, timings, "eval", plan.hash, checkpoint, samples
+        )
+        placed.update(where)
+        return scores
+
+    def dense_eval(samples):
+        if plan.evaluator.needs_checkpoint:  # the source checkpoint; the in-memory model only leaves the GPU
+            ckpt = plan.source.checkpoint_dir()
+            return evaluate_model(
+                plan, state.model, state.tokenizer, timings, "eval_dense", dense_key, ckpt, samples
+            )[0]
+        if not dense:
+            with measure.timed(timings, "load_dense"):
+                dense.extend(plan.source.load())
+        placement.for_compression(state.model)  # off the device while the dense model is on it
+        scores, _ = evaluate_model(plan, dense[0], dense[1], timings, "eval_dense", dense_key, None, samples)
+        placement.for_compression(dense[0])
+        return scores
+
+    result = seq.run(compressed, store, dense_eval)
+    dense.clear()
+    # Each round re-times the "eval" stage; the stage's seconds are those of all rounds together.
+    timings["eval"]["seconds"] = round(result.seconds, 3)
+    return result, placed
+
+
+def _sequential_store(plan: Plan):
+    """(Sequential, the dense baseline's DenseStore, its response-cache key), for benchmark.ci_target."""
+    from jcexp import sequential
+
+    key = _baseline_key(plan)
+    cache = KeyedCache(Path(plan.cfg.paths.cache_dir) / "baselines")
+    # An empty entry at first: the rounds fill its items.json (and baseline.json's "eval") under its lock.
+    entry, reused = cache.get_or_build(
+        key,
+        lambda tmp: atomic_write_json(tmp / BASELINE_FILE, {"sequential": True}),
+        check=lambda e: None if read_json(e / BASELINE_FILE) else f"{BASELINE_FILE} unreadable",
+    )
+    seq = sequential.Sequential.for_plan(plan)
+    return seq, sequential.DenseStore(entry, seq.layout), f"dense-{key_hash(key)}"
 
 
 def _saved_format(plan: Plan) -> str:
@@ -236,6 +300,9 @@ def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
     """The dense model's scores, evaluated once per (model, benchmark settings, seed, data, versions) and
     cached with the placement they were evaluated in. Returns (scores, record for result.json, placement)."""
     from jcexp.evaluate import EvalResult
+
+    if plan.cfg.benchmark.ci_target is not None:
+        return _sequential_baseline(plan, model, tokenizer, timings)
 
     def build(tmp: Path) -> None:
         checkpoint = plan.source.checkpoint_dir() if plan.evaluator.needs_checkpoint else None
@@ -260,6 +327,31 @@ def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
     dense = EvalResult.from_dict(stored["eval"])
     dense.items = items.read(entry)
     return dense, {"path": path, "reused": reused}, stored.get("placement")
+
+
+def _sequential_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
+    """dense_baseline with benchmark.ci_target: the cached dense items, extended to cover the first round (the
+    later rounds extend them further, _score). The scores are the first round's, which is what a run that
+    compresses nothing reports (its Sr is 1, its interval a point)."""
+    from jcexp import sequential
+
+    seq, store, dense_key = _sequential_store(plan)
+    checkpoint = plan.source.checkpoint_dir() if plan.evaluator.needs_checkpoint else None
+    placed: dict[str, Any] = {}
+
+    def evaluate(samples):
+        scores, where = evaluate_model(
+            plan, model, tokenizer, timings, "eval_dense", dense_key, checkpoint, samples
+        )
+        placed.update(where)
+        return scores
+
+    new = store.ensure(sequential.chunk(seq.order, 0, seq.size), evaluate)
+    dense = store.result(sequential.prefix(seq.order, 1, seq.size))
+    used = sequential.count(sequential.from_sidecar(dense.items, seq.layout), seq.layout)
+    dense.settings["sequential"] = seq.record(1, "nothing compressed", used, 0)
+    record = {"path": str(store.entry / BASELINE_FILE), "reused": new == 0, "items_evaluated": new}
+    return dense, record, placed or None  # None: every item came from the cache
 
 
 def _prune_key(plan: Plan, calibration) -> dict[str, Any]:
@@ -474,6 +566,10 @@ def build_record(
     import torch
 
     cfg = plan.cfg
+    sequential = compressed.settings.get("sequential")
+    if sequential is not None:  # the dense scores and items on the items the compressed model used
+        dense, sequential = _sequential_dense(plan, compressed), dict(sequential)
+        sequential["dense_items_evaluated"] += baseline.get("items_evaluated", 0)
     intervals = retention_intervals(compressed, dense, cfg.seed)
     peak_rss = measure.process_peak_rss_mb()
     peak_cuda = max((t.get("peak_cuda_mb") or 0 for t in state.timings.values()), default=0) or None
@@ -496,6 +592,8 @@ def build_record(
             "name": cfg.benchmark.name,
             "limit": cfg.benchmark.limit,
             "num_fewshot": cfg.benchmark.num_fewshot,
+            # benchmark.ci_target: rounds, items used per leaf task, why it stopped, dense items scored anew.
+            "sequential": sequential,
             # What lm-eval actually ran with: max_length, batch size, per-task generation limits.
             "settings": compressed.settings,
         },
@@ -517,6 +615,14 @@ def build_record(
         "task_versions": compressed.task_versions,
         "n_samples": compressed.n_samples,
     }
+
+
+def _sequential_dense(plan: Plan, compressed):
+    from jcexp import sequential
+
+    seq, store, _ = _sequential_store(plan)
+    vals = sequential.from_sidecar(compressed.items, seq.layout)
+    return store.result({leaf: sequential.have(vals, seq.layout, leaf) for leaf in seq.layout.sizes})
 
 
 def publish(

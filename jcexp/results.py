@@ -88,6 +88,11 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
     # hash they had before it existed, so stored results stay reusable.
     if not (out.get("errors") or {}).get("enabled"):
         out.pop("errors", None)
+    # Sequential evaluation off (benchmark.ci_target unset) is the full suite every earlier result ran: those
+    # keep their hash (jcexp/sequential.py).
+    bench = out.get("benchmark")
+    if isinstance(bench, dict) and bench.get("ci_target") is None:
+        out["benchmark"] = {k: v for k, v in bench.items() if k not in ("ci_target", "ci_chunk")}
     pruning = "pruner" in out and pruner_active(out["pruner"])
     quantizing = "quant" in out and quant_active(out["quant"])
     if "pruner" in out and (

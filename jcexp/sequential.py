@@ -1,0 +1,324 @@
+"""Sequential evaluation (``benchmark.ci_target=h``): score items in a fixed, seeded order, a chunk at a time,
+and stop once Sr's paired 95% interval is at most ``h`` wide on either side, or when the items run out.
+
+Every leaf task's documents are visited in one seeded permutation (the same for the dense and the compressed
+model, independent of either), ``benchmark.ci_chunk`` documents per leaf task per round. Each round scores the
+compressed model on its next chunk and the dense model only on the documents its cached per-item results lack;
+the dense baseline's sidecar grows in place under the cache entry's lock, so a later run that needs more items
+scores only the new ones. The final scores are recomputed from the merged per-item values (``aggregate``),
+as lm-eval aggregates them, and the record says how many items each leaf task used and why it stopped.
+
+Per-item values are held here as ``Values``: benchmark task -> leaf task -> document index (str) -> value.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jcexp import items, paired
+from jcexp.files import atomic_write_json, file_lock, read_json
+
+log = logging.getLogger("jcexp")
+
+Values = dict[str, dict[str, dict[str, Any]]]
+Samples = dict[str, list[int]]  # leaf task -> document indices (lm-eval's simple_evaluate ``samples``)
+BASELINE_FILE = "baseline.json"
+
+
+@dataclass
+class Layout:
+    """The benchmark's tasks as lm-eval builds them."""
+
+    leaves: dict[str, list[str]]  # benchmark task -> its leaf tasks
+    metrics: dict[str, str]  # benchmark task -> "metric,filter"
+    perplexity: set[str]  # the benchmark tasks reported beside Sr
+    sizes: dict[str, int]  # leaf task -> documents
+    pooled: dict[str, bool]  # benchmark task -> its leaves' items pooled (one leaf, or weight_by_size)
+
+
+def layout(bench, sizes: dict[str, int]) -> Layout:
+    """Leaves and group weighting of each benchmark task; ``sizes`` from jcexp.evaluate.check_documents."""
+    from jcexp import lm_eval_worker as worker
+    from jcexp.evaluate import task_manager
+
+    leaves, pooled = {}, {}
+    metrics = {**dict(bench.scores), **dict(bench.perplexity)}
+    for name, metric in metrics.items():
+        loaded = worker.load_tasks([name], task_manager(bench))
+        leaves[name] = sorted(worker.leaf_tasks(loaded))
+        pooled[name] = True
+        group = loaded[0] if len(loaded) == 1 and worker._is_group(loaded[0]) else None
+        for agg in (group.aggregate_metric_list or []) if group is not None else []:
+            if agg.metric == metric.partition(",")[0]:
+                pooled[name] = bool(agg.weight_by_size)
+    return Layout(leaves, metrics, set(bench.perplexity), dict(sizes), pooled)
+
+
+def orders(lay: Layout, seed: int) -> dict[str, list[int]]:
+    """Each leaf task's documents in a seeded order: a function of (seed, task name, size) only."""
+    return {
+        leaf: [int(i) for i in np.random.default_rng([seed, zlib.crc32(leaf.encode())]).permutation(n)]
+        for leaf, n in lay.sizes.items()
+    }
+
+
+def chunk(order: dict[str, list[int]], k: int, size: int) -> Samples:
+    """Round ``k``'s documents (0-based), leaf tasks with none left omitted."""
+    return {leaf: docs[k * size : (k + 1) * size] for leaf, docs in order.items() if docs[k * size :]}
+
+
+def prefix(order: dict[str, list[int]], rounds: int, size: int) -> dict[str, set[str]]:
+    """The documents of the first ``rounds`` rounds."""
+    return {leaf: {str(i) for i in docs[: rounds * size]} for leaf, docs in order.items()}
+
+
+# ---------------------------------------------------------------------------------------------- values
+def from_worker(out_items: dict[str, Any], lay: Layout) -> Values:
+    """Values out of the worker's compacted samples ({leaf: {metric: {ids, values}}})."""
+    vals: Values = {}
+    for task, metric in lay.metrics.items():
+        per_leaf = vals.setdefault(task, {})
+        for leaf in lay.leaves[task]:
+            entry = (out_items.get(leaf) or {}).get(metric)
+            if entry:
+                per_leaf[leaf] = {str(i): v for i, v in zip(entry["ids"], entry["values"], strict=True)}
+    return vals
+
+
+def _item_id(lay: Layout, task: str, leaf: str, doc: str) -> str:
+    # As jcexp.items.select names them: a group's items carry their leaf task.
+    return f"{leaf}/{doc}" if len(lay.leaves[task]) > 1 else doc
+
+
+def to_sidecar(vals: Values, lay: Layout) -> dict[str, Any]:
+    out: dict[str, Any] = {"scores": {}, "perplexity": {}}
+    for task, metric in lay.metrics.items():
+        found = {
+            _item_id(lay, task, leaf, doc): v
+            for leaf, docs in vals.get(task, {}).items()
+            for doc, v in docs.items()
+        }
+        out["perplexity" if task in lay.perplexity else "scores"][task] = {"metric": metric, "items": found}
+    return out
+
+
+def from_sidecar(sidecar: dict[str, Any] | None, lay: Layout) -> Values:
+    vals: Values = {t: {} for t in lay.metrics}
+    for section in ("scores", "perplexity"):
+        for task, entry in ((sidecar or {}).get(section) or {}).items():
+            if task not in lay.metrics:
+                continue
+            many = len(lay.leaves[task]) > 1
+            for item, v in entry["items"].items():
+                leaf, doc = item.rsplit("/", 1) if many else (lay.leaves[task][0], item)
+                vals[task].setdefault(leaf, {})[doc] = v
+    return vals
+
+
+def merge(a: Values, b: Values) -> Values:
+    out: Values = {t: {leaf: dict(d) for leaf, d in per.items()} for t, per in a.items()}
+    for task, per in b.items():
+        for leaf, docs in per.items():
+            out.setdefault(task, {}).setdefault(leaf, {}).update(docs)
+    return out
+
+
+def restrict(vals: Values, docs: dict[str, set[str]]) -> Values:
+    return {
+        t: {leaf: {d: v for d, v in got.items() if d in docs.get(leaf, ())} for leaf, got in per.items()}
+        for t, per in vals.items()
+    }
+
+
+def have(vals: Values, lay: Layout, leaf: str) -> set[str]:
+    """The documents of ``leaf`` that every benchmark task over it has a value for."""
+    sets = [set(vals.get(t, {}).get(leaf, {})) for t in lay.metrics if leaf in lay.leaves[t]]
+    return set.intersection(*sets) if sets else set()
+
+
+def count(vals: Values, lay: Layout) -> dict[str, int]:
+    return {leaf: len(have(vals, lay, leaf)) for leaf in lay.sizes}
+
+
+# ------------------------------------------------------------------------------------------- aggregates
+def aggregate(per_leaf: dict[str, list[Any]], metric: str, pooled: bool = True) -> tuple[float, float | None]:
+    """(value, stderr) of one benchmark task from its leaves' per-item values, as lm-eval aggregates them: the
+    mean (stderr: sample std / sqrt(n)) for numbers; for (log-likelihood, weight) pairs lm-eval's weighted
+    perplexity exp(-sum ll / sum weight), or bits_per_byte (stderr None: lm-eval bootstraps those). A group
+    pools its leaves' items when weighted by size, else averages their means (lm-eval's group aggregation)."""
+    from lm_eval.api import metrics as lm
+
+    name = metric.partition(",")[0]
+    leaves = {leaf: v for leaf, v in per_leaf.items() if v}
+    if not leaves:
+        raise ValueError(f"{metric}: no items")
+    first = next(iter(leaves.values()))[0]
+    if isinstance(first, list | tuple):
+        agg = lm.bits_per_byte if name == "bits_per_byte" else lm.weighted_perplexity
+        if pooled:
+            return float(agg([tuple(x) for v in leaves.values() for x in v])), None
+        return float(np.mean([agg([tuple(x) for x in v]) for v in leaves.values()])), None
+    means = [float(lm.mean([float(x) for x in v])) for v in leaves.values()]
+    errs = [lm.mean_stderr([float(x) for x in v]) if len(v) > 1 else math.nan for v in leaves.values()]
+    sizes = [len(v) for v in leaves.values()]
+    if len(leaves) == 1:
+        value, stderr = means[0], errs[0]
+    elif pooled:
+        value = float(lm.mean([float(x) for v in leaves.values() for x in v]))
+        stderr = lm.pooled_sample_stderr(errs, sizes)
+    else:
+        value, stderr = float(np.mean(means)), lm.unweighted_mean_stderr(errs)
+    stderr = float(stderr) if stderr is not None and math.isfinite(stderr) else None
+    return value, stderr
+
+
+def rescore(result, vals: Values, lay: Layout, chance: dict[str, float | None]):
+    """``result`` (an EvalResult) with its scores and perplexities recomputed from ``vals``, its items and
+    n_samples set to them."""
+    from jcexp.evaluate import Score
+
+    result.scores, result.perplexity = {}, {}
+    for task, metric in lay.metrics.items():
+        value, stderr = aggregate(
+            {leaf: list(d.values()) for leaf, d in vals.get(task, {}).items()}, metric, lay.pooled[task]
+        )
+        if task in lay.perplexity:
+            result.perplexity[task] = Score(task, metric, value, None, None, False)
+        else:
+            result.scores[task] = Score(task, metric, value, stderr, chance.get(task), True)
+    used = count(vals, lay)
+    result.n_samples = {leaf: {"original": n, "effective": used[leaf]} for leaf, n in lay.sizes.items()}
+    result.items = to_sidecar(vals, lay)
+    return result
+
+
+def half_width(dense: Values, compressed: Values, lay: Layout, seed: int) -> float | None:
+    """Half the width of Sr's paired 95% interval on the items both have; None where it is undefined."""
+    d, c = items.scores(to_sidecar(dense, lay)), items.scores(to_sidecar(compressed, lay))
+    if not d or not all(d.values()) or not all(c.values()):
+        return None
+    try:
+        ci = paired.retention_intervals(d, c, seed=seed)["sr"]
+    except ValueError:  # the two share no items on some task
+        return None
+    return None if ci is None else (ci[1] - ci[0]) / 2
+
+
+# ------------------------------------------------------------------------------------ the dense store
+Evaluate = Callable[[Samples], Any]  # samples -> EvalResult with leaf_items (evaluate.partial_result)
+
+
+class DenseStore:
+    """The dense baseline's cache entry (baseline.json + items.json), extended in place under its lock."""
+
+    def __init__(self, entry: Path, lay: Layout):
+        self.entry, self.layout = Path(entry), lay
+        self.lock = self.entry.with_name(self.entry.name + ".lock")  # the one KeyedCache builds under
+
+    def values(self) -> Values:
+        return from_sidecar(items.read(self.entry), self.layout)
+
+    def baseline(self) -> dict[str, Any]:
+        return read_json(self.entry / BASELINE_FILE) or {}
+
+    def ensure(self, samples: Samples, evaluate: Evaluate) -> int:
+        """Score the dense model on the documents of ``samples`` the entry lacks; returns how many it scored."""
+        with file_lock(self.lock):  # a concurrent run waits, then finds the documents there
+            vals = self.values()
+            missing = {}
+            for leaf, docs in samples.items():
+                got = have(vals, self.layout, leaf)
+                if todo := [i for i in docs if str(i) not in got]:
+                    missing[leaf] = todo
+            if not missing:
+                return 0
+            result = evaluate(missing)
+            vals = merge(vals, from_worker(result.leaf_items["items"], self.layout))
+            items.write(self.entry, to_sidecar(vals, self.layout))
+            stored = self.baseline()
+            if not stored.get("eval"):  # the first evaluation's settings and versions stand for the entry
+                stored = {**stored, "eval": result.to_dict(), "chance": result.leaf_items["chance"]}
+                atomic_write_json(self.entry / BASELINE_FILE, stored)
+            return sum(len(v) for v in missing.values())
+
+    def result(self, docs: dict[str, set[str]]):
+        """The dense EvalResult on ``docs`` (scores recomputed from the cached items)."""
+        from jcexp.evaluate import EvalResult
+
+        stored = self.baseline()
+        result = EvalResult.from_dict(stored["eval"])
+        result.settings.pop("samples", None)  # the first dense evaluation's chunk
+        return rescore(result, restrict(self.values(), docs), self.layout, stored.get("chance") or {})
+
+
+# -------------------------------------------------------------------------------------------- the loop
+@dataclass
+class Sequential:
+    """One run's sequential evaluation: target, chunk, task layout and item order."""
+
+    target: float
+    size: int
+    layout: Layout
+    order: dict[str, list[int]]
+    seed: int
+
+    @classmethod
+    def for_plan(cls, plan) -> Sequential:
+        found = getattr(plan, "_sequential", None)  # the task layout is built once per run
+        if found is None:
+            bench = plan.cfg.benchmark
+            lay = layout(bench, plan.documents)
+            found = cls(
+                float(bench.ci_target), int(bench.ci_chunk), lay, orders(lay, plan.cfg.seed), plan.cfg.seed
+            )
+            plan._sequential = found
+        return found
+
+    @property
+    def rounds(self) -> int:
+        return max(math.ceil(n / self.size) for n in self.layout.sizes.values())
+
+    def record(self, rounds: int, why: str, used: dict[str, int], dense_new: int) -> dict[str, Any]:
+        return {
+            "ci_target": self.target,
+            "chunk": self.size,
+            "rounds": rounds,
+            "items_used": used,
+            "stopped_because": why,
+            "dense_items_evaluated": dense_new,
+        }
+
+    def run(self, evaluate: Evaluate, store: DenseStore, evaluate_dense: Evaluate):
+        """Rounds until Sr's half-width is at most the target or the items run out. Returns the compressed
+        EvalResult; its settings carry the record under "sequential" (the dense result on the same items:
+        ``store.result``)."""
+        vals: Values = {}
+        first, seconds, dense_new, why, k = None, 0.0, 0, "items exhausted", 0
+        while k < self.rounds:
+            samples = chunk(self.order, k, self.size)
+            result = evaluate(samples)
+            first = first or result
+            seconds += result.seconds
+            vals = merge(vals, from_worker(result.leaf_items["items"], self.layout))
+            dense_new += store.ensure(samples, evaluate_dense)
+            k += 1
+            docs = prefix(self.order, k, self.size)
+            width = half_width(restrict(store.values(), docs), vals, self.layout, self.seed)
+            log.info("sequential evaluation: round %d, Sr half-width %s (target %s)", k, width, self.target)
+            if width is not None and width <= self.target:
+                why = "ci_target"
+                break
+        compressed = rescore(first, vals, self.layout, first.leaf_items["chance"])
+        compressed.seconds = seconds
+        compressed.leaf_items = None
+        compressed.settings.pop("samples", None)  # the first round's; items_used says what was scored
+        compressed.settings["sequential"] = self.record(k, why, count(vals, self.layout), dense_new)
+        return compressed

@@ -1,0 +1,160 @@
+"""Sequential evaluation (benchmark.ci_target): seeded chunks, stopping on Sr's interval, an incrementally
+extended dense baseline, and scores recomputed from the merged items exactly as lm-eval aggregates them.
+
+The tiny random model answers jc_nextsentence identically whatever its compression (near-uniform logits), so
+there Sr's interval is a point and one round meets any target; on jc_lastword it scores 0, Sr is undefined and
+the items run out. Both are used on purpose below."""
+
+import math
+
+import pytest
+
+from jcexp import items, sequential
+from jcexp.config import ConfigError
+
+from .conftest import TINY
+
+SEQ = (*TINY, "save_model=false", "benchmark.limit=null")
+NEXT = ("~benchmark.scores.jc_lastword", "~benchmark.perplexity.jc_prose_ppl")  # jc_nextsentence only
+LAST = ("~benchmark.scores.jc_nextsentence",)  # jc_lastword and jc_prose_ppl
+
+
+def _dense_calls(monkeypatch) -> list[dict]:
+    """Every dense evaluation's chosen documents (the dense one's response cache is named dense-...)."""
+    import jcexp.evaluate as ev
+
+    calls, real = [], ev.evaluate
+
+    def spy(*args, **kwargs):
+        if "dense-" in str(kwargs.get("resume")):
+            calls.append(kwargs.get("samples"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "evaluate", spy)
+    return calls
+
+
+def test_a_loose_target_stops_after_one_round(compose):
+    from jcexp.pipeline import run
+
+    result = run(compose(*SEQ, *NEXT, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16"))
+    seq = result["benchmark"]["sequential"]
+    assert seq["stopped_because"] == "ci_target" and seq["rounds"] == 1
+    assert seq["items_used"] == {"jc_nextsentence": 16}
+    assert result["n_samples"]["jc_nextsentence"] == {"original": 197, "effective": 16}
+    assert result["metrics"]["sr_ci"] is not None
+    assert (result["metrics"]["sr_ci"][1] - result["metrics"]["sr_ci"][0]) / 2 <= 0.9
+    assert len(items.read(result["run_dir"])["scores"]["jc_nextsentence"]["items"]) == 16
+
+
+def test_an_impossible_target_uses_every_item_and_matches_a_full_evaluation(compose):
+    from jcexp.pipeline import run
+
+    seq_run = run(compose(*SEQ, *LAST, "benchmark.ci_target=1e-6", "benchmark.ci_chunk=100"))
+    full = run(compose(*SEQ, *LAST))
+    seq = seq_run["benchmark"]["sequential"]
+    assert seq["stopped_because"] == "items exhausted" and seq["rounds"] == 3
+    assert seq["items_used"] == {"jc_lastword": 237, "jc_prose_ppl": 15}
+    for section in ("tasks", "perplexity"):
+        for task, row in full[section].items():
+            for key in ("value", "baseline"):
+                assert seq_run[section][task][key] == pytest.approx(row[key], rel=1e-9, abs=1e-12), (
+                    task,
+                    key,
+                )
+    # Item by item the same values: the logged doc ids line up across chunks.
+    a, b = items.read(seq_run["run_dir"]), items.read(full["run_dir"])
+    assert a["scores"] == b["scores"]
+    for doc, (ll, weight) in b["perplexity"]["jc_prose_ppl"]["items"].items():
+        assert a["perplexity"]["jc_prose_ppl"]["items"][doc] == pytest.approx([ll, weight], rel=1e-9)
+
+
+def test_recomputed_scores_equal_lm_evals_aggregate(compose):
+    """sequential.aggregate on a plain evaluation's items gives lm-eval's own scores and stderrs."""
+    from jcexp.evaluate import check_documents
+    from jcexp.pipeline import run
+
+    cfg = compose(*TINY, "save_model=false", "benchmark.limit=24")
+    result = run(cfg)
+    lay = sequential.layout(cfg.benchmark, check_documents(cfg.benchmark))
+    vals = sequential.from_sidecar(items.read(result["run_dir"]), lay)
+    for task, row in result["tasks"].items():
+        per_leaf = {leaf: list(d.values()) for leaf, d in vals[task].items()}
+        value, stderr = sequential.aggregate(per_leaf, row["metric"], lay.pooled[task])
+        assert value == pytest.approx(row["value"], abs=1e-9)
+        assert stderr == pytest.approx(row["stderr"], abs=1e-9)
+    for task, row in result["perplexity"].items():
+        per_leaf = {leaf: list(d.values()) for leaf, d in vals[task].items()}
+        value, _ = sequential.aggregate(per_leaf, row["metric"], lay.pooled[task])
+        assert math.isclose(value, row["value"], rel_tol=1e-9)
+
+
+def test_the_dense_baseline_grows_by_the_new_items_only(compose, monkeypatch):
+    from jcexp.pipeline import run
+
+    first = run(compose(*SEQ, *NEXT, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16", "quant.bits=4"))
+    assert first["benchmark"]["sequential"]["rounds"] == 1
+    # The next run needs three rounds: its interval is held too wide for two.
+    widths = iter([0.5, 0.5, 0.0])
+    monkeypatch.setattr(sequential, "half_width", lambda *a, **k: next(widths))
+    calls = _dense_calls(monkeypatch)
+    second = run(compose(*SEQ, *NEXT, "benchmark.ci_target=0.1", "benchmark.ci_chunk=16", "quant.bits=3"))
+    seq = second["benchmark"]["sequential"]
+    assert seq["rounds"] == 3 and seq["items_used"] == {"jc_nextsentence": 48}
+    # The first 16 documents were cached by the first run: only rounds 2 and 3 reach the dense model.
+    order = sequential.orders(sequential.Layout({}, {}, set(), {"jc_nextsentence": 197}, {}), 0)
+    new = order["jc_nextsentence"][16:48]
+    assert sorted(i for c in calls for i in c["jc_nextsentence"]) == sorted(new)
+    assert seq["dense_items_evaluated"] == 32
+    assert second["baseline"]["path"] == first["baseline"]["path"]
+    assert second["n_samples"]["jc_nextsentence"]["effective"] == 48
+    stored = items.read(second["baseline"]["path"].rsplit("/", 1)[0])
+    assert len(stored["scores"]["jc_nextsentence"]["items"]) == 48
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("benchmark.ci_target=0",), "must be in (0, 1)"),
+        (("benchmark.ci_target=1.5",), "must be in (0, 1)"),
+        (("benchmark.ci_target=0.05", "benchmark.ci_chunk=0"), "ci_chunk=0 must be positive"),
+        (("benchmark.ci_target=0.05", "benchmark.limit=16"), "set benchmark.limit=null"),
+    ],
+)
+def test_bad_sequential_settings_fail_before_compute(compose, monkeypatch, overrides, message):
+    import jcexp.pipeline as pipeline
+
+    def no_compute(*a, **k):
+        raise AssertionError("computed before the config was checked")
+
+    monkeypatch.setattr(pipeline, "dense_baseline", no_compute)
+    base = SEQ if "benchmark.limit=16" not in overrides else (*TINY, "save_model=false")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pipeline.run(compose(*base, *overrides))
+
+
+def test_item_order_is_seeded_and_chunks_cover_every_item_once():
+    lay = sequential.Layout({}, {}, set(), {"a": 10, "b": 3}, {})
+    order = sequential.orders(lay, 0)
+    assert order == sequential.orders(lay, 0) and order != sequential.orders(lay, 1)
+    assert sorted(order["a"]) == list(range(10))
+    rounds = [sequential.chunk(order, k, 4) for k in range(3)]
+    assert [sorted(r) for r in rounds] == [["a", "b"], ["a"], ["a"]]
+    assert sorted(i for r in rounds for i in r["a"]) == list(range(10))
+
+
+def test_sequential_off_keeps_every_stored_hash_and_on_changes_it(compose):
+    """Results from before sequential evaluation existed ran the full suite: with ci_target unset they must be
+    found again (same hash); with it set the run evaluates fewer items, so it is a different result."""
+    from omegaconf import OmegaConf
+
+    from jcexp.results import config_hash
+
+    cfg = OmegaConf.to_container(compose(*TINY), resolve=True)
+    before = {
+        **cfg,
+        "benchmark": {k: v for k, v in cfg["benchmark"].items() if k not in ("ci_target", "ci_chunk")},
+    }
+    assert config_hash(cfg) == config_hash(before)
+    on = {**cfg, "benchmark": {**cfg["benchmark"], "ci_target": 0.03}}
+    assert config_hash(on) != config_hash(cfg)

@@ -207,6 +207,9 @@ def run_variant(r: dict[str, Any]) -> str:
     p, q = r["compression"]["pruner"], r["compression"]["quant"]
     if p.get("fused"):
         return "one-pass"
+    # A quantizer at 16 bit quantizes nothing (quant.bits=16 in a grid): the same run as quant=none.
+    if (q.get("bits") or 16) >= 16:
+        return "none"
     if q.get("case") == "B":
         return "Case B"
     return q.get("name") or "none"

@@ -59,3 +59,18 @@ def test_report_tables_and_verdict(tmp_path):
     assert "## Plots\n\n" + "\n".join(f"![{f}](plots/{f}.png)" for f in figures) + "\n" in md
     rows = list(csv.DictReader(open(tmp_path / "report.csv")))
     assert len(rows) == 4 and {"model", "config", "tcr", "sr", "srcr"} <= set(rows[0])
+
+
+def test_a_quantizer_at_16_bit_is_the_unquantized_variant():
+    """A grid's quant.bits=16 point quantizes nothing: it must pair with quant=none runs (pruning-only rows of
+    Tables V-VI), not with GPTQ ones."""
+    from jcexp.report import run_variant
+
+    def rec(**quant):
+        return {"compression": {"pruner": {"sparsity": 25.0}, "quant": quant}}
+
+    assert run_variant(rec(name="gptq", bits=16)) == "none"
+    assert run_variant(rec(name="gptq", bits=4)) == "gptq"
+    assert run_variant(rec(name="gptq", bits=4, case="B")) == "Case B"
+    assert run_variant(rec(name="llm_int8", bits=8)) == "llm_int8"
+    assert run_variant(rec()) == "none"

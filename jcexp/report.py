@@ -179,14 +179,29 @@ def difference_text(diff: dict[str, Any] | None, gain: float) -> str:
     return f"by {gain:+.1f} points of Sr ({ci})"
 
 
+def _same_quantizer(joint: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The quantization-only run a joint run is judged against: the same quantizer when the sweep has it (NF4
+    with NF4), else GPTQ (Case B and one-pass are GPTQ variants), else any. Without this a sweep holding
+    both GPTQ and NF4 at one TCr compared against whichever came last."""
+    name = joint["compression"]["quant"].get("name")
+    for wanted in (name, "gptq"):
+        for q in candidates:
+            if q["compression"]["quant"].get("name") == wanted:
+                return q
+    return candidates[0] if candidates else None
+
+
 def verdict(results: list[dict[str, Any]]) -> list[str]:
     """The paper's question on this sweep's data: at each TCr where both exist, does joint compression retain
     more than quantization alone, by how many points of Sr, and is the difference beyond the noise?"""
     lines = []
     for model, runs in by_model(results).items():
-        quant_only = {tcr_key(r): r for r in runs if is_quant_only(r)}
+        quant_only: dict[Any, list[dict[str, Any]]] = {}
+        for r in runs:
+            if is_quant_only(r):
+                quant_only.setdefault(tcr_key(r), []).append(r)
         for j in sorted(filter(is_joint, runs), key=tcr_of):
-            q = quant_only.get(tcr_key(j))
+            q = _same_quantizer(j, quant_only.get(tcr_key(j), []))
             if q is None or sr_of(j) is None or sr_of(q) is None:
                 continue
             gain = 100 * (sr_of(j) - sr_of(q))

@@ -74,3 +74,25 @@ def test_a_quantizer_at_16_bit_is_the_unquantized_variant():
     assert run_variant(rec(name="gptq", bits=4, case="B")) == "Case B"
     assert run_variant(rec(name="llm_int8", bits=8)) == "llm_int8"
     assert run_variant(rec()) == "none"
+
+
+def test_the_verdict_judges_a_joint_run_against_the_same_quantizer(tmp_path):
+    """A sweep with GPTQ and NF4 quantization-only runs at one TCr: joint GPTQ meets GPTQ, joint NF4 meets NF4,
+    whichever order the runs come in."""
+    from jcexp.report import verdict
+
+    def run(sparsity, bits, name, scores):
+        r = fixture_result(tmp_path, sparsity, bits, scores)
+        r["compression"]["quant"]["name"] = name
+        return r
+
+    q_gptq = run(0, 4, "gptq", POINTS[(0, 4)])
+    q_nf4 = run(0, 4, "nf4", {"mmlu_pro": 20.0, "bbh": 30.0, "math": 1.0})
+    j_gptq = run(50, 8, "gptq", POINTS[(25, 4)])
+    j_nf4 = run(50, 8, "nf4", POINTS[(25, 4)])
+    for order in ([q_gptq, q_nf4, j_gptq, j_nf4], [q_nf4, q_gptq, j_nf4, j_gptq]):
+        lines = verdict(order)
+        gptq_line = next(x for x in lines if "(nf4)" not in x)
+        nf4_line = next(x for x in lines if x.count("(nf4)") == 2)
+        assert f"{metrics.semantic_retention(POINTS[(0, 4)], DENSE):.3f}" in gptq_line
+        assert "retains more than 4bit (nf4)" in nf4_line

@@ -207,11 +207,20 @@ class Meter:
 
 @contextmanager
 def timed(records: dict[str, Any], name: str) -> Iterator[Meter]:
-    """Time and measure the block; its record lands in ``records[name]`` (result.json's ``stages``)."""
+    """Time and measure the block; its record lands in ``records[name]`` (result.json's ``stages``). A stage
+    that runs again in the same run (sequential evaluation scores chunk after chunk) adds up: the seconds
+    are summed, the peaks are the maximum, ``calls`` counts the blocks."""
     meter = Meter(name)
     with meter:
         yield meter
-    records[name] = meter.record()
+    new, old = meter.record(), records.get(name)
+    if old is not None:
+        new["seconds"] = round(old["seconds"] + new["seconds"], 3)
+        for peak in ("peak_rss_mb", "peak_cuda_mb"):
+            if old.get(peak) is not None:
+                new[peak] = max(old[peak], new[peak] or 0.0)
+        new["calls"] = old.get("calls", 1) + 1
+    records[name] = new
 
 
 def process_peak_rss_mb() -> float:

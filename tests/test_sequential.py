@@ -158,3 +158,21 @@ def test_sequential_off_keeps_every_stored_hash_and_on_changes_it(compose):
     assert config_hash(cfg) == config_hash(before)
     on = {**cfg, "benchmark": {**cfg["benchmark"], "ci_target": 0.03}}
     assert config_hash(on) != config_hash(cfg)
+
+
+def test_a_stage_run_in_chunks_records_its_whole_time():
+    """Sequential evaluation scores chunk after chunk under one stage name: result.json's stage must hold
+    the sum (bench/sequential_eval.py compares these seconds), not the last chunk's."""
+    import time
+
+    from jcexp import measure
+
+    records: dict = {}
+    for _ in range(3):
+        with measure.timed(records, "eval"):
+            time.sleep(0.05)
+    assert records["eval"]["calls"] == 3
+    assert records["eval"]["seconds"] >= 0.15
+    with measure.timed(records, "load"):
+        pass
+    assert "calls" not in records["load"]

@@ -71,16 +71,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ci-target", type=float, default=0.03)
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--set", action="append", default=[], help="more Hydra overrides, on both sides")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="work directory of an earlier run: its full side is found again by config hash (its stored stage "
+        "timings are the ones compared), and only the sequential side with these settings is computed",
+    )
     args = parser.parse_args(argv)
     from jcexp.report import verdict
 
-    work = Path(tempfile.mkdtemp(prefix="jcexp-bench-seq-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="jcexp-bench-seq-"))
     sides: dict[str, list[dict[str, Any]]] = {}
     wall: dict[str, float] = {}
     seq = [f"benchmark.ci_target={args.ci_target}", f"benchmark.ci_chunk={args.chunk}"]
     for name, extra in (("full", []), ("sequential", seq)):
+        # Each target gets its own root, so a second target reuses the full side but none of the first's items.
+        root = work / (name if name == "full" else f"sequential-{args.ci_target:g}-{args.chunk}")
         start = time.perf_counter()
-        sides[name] = _side(work / name, args.model, args.benchmark, [*extra, *args.set])
+        sides[name] = _side(root, args.model, args.benchmark, [*extra, *args.set])
         wall[name] = time.perf_counter() - start
 
     rows = []
@@ -113,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
             "",
             f"Evaluation seconds: {total['eval_s_full']:.1f} full, {total['eval_s_seq']:.1f} sequential; "
             f"items (compressed): {total['items_full']} full, {total['items_seq']} sequential; "
-            f"wall: {wall['full']:.0f} s full, {wall['sequential']:.0f} s sequential.",
+            f"wall: {wall['full']:.0f} s full"
+            + (" (found again in --work: its evaluation seconds are the earlier run's)" if args.work else "")
+            + f", {wall['sequential']:.0f} s sequential.",
             f"Every verdict the same: {'yes' if same else 'NO'}",
             "",
             "Full suite:",
@@ -123,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
             *verdict(sides["sequential"]),
         ]
     )
+    suffix = "" if (args.ci_target, args.chunk) == (0.03, 64) else f"_ci{args.ci_target:g}_chunk{args.chunk}"
     write(
-        f"sequential_eval_{args.model}",
+        f"sequential_eval_{args.model}{suffix}",
         {"rows": rows, "totals": total, "wall_s": wall, "verdicts_same": same, "args": vars(args)},
         markdown,
     )

@@ -57,6 +57,10 @@ def _items(r: dict[str, Any]) -> int:
     return sum(v.get("effective", 0) for v in r["n_samples"].values() if isinstance(v, dict))
 
 
+def _half(ci: list[float] | None) -> float | None:
+    return None if not ci else round((ci[1] - ci[0]) / 2, 3)
+
+
 def _verdicts(results: list[dict[str, Any]]) -> list[str]:
     from jcexp.report import verdict
 
@@ -107,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
                 "dense_new": s["dense_items_evaluated"],
                 "sr_full": full["metrics"]["sr"],
                 "sr_seq": fast["metrics"]["sr"],
-                "sr_ci_seq": fast["metrics"]["sr_ci"],
+                "sr_ci_seq": [round(x, 3) for x in fast["metrics"]["sr_ci"] or []] or None,
+                "halfwidth_full": _half(full["metrics"]["sr_ci"]),
+                "halfwidth_seq": _half(fast["metrics"]["sr_ci"]),
             }
         )
     same = _verdicts(sides["full"]) == _verdicts(sides["sequential"])
@@ -133,7 +139,12 @@ def main(argv: list[str] | None = None) -> None:
             *verdict(sides["sequential"]),
         ]
     )
-    suffix = "" if (args.ci_target, args.chunk) == (0.03, 64) else f"_ci{args.ci_target:g}_chunk{args.chunk}"
+    # A word name: bench/render.py's markers take \w+ only.
+    suffix = (
+        ""
+        if (args.ci_target, args.chunk) == (0.03, 64)
+        else f"_ci{args.ci_target:g}_chunk{args.chunk}".replace(".", "p")
+    )
     write(
         f"sequential_eval_{args.model}{suffix}",
         {"rows": rows, "totals": total, "wall_s": wall, "verdicts_same": same, "args": vars(args)},

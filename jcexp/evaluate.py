@@ -85,14 +85,13 @@ def include_paths(bench) -> list[str]:
 
 
 @lru_cache(maxsize=8)
-def _task_manager(paths: tuple[str, ...]):
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=list(paths))
+def _task_manager(paths: tuple[str, ...], names: tuple[str, ...]):
+    return worker.make_task_manager(list(paths), list(names))
 
 
 def task_manager(bench):
-    return _task_manager(tuple(include_paths(bench)))
+    names = (*task_names(bench), *generation(bench))
+    return _task_manager(tuple(include_paths(bench)), tuple(sorted(set(names))))
 
 
 def task_names(bench) -> list[str]:

@@ -334,3 +334,16 @@ def test_an_evaluation_cut_off_resumes_at_the_last_answered_request(compose, tmp
     result = run(compose(*TINY, "save_model=false", f"paths.cache_dir={tmp_path / 'cache'}"))
     assert result["status"] == "complete"
     assert not list((tmp_path / "cache" / "responses").glob("*.db"))
+
+
+def test_offline_suites_index_only_our_tasks_and_others_get_lm_evals_index():
+    """lm-eval indexes its ~14,700 task YAMLs for every TaskManager (16 s here, in every run's process).
+    Plain tasks of our include paths are found without that index; a name that is not ours (a hub task,
+    a typo that wants suggestions) gets the full one."""
+    from jcexp.evaluate import BUILTIN_TASKS
+
+    ours = worker.make_task_manager([str(BUILTIN_TASKS)], ["jc_lastword", "jc_nextsentence", "jc_prose_ppl"])
+    assert {"jc_lastword", "jc_nextsentence", "jc_prose_ppl"} <= set(ours.all_tasks)
+    assert len(ours.all_tasks) < 50
+    hub = worker.make_task_manager([str(BUILTIN_TASKS)], ["jc_lastword", "mmlu_pro"])
+    assert {"jc_lastword", "mmlu_pro", "bbh"} <= set(hub.all_tasks)

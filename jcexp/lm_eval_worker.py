@@ -222,7 +222,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     # lm-eval bootstraps stderr in a fork()ed Pool; jcexp evaluates in process for the same reason (evaluate.py).
     os.environ["DISABLE_MULTIPROC"] = "1"
     from lm_eval.api.registry import get_model
-    task_manager = make_task_manager(list(spec.get("include_paths") or []), list(spec["tasks"]))
+
+    names = [*spec["tasks"], *(spec.get("generation") or {})]
+    task_manager = make_task_manager(list(spec.get("include_paths") or []), names)
     lm = get_model(spec["backend"]).create_from_arg_obj(
         dict(spec.get("model_args") or {}),
         {"batch_size": spec.get("batch_size"), "device": spec.get("device")},  # None values are dropped

@@ -17,6 +17,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+
+def _xdist_group(item: pytest.Item) -> str:
+    return "smollm2" if "smollm2" in item.nodeid or item.get_closest_marker("slow") else item.path.name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs two pytest-xdist workers with `--dist loadgroup`. One group per file keeps a module's
+    fixtures (a sweep launched once for several tests) in one worker. The tests that need SmolLM2 share one
+    group, so the GGUF is converted once per session cache, and they go first: they are the longest."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
+    items.sort(key=lambda item: _xdist_group(item) != "smollm2")  # stable: the rest keep their order
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):
     """One cache (converted models, baselines) for the whole session, as in real use."""

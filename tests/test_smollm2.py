@@ -12,7 +12,7 @@ def test_smollm2_joint_25_percent_4_bit(compose):
         compose(
             "calibration.num_samples=8",
             "calibration.seq_len=128",
-            "benchmark.limit=24",
+            "benchmark.limit=8",
             "save_model=true",
         )
     )

@@ -17,7 +17,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-
 def _xdist_group(item: pytest.Item) -> str:
     return "smollm2" if "smollm2" in item.nodeid or item.get_closest_marker("slow") else item.path.name
 
@@ -29,6 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
     items.sort(key=lambda item: _xdist_group(item) != "smollm2")  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory):

@@ -35,7 +35,7 @@ slurm-deps:
 
 test: $(STAMP) slurm-deps
 	$(PY) -m ruff check jcexp hydra_plugins tests bench launch.py
-	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Benchmarks on SmolLM2 (about 45 min on 2 CPU cores); figures in bench/results/, quoted in docs/performance.md.
 bench: $(STAMP)

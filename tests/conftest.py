@@ -17,17 +17,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _xdist_group(item: pytest.Item) -> str:
-    return "smollm2" if "smollm2" in item.nodeid or item.get_closest_marker("slow") else item.path.name
+# The longest files (measured serially on 2 cores, 2026-12-04), started first so that neither xdist worker is
+# left with one of them at the end.
+LONGEST_FIRST = ("test_smollm2.py", "test_sweep.py", "test_evaluator.py", "test_bench.py", "test_e2e_tiny.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs two pytest-xdist workers with `--dist loadgroup`. One group per file keeps a module's
-    fixtures (a sweep launched once for several tests) in one worker. The tests that need SmolLM2 share one
-    group, so the GGUF is converted once per session cache, and they go first: they are the longest."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
-    items.sort(key=lambda item: _xdist_group(item) != "smollm2")  # stable: the rest keep their order
+    """`make test` runs two pytest-xdist workers with `--dist loadfile`: each file runs in one worker, so a
+    module-scoped fixture (a sweep, a SLURM cluster) is set up once. (`--dist loadgroup` would group across
+    files, but xdist 3.8 tags the group through a node attribute that pytest 9 no longer reads.)"""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 # Two pytest-xdist workers: much of the suite waits on subprocesses, imports and single-threaded Python. On the
-# 2-core dev machine the suite took 867 s with two workers and 1412 s serially (2026-12-04). TEST_WORKERS=0: serial.
+# 2-core dev machine: 947 s with two workers (tests dealt one by one) vs 1412 s serially, same commit (2026-12-04). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast lint bench gpu-check clean-venv slurm-deps vllm-env

@@ -12,7 +12,7 @@ export HF_HUB_DISABLE_TELEMETRY ?= 1
 # 2-core dev machine: 947 s with two workers (tests dealt one by one) vs 1412 s serially, same commit (2026-12-04). TEST_WORKERS=0: serial.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test test-fast lint bench gpu-check clean-venv slurm-deps vllm-env
+.PHONY: demo test test-fast lint bench gpu-check clean-venv slurm-deps vllm-env lc012-env
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -63,6 +63,20 @@ vllm-env:
 	python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q 'vllm==0.33.0' 'lm-eval[vllm,math]==0.4.13'
+
+# llm-compressor 0.12, apart from .venv, for bench/case_b_vs_012.py: the last GPTQ that kept pruned zeros (0.13,
+# PR #2860, removed it), run against jcexp's Case B. 0.12.0 and 0.12.0.2 ship the same code (only version.py and
+# looser dependency bounds differ). Its own requirements are installed as it declares them, except torch: it asks
+# for torch<=2.12.0, whose only x86 Linux build on PyPI is the CUDA one (about 4 GB with its nvidia-* wheels), so
+# this env takes the same CPU torch as .venv (2.13.0+cpu). pip check then names that one mismatch, nothing else.
+LC012_VENV ?= .venv-lc012
+LC012_TORCH ?= torch==2.13.0
+lc012-env:
+	python3 -m venv $(LC012_VENV)
+	$(LC012_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LC012_VENV)/bin/python -m pip install -q --no-deps 'llmcompressor==0.12.0'
+	$(LC012_VENV)/bin/python -c "from importlib.metadata import requires; print('\\n'.join(r for r in requires('llmcompressor') if 'extra ==' not in r and not r.startswith('torch')))" > $(LC012_VENV)/requirements-lc012.txt
+	$(LC012_VENV)/bin/python -m pip install -q '$(LC012_TORCH)' -r $(LC012_VENV)/requirements-lc012.txt
 
 clean-venv:
 	rm -rf $(VENV)

@@ -59,7 +59,9 @@ class QuantConfig:
     bits: int = 16  # 16 means no quantization
     group_size: int | None = 128  # null: one scale per output channel
     symmetric: bool = True
-    preserve_sparsity: bool = False  # false: the paper's Case A (GPTQ updates pruned weights too)
+    # GPTQ after pruning (quant.case, GPTQ_CASES): "A", "B" (the paper's tool, the default) or "joint". It
+    # means nothing without pruning or for other quantizers: null there, everywhere (effective_case).
+    case: str | None = None
     modifier: dict[str, Any] | None = None
 
 
@@ -97,6 +99,10 @@ class BenchmarkConfig:
     # round, until Sr's 95% interval has half-width <= ci_target or the items run out. null: score them all.
     ci_target: float | None = None
     ci_chunk: int = 64
+    # Floors before a sequential run may stop (jcexp/anytime.py): items per task (or all a task has), and items
+    # on which the dense and the compressed model disagree, over all tasks.
+    ci_min_items: int = 64
+    ci_min_discordant: int = 10
 
 
 @dataclass
@@ -169,6 +175,9 @@ class RunConfig:
     )
     run_name: str = "default"
     tags: list[str] = field(default_factory=list)
+    # Two runs are "equivalent" only when the 95% interval of their Sr difference lies inside ±this
+    # (jcexp/verdicts.py); it changes what is concluded, not what is computed (not in the config hash).
+    equivalence_margin: float = 0.05
     errors: ErrorAnalysisConfig = field(default_factory=ErrorAnalysisConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
@@ -275,11 +284,38 @@ def _sweep_group() -> str | None:
     return f"{sweep_dir.parent.name}_{sweep_dir.name}"
 
 
-def _gptq_modifier(preserve_sparsity: bool) -> str:
-    """Case A is llm-compressor's GPTQModifier; Case B is jcexp's sparsity-preserving extension of it."""
-    if preserve_sparsity:
-        return "jcexp.compress.case_b.SparsityPreservingGPTQModifier"
-    return "llmcompressor.modifiers.quantization.GPTQModifier"
+# The three ways GPTQ can treat the weights pruning removed (README, "GPTQ after pruning"):
+#   A:     llm-compressor 0.14's GPTQ as it stands; its updates also land on pruned positions (the paper's Case A).
+#   B:     llm-compressor <= 0.12's GPTQ, which the paper ran: updates masked to the kept weights, pruned weights
+#          stay exactly 0, errors come from kept weights only (the paper's Case B, eqs. 4 and 6).
+#   joint: SparseGPT's joint mode: pruned positions collect compensation, then pass (w - 0)/d on.
+GPTQ_CASES = {
+    "A": "llmcompressor.modifiers.quantization.GPTQModifier",
+    "B": "jcexp.compress.case_b.CaseBGPTQModifier",
+    "joint": "jcexp.compress.joint_mode.JointModeGPTQModifier",
+}
+
+
+def pruning_requested(sparsity: Any, mask: Any) -> bool:
+    """What a pruner node asks for, read from its values alone (the stage adds: and has a modifier)."""
+    try:
+        nm = parse_mask(mask)
+    except ConfigError:
+        return True
+    return float(sparsity or 0) > 0 or nm is not None
+
+
+def effective_case(case: str | None, pruning: bool) -> str | None:
+    """quant.case as it acts: the case when something is pruned, else None (every case is stock GPTQ then).
+    The one spelling that the modifier choice, the stage, the config hash and result.json share."""
+    return case if pruning and case is not None else None
+
+
+def _gptq_modifier(case: str | None, sparsity: Any = 0, mask: Any = None) -> str:
+    """The GPTQ modifier class for quant.case; stock GPTQ when nothing is pruned. A resolver must not raise:
+    an unknown case falls back to stock here and check_values names it."""
+    chosen = effective_case(case, pruning_requested(sparsity, mask))
+    return GPTQ_CASES.get(chosen or "A", GPTQ_CASES["A"])
 
 
 def _nf4_backend(requested: str = "auto") -> str:
@@ -349,6 +385,17 @@ def check_values(cfg: DictConfig) -> None:
 
     if q.bits not in SUPPORTED_BITS:
         errors.append(f"quant.bits={q.bits} is not supported; choose one of {list(SUPPORTED_BITS)}")
+    case = q.get("case")
+    gptq = q.modifier is not None and q.modifier.get("_target_") in GPTQ_CASES.values()
+    if case is not None and case not in GPTQ_CASES:
+        errors.append(
+            f"quant.case={case!r} is not one of {list(GPTQ_CASES)} (see README, GPTQ after pruning)"
+        )
+    elif case is not None and q.modifier is not None and not gptq:
+        errors.append(
+            f"quant.case={case} (what GPTQ does after pruning) is not available with quant={q.name}: "
+            "only GPTQ has cases (quant=gptq)"
+        )
     if q.group_size is not None and q.group_size <= 0:
         errors.append(f"quant.group_size={q.group_size} must be positive (or null for per-channel)")
 
@@ -375,6 +422,9 @@ def check_values(cfg: DictConfig) -> None:
             )
         if b.get("ci_chunk", 64) <= 0:
             errors.append(f"benchmark.ci_chunk={b.ci_chunk} must be positive (items per task per round)")
+        for floor in ("ci_min_items", "ci_min_discordant"):
+            if b.get(floor, 0) < 0:
+                errors.append(f"benchmark.{floor}={b[floor]} must be at least 0")
         if b.limit is not None:
             errors.append(
                 f"benchmark.ci_target={target} with benchmark.limit={b.limit}: sequential evaluation picks its "
@@ -384,6 +434,10 @@ def check_values(cfg: DictConfig) -> None:
         if not b.scores:
             errors.append(f"benchmark.ci_target={target} needs scored tasks (benchmark.scores): it bounds Sr")
 
+    if not 0 < cfg.get("equivalence_margin", 0.05) < 1:
+        errors.append(
+            f"equivalence_margin={cfg.equivalence_margin} must be in (0, 1): a difference in Sr, 0.05 = 5 points"
+        )
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device)):
         errors.append(f"device={cfg.device!r} must be auto, cpu, cuda or cuda:N")
     if cfg.threads is not None and cfg.threads <= 0:
@@ -399,10 +453,13 @@ def check_values(cfg: DictConfig) -> None:
             errors.append(f"errors.tokens={e.tokens} must be positive")
     if e.case_ratio and not e.enabled:
         errors.append("errors.case_ratio=true needs errors.enabled=true")
-    if e.case_ratio and q.name != "gptq":
+    if e.case_ratio and not gptq:
         errors.append(
-            f"errors.case_ratio=true compares GPTQ's Case A and Case B; quant={q.name} has no Case B"
+            f"errors.case_ratio=true compares GPTQ's Case A and Case B; quant={q.name} has no cases"
         )
+    elif e.case_ratio and case not in ("A", "B"):
+        errors.append(f"errors.case_ratio=true compares Case A and Case B; quant.case={case} is neither")
+
     if e.case_ratio and q.bits >= 16:
         errors.append("errors.case_ratio=true needs quantization (quant.bits < 16)")
 

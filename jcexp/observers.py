@@ -92,10 +92,16 @@ class SparsityMeter(Observer):
         # What pruning removed, never counting the zeros quantization rounded to (a 3-bit model without
         # pruning has ~30% exact zeros); the TCr from measured sparsity uses this.
         pruned = prune["overall"] if prune else run.measured.get("onepass_pruned", 0.0)
+        # Of those, the ones still exactly zero at the end: Case A's GPTQ revives some, and a revived weight
+        # must be stored, so the TCr from measured sparsity counts only these.
+        still_zero = pruned
         if quant is None:
             rounding = 0.0
         elif prune:
             rounding = quant["kept_rounded_to_zero"] * (1.0 - pruned)
+            still_zero = pruned * (
+                quant["pruned_still_zero"] if quant["pruned_still_zero"] is not None else 1.0
+            )
         else:
             rounding = max(0.0, final - pruned)  # one-pass: its pruned positions all stay exactly 0
         run.measured["sparsity"] = {
@@ -103,6 +109,7 @@ class SparsityMeter(Observer):
             "after_quant": quant and quant["overall"],
             "final": final,
             "pruned": pruned,
+            "pruned_still_zero": still_zero,
             "rounding_zeros": rounding,
         }
 
@@ -152,7 +159,7 @@ class ReconstructionErrors(Observer):
         run.layer_errors[stage.kind] = self.probe.errors(run.model, self._reference)
         if stage.kind == "quant" and self.plan.cfg.errors.case_ratio:
             mine, other = run.layer_errors["quant"], self._other
-            a, b = (other, mine) if stage.preserve_sparsity else (mine, other)
+            a, b = (other, mine) if stage.case == "B" else (mine, other)
             run.layer_errors["case_a"], run.layer_errors["case_b"] = a, b
         self._reference = None
 
@@ -183,10 +190,11 @@ class ReconstructionErrors(Observer):
         from jcexp.compress import apply_stage
 
         alt_cfg = copy.deepcopy(self.plan.cfg)  # whole: the quant node interpolates model and quant keys
-        alt_cfg.quant.preserve_sparsity = not alt_cfg.quant.preserve_sparsity
+        other = "A" if self.plan.quant.case == "B" else "B"
+        alt_cfg.quant.case = other
         alt = instantiate(alt_cfg.quant)
         twin = copy.deepcopy(run.model)
-        with measure.timed(run.timings, f"quantize_case_{'B' if alt.preserve_sparsity else 'A'}_for_ratio"):
+        with measure.timed(run.timings, f"quantize_case_{other}_for_ratio"):
             apply_stage(alt, twin, run.tokenizer, run.calibration, self.plan.cfg.seed)
         out = self.probe.errors(twin, self._reference)
         del twin

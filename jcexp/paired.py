@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jcexp import metrics
+from jcexp import anytime, metrics
 
 METHOD = "paired percentile bootstrap over items, each task resampled with replacement"
 RESAMPLES = 2000
@@ -50,8 +50,12 @@ def resampled_means(
     rng = np.random.default_rng(seed)
     out = {}
     for task, values in _aligned(models, tasks).items():
-        idx = rng.integers(0, values.shape[1], size=(n, values.shape[1]))
-        out[task] = values[:, idx].mean(axis=2).T
+        k = values.shape[1]
+        idx = rng.integers(0, k, size=(n, k))
+        # Each resample as counts per item: [resamples, items] @ [items, models] needs no [models, resamples,
+        # items] copy (a family of 40 runs at 10,000 resamples would hold hundreds of MB).
+        counts = np.bincount((idx + k * np.arange(n)[:, None]).ravel(), minlength=n * k).reshape(n, k)
+        out[task] = counts @ values.T / k
     return out
 
 
@@ -131,21 +135,101 @@ def difference_interval(
     seed: int = 0,
     level: float = LEVEL,
 ) -> dict[str, Any]:
-    """Sr(a) - Sr(b), both against the same dense model, with its paired interval; ``within_noise`` when the
-    interval contains 0 (the two cannot be told apart on these items)."""
+    """Sr(a) - Sr(b), both against the same dense model, with its paired interval. The point estimate and the
+    interval come from the same items (those all three answered). Where the difference is undefined (a dense
+    task mean of 0 on the shared items, or on too many resamples) ``ci`` is None and ``undefined`` says why:
+    never an exception, so a sweep's report is still written."""
     tasks = sorted(dense)
 
     def diff(m: list[dict[str, float]]) -> float:
         return metrics.semantic_retention(m[1], m[0], kind) - metrics.semantic_retention(m[2], m[0], kind)
 
-    point = diff([_means(dense, tasks), _means(a, tasks), _means(b, tasks)])
-    lo, hi = bootstrap([dense, a, b], tasks, diff, resamples=resamples, seed=seed, level=level)
-    return {
-        "diff": point,
-        "ci": [lo, hi],
-        "within_noise": not (lo > 0 or hi < 0),
-        **describe(resamples, seed, level),
-    }
+    out: dict[str, Any] = {"diff": None, "ci": None, "undefined": None, **describe(resamples, seed, level)}
+    try:
+        aligned = _aligned([dense, a, b], tasks)
+    except ValueError as exc:
+        return {**out, "undefined": str(exc)}
+    point = _safe(diff, [{t: float(v[j].mean()) for t, v in aligned.items()} for j in range(3)])
+    if point is None:
+        return {**out, "undefined": "Sr is undefined on the shared items (a dense task mean of 0)"}
+    ci = bootstrap([dense, a, b], tasks, diff, resamples=resamples, seed=seed, level=level)
+    if ci is None:
+        return {
+            **out,
+            "diff": point,
+            "undefined": "Sr is undefined on more than 1% of resamples (a dense task mean near 0)",
+        }
+    # Two runs that agree on every shared item get a percentile interval of exactly [0, 0], which would call
+    # them equivalent within any margin on 20 items. The regularized delta-method interval (jcexp/anytime.py)
+    # never collapses: the interval is the hull of the two, and says how many items disagreed.
+    wald = anytime.delta_interval([dense, a, b], tasks, anytime.difference(kind), level)
+    if wald["ci"] is not None:
+        ci = [min(ci[0], wald["ci"][0]), max(ci[1], wald["ci"][1])]
+    return {**out, "diff": point, "ci": ci, "discordant": wald["discordant"], "method": DIFFERENCE_METHOD}
+
+
+def family_intervals(
+    models: Mapping[str, TaskItems],
+    statistics: Mapping[str, Callable[[dict[str, dict[str, float]]], float]],
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, dict[str, Any]]:
+    """Each statistic's point, its own percentile interval, and a family-wise interval, from one paired draw.
+
+    ``models`` maps a name to its per-item values (all scored on the same items, e.g. runs against one dense
+    baseline); a statistic maps {name: {task: mean}} to a number (a difference of Sr, a difference in
+    differences, SrCr). Every statistic is computed on the same resampled items, so their joint distribution
+    is kept, and the family-wise interval uses it: the simultaneous percentile bootstrap (max statistic over
+    the family). Each statistic's resampled values are turned into their two-sided tail probability; the
+    level alpha* is the (1 - level) quantile of each resample's smallest tail probability, so that with
+    probability ``level`` every statistic lies inside its own (1 - alpha*) percentile interval at once. The
+    adjusted interval is that percentile interval: wider than the unadjusted one, and read with the same
+    rule. A statistic undefined on more than 1% of resamples gets no interval and is left out of the family."""
+    names = list(models)
+    tasks = sorted(next(iter(models.values())))
+    draws = resampled_means([models[n] for n in names], tasks, resamples, seed)
+    aligned = _aligned([models[n] for n in names], tasks)
+    point_means = {n: {t: float(aligned[t][j].mean()) for t in tasks} for j, n in enumerate(names)}
+
+    def means_at(b: int) -> dict[str, dict[str, float]]:
+        return {n: {t: float(draws[t][b, j]) for t in tasks} for j, n in enumerate(names)}
+
+    per_draw = [means_at(b) for b in range(resamples)]
+    out: dict[str, dict[str, Any]] = {}
+    kept: dict[str, np.ndarray] = {}
+    for name, stat in statistics.items():
+        point = _safe(stat, point_means)
+        values = [_safe(stat, m) for m in per_draw]
+        ci = _interval(values, level)
+        out[name] = {"point": point, "ci": ci, "ci_adjusted": None, "undefined": None}
+        if point is None or ci is None:
+            out[name]["undefined"] = "undefined on the shared items or on more than 1% of resamples"
+            continue
+        kept[name] = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    if kept:
+        matrix = np.vstack(list(kept.values()))  # [statistics, resamples]
+        ranks = (np.argsort(np.argsort(matrix, axis=1), axis=1) + 1) / resamples
+        tail = np.minimum(1.0, 2 * np.minimum(ranks, 1 - ranks + 1 / resamples))
+        tail[np.isnan(matrix)] = 1.0  # an undefined draw of one statistic says nothing about the others
+        alpha = float(np.quantile(tail.min(axis=0), 1 - level))
+        alpha = min(alpha, 1 - level)
+        for name, row in zip(kept, matrix, strict=True):
+            finite = row[np.isfinite(row)]
+            lo, hi = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+            out[name]["ci_adjusted"] = [float(lo), float(hi)]
+            out[name]["adjusted_level"] = 1 - alpha
+    for entry in out.values():
+        entry.update(family=len(kept), method=FAMILY_METHOD, resamples=resamples, seed=seed, level=level)
+    return out
+
+
+DIFFERENCE_METHOD = METHOD + "; widened to the regularized paired delta-method interval where that is wider"
+FAMILY_METHOD = (
+    "paired percentile bootstrap over items; family-wise intervals by the simultaneous percentile bootstrap "
+    "(max statistic over the family, one draw shared by every run)"
+)
 
 
 def _means(items: TaskItems, tasks: Sequence[str]) -> dict[str, float]:

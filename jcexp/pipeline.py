@@ -23,7 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 from jcexp import items, measure, metrics, paired, placement, preflight
 from jcexp.cache import KeyedCache
 from jcexp.compress import compression_device
-from jcexp.config import ConfigError, check_values
+from jcexp.config import ConfigError, check_values, effective_case
 from jcexp.files import key_hash
 from jcexp.observers import RunState, default_observers
 from jcexp.results import (
@@ -112,6 +112,7 @@ class Plan:
         self.source = instantiate(cfg.model.source)
         self.pruner = instantiate(cfg.pruner)
         self.quant = instantiate(cfg.quant)
+        self.quant.case = effective_case(self.quant.case, self.pruner.active)
         self.calibration = instantiate(cfg.calibration)
         self.tracker = instantiate(cfg.logger)
         self.evaluator = instantiate(cfg.evaluator)
@@ -143,12 +144,16 @@ class Plan:
         return [s for s in (self.pruner, self.quant) if s.active]
 
 
+# benchmark keys that say how many items a sequential run scores, not what an item's score is.
+SEQUENTIAL_KEYS = ("ci_target", "ci_chunk", "ci_min_items", "ci_min_discordant")
+
+
 def _baseline_key(plan: Plan) -> dict[str, Any]:
     from jcexp.data import fingerprint, prose_split
 
     versions = library_versions()
     # How many items a sequential run scores is not part of what the baseline is: its entry grows instead.
-    bench = {k: v for k, v in plan.resolved["benchmark"].items() if k not in ("ci_target", "ci_chunk")}
+    bench = {k: v for k, v in plan.resolved["benchmark"].items() if k not in SEQUENTIAL_KEYS}
     key = {
         "model": plan.source.identity(),
         "benchmark": bench,
@@ -326,7 +331,7 @@ def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
     path = str(entry / BASELINE_FILE)
     dense = EvalResult.from_dict(stored["eval"])
     dense.items = items.read(entry)
-    return dense, {"path": path, "reused": reused}, stored.get("placement")
+    return dense, {"path": path, "key": entry.name, "reused": reused}, stored.get("placement")
 
 
 def _sequential_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
@@ -346,8 +351,8 @@ def _sequential_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
         placed.update(where)
         return scores
 
-    new = store.ensure(sequential.chunk(seq.order, 0, seq.size), evaluate)
-    dense = store.result(sequential.prefix(seq.order, 1, seq.size))
+    new = store.ensure(seq.chunk(0), evaluate)
+    dense = store.result(seq.prefix(1))
     used = sequential.count(sequential.from_sidecar(dense.items, seq.layout), seq.layout)
     dense.settings["sequential"] = seq.record(1, "nothing compressed", used, 0)
     record = {"path": str(store.entry / BASELINE_FILE), "reused": new == 0, "items_evaluated": new}
@@ -523,8 +528,8 @@ def retention_intervals(compressed, dense, seed: int) -> dict[str, Any] | None:
 def compute_metrics(
     plan: Plan, compressed, dense, pruned_sparsity: float, intervals: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The paper's metrics; ``pruned_sparsity`` is the measured share of weights pruning removed; ``intervals``
-    the paired bootstrap intervals (retention_intervals)."""
+    """The paper's metrics; ``pruned_sparsity`` is the measured share of weights pruning removed that are still
+    zero at the end; ``intervals`` the paired intervals (retention_intervals, or sequential evaluation's)."""
     sparsity = plan.pruner.target_sparsity
     bits = plan.quant.bits if plan.quant.active else 16
     comp = {t: s.value for t, s in compressed.scores.items()}
@@ -554,6 +559,12 @@ def compute_metrics(
         # How the intervals were computed: method, resamples, seed, level.
         "ci": {k: intervals[k] for k in ("method", "resamples", "seed", "level")} if intervals else None,
         "srcr": metrics.srcr(sr, sparsity, bits) if sr is not None else None,
+        # For one configuration SrCr is a constant (>= 0) times Sr: its interval is Sr's, scaled.
+        "srcr_ci": (
+            [metrics.srcr(x, sparsity, bits) for x in intervals["sr"]]
+            if intervals and intervals["sr"]
+            else None
+        ),
         "mean_score": sum(comp.values()) / len(comp) if comp else None,
         "mean_score_dense": sum(base.values()) / len(base) if base else None,
     }
@@ -571,6 +582,15 @@ def build_record(
         dense, sequential = _sequential_dense(plan, compressed), dict(sequential)
         sequential["dense_items_evaluated"] += baseline.get("items_evaluated", 0)
     intervals = retention_intervals(compressed, dense, cfg.seed)
+    stop = (sequential or {}).get("sr_interval")
+    if intervals is not None and stop is not None:
+        # Sr's interval is the stop rule's: valid at whichever look the run ended (a percentile interval read
+        # after a data-dependent stop is not). The per-task and Sr1 intervals stay percentile ones, unadjusted.
+        intervals = {
+            **intervals,
+            "sr": stop["ci"],
+            "method": f"Sr: {stop['method']}; per task and Sr1: {intervals['method']} (not adjusted for the stop)",
+        }
     peak_rss = measure.process_peak_rss_mb()
     peak_cuda = max((t.get("peak_cuda_mb") or 0 for t in state.timings.values()), default=0) or None
     return {
@@ -603,7 +623,9 @@ def build_record(
         "layer_errors": state.layer_errors or None,
         "tasks": _task_rows(compressed, dense, intervals),
         "perplexity": _perplexity_rows(compressed, dense, cfg.seed),
-        "metrics": compute_metrics(plan, compressed, dense, state.measured["sparsity"]["pruned"], intervals),
+        "metrics": compute_metrics(
+            plan, compressed, dense, state.measured["sparsity"]["pruned_still_zero"], intervals
+        ),
         "baseline": baseline,
         "prune_cache": state.prune_cache,
         "stages": state.timings,

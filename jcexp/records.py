@@ -104,15 +104,20 @@ def is_joint(result: Result) -> bool:
 DEFAULT_METHODS = ("sparsegpt", "gptq", "none", None)
 
 
+# What a label says of GPTQ's case after pruning; the paper's own (B, its tool's) goes unnamed.
+CASE_NAMES = {"A": "case A", "joint": "joint mode"}
+
+
 def method_names(result: Result) -> list[str]:
-    """The methods a label names: those that are not the paper's (SparseGPT -> GPTQ), and Case B."""
+    """The methods a label names: those that are not the paper's (SparseGPT -> GPTQ in Case B)."""
     p, q = result["compression"]["pruner"], result["compression"]["quant"]
     names = [m for m in (p.get("name"), q.get("name")) if m not in DEFAULT_METHODS]
-    return [*names, "case B"] if q.get("case") == "B" else names
+    case = CASE_NAMES.get(q.get("case") or "")
+    return [*names, case] if case else names
 
 
 def label(result: Result) -> str:
-    """'25% 4bit', with the method named when it is not the paper's (SparseGPT -> GPTQ, Case A)."""
+    """'25% 4bit', with the method named when it is not the paper's (SparseGPT -> GPTQ, Case B)."""
     s, mask, bits = point(result)
     prune = mask or (f"{s:g}%" if s else "")
     quant = f"{bits}bit" if bits < 16 else ""
@@ -142,9 +147,10 @@ def parse_label(text: str) -> tuple[float, str | None, int, list[str]]:
 
 
 def quant_method(result: Result) -> str:
-    """The quantizer as a figure's legend names it: 'gptq', 'gptq, case B'."""
+    """The quantizer as a figure's legend names it: 'gptq', 'gptq, case A'."""
     q = result["compression"]["quant"]
-    return (q.get("name") or "unnamed") + (", case B" if q.get("case") == "B" else "")
+    case = CASE_NAMES.get(q.get("case") or "")
+    return (q.get("name") or "unnamed") + (f", {case}" if case else "")
 
 
 # What a run recorded.
@@ -208,7 +214,14 @@ def dense_items_of(result: Result) -> dict[str, Any] | None:
     return found if items.complete(found) else None
 
 
+def baseline_key(result: Result) -> str | None:
+    """The hash of the dense baseline's key (its cache entry is named by it), wherever that cache lives."""
+    base = result.get("baseline") or {}
+    return base.get("key") or (Path(base["path"]).parent.name if base.get("path") else None)
+
+
 def same_baseline(a: Result, b: Result) -> bool:
-    return bool(a.get("baseline")) and (a["baseline"] or {}).get("path") == (b.get("baseline") or {}).get(
-        "path"
-    )
+    """Two runs are paired when their dense baselines have the same key: the same model, items, settings and
+    versions, even when they ran under different output roots (and so different cache directories)."""
+    key = baseline_key(a)
+    return key is not None and key == baseline_key(b)

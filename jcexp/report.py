@@ -2,6 +2,7 @@
 
     python -m jcexp.report <sweep_dir>
     python -m jcexp.report --compare <run A> <run B>   # Sr(A) - Sr(B) with its paired 95% interval
+    python -m jcexp.report ... --margin 0.03           # the equivalence margin, in Sr (default 0.05)
 
 Writes ``report.md`` and ``report.csv`` into the directory. Works on a partial sweep: points without a
 complete result are listed as missing. Reads results only: no torch, no W&B.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jcexp import items, metrics, paired
+from jcexp import items, metrics, paired, verdicts
 from jcexp.plots import write_plots
 from jcexp.records import (
     by_model,
@@ -159,7 +160,8 @@ def _sb(r: dict[str, Any]) -> tuple[float, int]:
 
 def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
     """Sr(a) - Sr(b) with its paired bootstrap interval over the items both answered (jcexp/paired.py), or
-    None when the two were not scored against the same dense baseline or lack per-item sidecars."""
+    None when the two were not scored against the same dense baseline or lack per-item sidecars. A difference
+    that cannot be computed comes back with ``ci`` None and the reason in ``undefined``."""
     if not same_baseline(a, b):
         return None
     dense, ia, ib = dense_items_of(a), items_of(a), items_of(b)
@@ -168,20 +170,44 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | 
     return paired.difference_interval(items.scores(dense), items.scores(ia), items.scores(ib), seed=a["seed"])
 
 
-def difference_text(diff: dict[str, Any] | None, gain: float) -> str:
-    """'by +26.9 points of Sr (95% CI [+22.1, +31.5])', or 'within noise: ...' when the interval holds 0."""
-    if diff is None or diff["ci"] is None:
-        return f"by {gain:+.1f} points of Sr (no paired interval: per-item results missing)"
-    lo, hi = (100 * x for x in diff["ci"])
-    ci = f"95% CI [{lo:+.1f}, {hi:+.1f}]"
-    if diff["within_noise"]:
-        return f"by {gain:+.1f} points of Sr, within noise ({ci} contains 0)"
-    return f"by {gain:+.1f} points of Sr ({ci})"
+@dataclass(frozen=True)
+class Comparison:
+    """Sr(A) - Sr(B): the word (jcexp/verdicts.py), the difference on the shared items, its interval."""
+
+    word: str
+    diff: float | None
+    ci: list[float] | None
+    margin: float
+    why: str | None = None  # why there is no interval
+
+    def text(self) -> str:
+        """'higher by +26.9 points of Sr (95% CI [+22.1, +31.5]; equivalence margin ±5 points of Sr)'."""
+        if self.ci is None:
+            gain = "" if self.diff is None else f" ({100 * self.diff:+.1f} points of Sr)"
+            return f"{self.word}{gain}: no paired interval ({self.why})"
+        return (
+            f"{self.word}: {100 * self.diff:+.1f} points of Sr, 95% CI {verdicts.points(self.ci)} "
+            f"(equivalence margin {verdicts.margin_text(self.margin)})"
+        )
+
+
+def comparison(a: dict[str, Any], b: dict[str, Any], margin: float = verdicts.DEFAULT_MARGIN) -> Comparison:
+    diff = paired_difference(a, b)
+    if diff is None:
+        why = (
+            "per-item results missing"
+            if same_baseline(a, b)
+            else "not scored against the same dense baseline"
+        )
+        return Comparison(verdicts.UNDEFINED, None, None, margin, why)
+    if diff["ci"] is None:
+        return Comparison(verdicts.UNDEFINED, diff["diff"], None, margin, diff["undefined"])
+    return Comparison(verdicts.difference_word(diff["ci"], margin), diff["diff"], diff["ci"], margin)
 
 
 def _same_quantizer(joint: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The quantization-only run a joint run is judged against: the same quantizer when the sweep has it (NF4
-    with NF4), else GPTQ (Case B and one-pass are GPTQ variants), else any. Without this a sweep holding
+    with NF4), else GPTQ (the cases and one-pass are GPTQ variants), else any. Without this a sweep holding
     both GPTQ and NF4 at one TCr compared against whichever came last."""
     name = joint["compression"]["quant"].get("name")
     for wanted in (name, "gptq"):
@@ -191,9 +217,20 @@ def _same_quantizer(joint: dict[str, Any], candidates: list[dict[str, Any]]) -> 
     return candidates[0] if candidates else None
 
 
-def verdict(results: list[dict[str, Any]]) -> list[str]:
+def margin_of(results: list[dict[str, Any]]) -> float:
+    """The equivalence margin the runs were configured with (``equivalence_margin``), else the default."""
+    for r in results:
+        found = (r.get("config") or {}).get("equivalence_margin")
+        if found is not None:
+            return float(found)
+    return verdicts.DEFAULT_MARGIN
+
+
+def verdict(results: list[dict[str, Any]], margin: float | None = None) -> list[str]:
     """The paper's question on this sweep's data: at each TCr where both exist, does joint compression retain
-    more than quantization alone, by how many points of Sr, and is the difference beyond the noise?"""
+    more than quantization alone? Higher / lower / equivalent / inconclusive, from the paired interval and
+    the equivalence margin (jcexp/verdicts.py)."""
+    margin = margin_of(results) if margin is None else margin
     lines = []
     for model, runs in by_model(results).items():
         quant_only: dict[Any, list[dict[str, Any]]] = {}
@@ -204,15 +241,9 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
             q = _same_quantizer(j, quant_only.get(tcr_key(j), []))
             if q is None or sr_of(j) is None or sr_of(q) is None:
                 continue
-            gain = 100 * (sr_of(j) - sr_of(q))
-            diff = paired_difference(j, q)
-            if diff is not None and diff["within_noise"]:
-                word = "ties with"
-            else:
-                word = "retains more than" if gain > 0 else "retains less than" if gain < 0 else "ties with"
             lines.append(
-                f"- {model}, TCr {100 * tcr_of(j):.4g}%: {label(j)} (Sr {sr_of(j):.3f}) "
-                f"{word} {label(q)} (Sr {sr_of(q):.3f}) {difference_text(diff, gain)}"
+                f"- {model}, TCr {100 * tcr_of(j):.4g}%: {label(j)} (Sr {sr_of(j):.3f}) against "
+                f"{label(q)} (Sr {sr_of(q):.3f}): {comparison(j, q, margin).text()}"
             )
     return lines or ["- no TCr has both a joint and a quantization-only point in this sweep"]
 
@@ -225,22 +256,26 @@ def run_variant(r: dict[str, Any]) -> str:
     # A quantizer at 16 bit quantizes nothing (quant.bits=16 in a grid): the same run as quant=none.
     if (q.get("bits") or 16) >= 16:
         return "none"
-    if q.get("case") == "B":
-        return "Case B"
+    if q.get("case") in CASE_VARIANTS:
+        return CASE_VARIANTS[q["case"]]
     return q.get("name") or "none"
 
 
+# GPTQ's cases after pruning other than the paper's tool's (B, plain "gptq").
+CASE_VARIANTS = {"A": "Case A", "joint": "joint mode"}
 COMPARISONS = (
-    ("gptq", "Case B", "Case A vs Case B"),
+    ("Case A", "gptq", "Case A vs Case B"),
+    ("joint mode", "gptq", "joint mode vs Case B"),
     ("gptq", "one-pass", "sequential vs one-pass"),
     ("gptq", "nf4", "GPTQ vs NF4"),
     ("gptq", "llm_int8", "GPTQ vs LLM.int8()"),
 )
 
 
-def comparison_lines(results: list[dict[str, Any]]) -> list[str]:
-    """Case A vs B, one-pass vs sequential, NF4 (and LLM.int8()) vs GPTQ: each pair at the same point, with the
-    paired interval of the Sr difference."""
+def comparison_lines(results: list[dict[str, Any]], margin: float | None = None) -> list[str]:
+    """Case A and the joint mode vs Case B, one-pass vs sequential, NF4 (and LLM.int8()) vs GPTQ: each pair at
+    the same point, with the paired interval of the Sr difference and its word."""
+    margin = margin_of(results) if margin is None else margin
     lines = []
     for model, runs in by_model(results).items():
         at: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
@@ -251,15 +286,14 @@ def comparison_lines(results: list[dict[str, Any]]) -> list[str]:
                 a, b = variants.get(first), variants.get(second)
                 if a is None or b is None or sr_of(a) is None or sr_of(b) is None:
                     continue
-                gain = 100 * (sr_of(a) - sr_of(b))
                 lines.append(
-                    f"- {model}, {label(a)}: {name}: Sr {sr_of(a):.3f} vs {sr_of(b):.3f}, "
-                    f"{difference_text(paired_difference(a, b), gain)}"
+                    f"- {model}, {label(b)}: {name}: Sr {sr_of(a):.3f} vs {sr_of(b):.3f}, "
+                    f"{comparison(a, b, margin).text()}"
                 )
     return lines
 
 
-def compare(a_path: str | Path, b_path: str | Path) -> str:
+def compare(a_path: str | Path, b_path: str | Path, margin: float | None = None) -> str:
     """``--compare A B``: Sr(A) - Sr(B) for two runs (run directories or result.json files)."""
 
     def load(path: str | Path) -> dict[str, Any]:
@@ -270,14 +304,11 @@ def compare(a_path: str | Path, b_path: str | Path) -> str:
         return data
 
     a, b = load(a_path), load(b_path)
+    margin = margin_of([a, b]) if margin is None else margin
     if sr_of(a) is None or sr_of(b) is None:
-        return f"{label(a)} vs {label(b)}: Sr is undefined for one of them"
-    if not same_baseline(a, b):
-        return f"{label(a)} vs {label(b)}: not scored against the same dense baseline; no paired comparison"
-    gain = 100 * (sr_of(a) - sr_of(b))
+        return f"{label(a)} vs {label(b)}: {verdicts.UNDEFINED}: Sr is undefined for one of them"
     return (
-        f"{label(a)} (Sr {sr_of(a):.3f}) vs {label(b)} (Sr {sr_of(b):.3f}): "
-        f"{difference_text(paired_difference(a, b), gain)}"
+        f"{label(a)} (Sr {sr_of(a):.3f}) vs {label(b)} (Sr {sr_of(b):.3f}): {comparison(a, b, margin).text()}"
     )
 
 
@@ -296,16 +327,17 @@ class Report:
     missing: list[str]
 
 
-def write_report(root: str | Path) -> Report:
+def write_report(root: str | Path, margin: float | None = None) -> Report:
     root = Path(root)
     sweep = read_sweep(root)
     results, failures, missing = sweep.results, sweep.failures, sweep.missing
+    margin = margin_of(results) if margin is None else margin
     rows = score_rows(results)
     tasks = sorted({t for r in results for t in r["tasks"]})
     ppl = sorted({t for r in results for t in r.get("perplexity", {})})
     counts = stage_counts(results)
     table_i = tcr_table(results)
-    verdict_lines = verdict(results)
+    verdict_lines = verdict(results, margin)
     plots = write_plots(results, root / "plots") if results else []
     md = [
         f"# jcexp report: {root}",
@@ -335,8 +367,18 @@ def write_report(root: str | Path) -> Report:
             ),
         ]
         md.append("| " + " | ".join(cells) + " |")
-    md += ["", "## Verdict: joint vs quantization-only at equal TCr", "", *verdict_lines, ""]
-    compared = comparison_lines(results)
+    md += [
+        "",
+        "## Verdict: joint vs quantization-only at equal TCr",
+        "",
+        f"Paired 95% intervals of the difference in Sr; equivalence margin {verdicts.margin_text(margin)}: "
+        "*equivalent* when the whole interval lies inside it, *higher*/*lower* when it excludes 0, "
+        "*inconclusive* otherwise (jcexp/verdicts.py).",
+        "",
+        *verdict_lines,
+        "",
+    ]
+    compared = comparison_lines(results, margin)
     if compared:
         md += ["## Paired comparisons at the same point", "", *compared, ""]
     md += [
@@ -386,13 +428,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", nargs="?")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two runs: Sr(A) - Sr(B) with its CI")
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="equivalence margin in Sr (default: the runs' setting, 0.05)",
+    )
     args = parser.parse_args(argv)
     if args.compare:
-        print(compare(*args.compare))
+        print(compare(*args.compare, margin=args.margin))
         return
     if not args.sweep_dir:
         parser.error("give a sweep directory, or --compare A B")
-    print(write_report(args.sweep_dir).markdown)
+    print(write_report(args.sweep_dir, margin=args.margin).markdown)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,17 @@ __all__ = ["atomic_write_json", "read_json"]  # re-exported: callers write recor
 RESULT_FILE = "result.json"
 SCHEMA_VERSION = 1
 # Keys that name or place a run, or check it before it starts, but do not change what it computes.
-_NOT_IN_HASH = ("paths", "logger", "run_name", "tags", "threads", "hydra", "cache_pruned", "resources")
+_NOT_IN_HASH = (
+    "paths",
+    "logger",
+    "run_name",
+    "tags",
+    "threads",
+    "hydra",
+    "cache_pruned",
+    "resources",
+    "equivalence_margin",
+)
 
 # What an inactive stage contributes to the hash: exactly what `pruner=none` / `quant=none` compose to, so that
 # every way of saying "this stage does nothing" is one experiment with one hash, and results of the `none`
@@ -32,7 +42,7 @@ NO_QUANT = {
     "bits": 16,
     "group_size": None,
     "symmetric": True,
-    "preserve_sparsity": False,
+    "case": None,
     "modifier": None,
 }
 
@@ -40,8 +50,11 @@ NO_QUANT = {
 # jcexp's own GPTQ sweeps (jcexp/compress/): bumped when the algorithm changes, so that results of the earlier
 # one are recomputed rather than reused. 2: Case B propagates the error of pruned weights (SparseGPT's joint
 # mode) and one-pass picks each N:M group's mask when its sweep reaches it (issue 11).
+# 1 for Case B as llm-compressor <= 0.12 ran it (quant.case=B, issue 18); 3 for the joint mode, whose groups
+# now follow static act-order as stock GPTQ's do (issue 18).
 SWEEP_REVISIONS = {
-    "jcexp.compress.case_b.SparsityPreservingGPTQModifier": 2,
+    "jcexp.compress.case_b.CaseBGPTQModifier": 1,
+    "jcexp.compress.joint_mode.JointModeGPTQModifier": 3,
     "jcexp.compress.one_pass.OnePassSparseGPTQModifier": 2,
 }
 
@@ -92,7 +105,11 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
     # keep their hash (jcexp/sequential.py).
     bench = out.get("benchmark")
     if isinstance(bench, dict) and bench.get("ci_target") is None:
-        out["benchmark"] = {k: v for k, v in bench.items() if k not in ("ci_target", "ci_chunk")}
+        out["benchmark"] = {
+            k: v
+            for k, v in bench.items()
+            if k not in ("ci_target", "ci_chunk", "ci_min_items", "ci_min_discordant")
+        }
     pruning = "pruner" in out and pruner_active(out["pruner"])
     quantizing = "quant" in out and quant_active(out["quant"])
     if "pruner" in out and (
@@ -101,6 +118,11 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
         # The layout changes nothing without a mask, and "exact" is what every earlier mask ran with: those
         # results keep their hash (pruner.nm_layout, jcexp/nm.py).
         out["pruner"] = {k: v for k, v in out["pruner"].items() if k != "nm_layout"}
+    if "quant" in out:
+        # quant.case means nothing without pruning (stock GPTQ runs): one spelling, None (config.effective_case).
+        from jcexp.config import effective_case
+
+        out["quant"] = {**out["quant"], "case": effective_case(out["quant"].get("case"), pruning)}
     if "quant" in out and quant_active(out["quant"]):
         target = (out["quant"].get("modifier") or {}).get("_target_")
         if target in SWEEP_REVISIONS:

@@ -1,8 +1,16 @@
 """Sequential evaluation (``benchmark.ci_target=h``): score items in a fixed, seeded order, a chunk at a time,
 and stop once Sr's paired 95% interval is at most ``h`` wide on either side, or when the items run out.
 
+The stop is jcexp/anytime.py's: a fixed number of looks (the rounds, known before the first), Bonferroni alpha
+spending, so the interval read at whichever round the run ends is a valid 95% interval however many rounds it
+looked, and floors on items (``benchmark.ci_min_items``) and on items where the two models disagree
+(``benchmark.ci_min_discordant``), so a round in which they never disagree cannot stop the run on an interval
+of width zero. That interval is the one the record reports as Sr's (``metrics.sr_ci``).
+
 Every leaf task's documents are visited in one seeded permutation (the same for the dense and the compressed
-model, independent of either), ``benchmark.ci_chunk`` documents per leaf task per round. Each round scores the
+model, independent of either). Per round, the largest leaf of each benchmark task gets ``benchmark.ci_chunk``
+documents and every other leaf of it a share in proportion to its size, so that a group stopped early weighs its
+leaves as the full group does (equal chunks would weigh MMLU-Pro's subjects equally). Each round scores the
 compressed model on its next chunk and the dense model only on the documents its cached per-item results lack;
 the dense baseline's sidecar grows in place under the cache entry's lock, so a later run that needs more items
 scores only the new ones. The final scores are recomputed from the merged per-item values (``aggregate``),
@@ -23,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from jcexp import items, paired
+from jcexp import anytime, items
 from jcexp.files import atomic_write_json, file_lock, read_json
 
 log = logging.getLogger("jcexp")
@@ -70,14 +78,44 @@ def orders(lay: Layout, seed: int) -> dict[str, list[int]]:
     }
 
 
-def chunk(order: dict[str, list[int]], k: int, size: int) -> Samples:
-    """Round ``k``'s documents (0-based), leaf tasks with none left omitted."""
-    return {leaf: docs[k * size : (k + 1) * size] for leaf, docs in order.items() if docs[k * size :]}
+def shares(lay: Layout, size: int) -> dict[str, float]:
+    """Documents per round of each leaf: ``size`` for the largest leaf of its benchmark task, the others in
+    proportion to their size."""
+    out: dict[str, float] = {}
+    for leaves in lay.leaves.values():
+        largest = max(lay.sizes[leaf] for leaf in leaves)
+        for leaf in leaves:
+            out[leaf] = max(out.get(leaf, 0.0), size * lay.sizes[leaf] / largest)
+    return out
 
 
-def prefix(order: dict[str, list[int]], rounds: int, size: int) -> dict[str, set[str]]:
+def allotted(lay: Layout, size: int, rounds: int) -> dict[str, int]:
+    """How many of each leaf's documents the first ``rounds`` rounds cover."""
+    return {
+        leaf: min(lay.sizes[leaf], math.ceil(rounds * share - 1e-9))
+        for leaf, share in shares(lay, size).items()
+    }
+
+
+def chunk(order: dict[str, list[int]], k: int, size: int, lay: Layout | None = None) -> Samples:
+    """Round ``k``'s documents (0-based), leaf tasks with none left omitted. With ``lay``, each leaf's share is
+    proportional to its size (``shares``); without, ``size`` for every leaf."""
+    if lay is None:
+        return {leaf: docs[k * size : (k + 1) * size] for leaf, docs in order.items() if docs[k * size :]}
+    before, after = allotted(lay, size, k), allotted(lay, size, k + 1)
+    return {
+        leaf: docs[before[leaf] : after[leaf]] for leaf, docs in order.items() if after[leaf] > before[leaf]
+    }
+
+
+def prefix(
+    order: dict[str, list[int]], rounds: int, size: int, lay: Layout | None = None
+) -> dict[str, set[str]]:
     """The documents of the first ``rounds`` rounds."""
-    return {leaf: {str(i) for i in docs[: rounds * size]} for leaf, docs in order.items()}
+    if lay is None:
+        return {leaf: {str(i) for i in docs[: rounds * size]} for leaf, docs in order.items()}
+    upto = allotted(lay, size, rounds)
+    return {leaf: {str(i) for i in docs[: upto[leaf]]} for leaf, docs in order.items()}
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -200,16 +238,12 @@ def rescore(result, vals: Values, lay: Layout, chance: dict[str, float | None]):
     return result
 
 
-def half_width(dense: Values, compressed: Values, lay: Layout, seed: int) -> float | None:
-    """Half the width of Sr's paired 95% interval on the items both have; None where it is undefined."""
+def look(dense: Values, compressed: Values, lay: Layout, rule: anytime.StopRule, k: int) -> dict[str, Any]:
+    """The stop rule's verdict on Sr after round ``k`` (1-based), on the items both models have."""
     d, c = items.scores(to_sidecar(dense, lay)), items.scores(to_sidecar(compressed, lay))
-    if not d or not all(d.values()) or not all(c.values()):
-        return None
-    try:
-        ci = paired.retention_intervals(d, c, seed=seed)["sr"]
-    except ValueError:  # the two share no items on some task
-        return None
-    return None if ci is None else (ci[1] - ci[0]) / 2
+    tasks = sorted(d)
+    sizes = {t: sum(lay.sizes[leaf] for leaf in lay.leaves[t]) for t in tasks}
+    return rule.decide([d, c], tasks, anytime.retention("sr2"), k, sizes=sizes)
 
 
 # ------------------------------------------------------------------------------------ the dense store
@@ -262,13 +296,15 @@ class DenseStore:
 # -------------------------------------------------------------------------------------------- the loop
 @dataclass
 class Sequential:
-    """One run's sequential evaluation: target, chunk, task layout and item order."""
+    """One run's sequential evaluation: stop rule, chunk, task layout and item order."""
 
     target: float
     size: int
     layout: Layout
     order: dict[str, list[int]]
     seed: int
+    min_items: int = 64
+    min_discordant: int = 10
 
     @classmethod
     def for_plan(cls, plan) -> Sequential:
@@ -277,48 +313,90 @@ class Sequential:
             bench = plan.cfg.benchmark
             lay = layout(bench, plan.documents)
             found = cls(
-                float(bench.ci_target), int(bench.ci_chunk), lay, orders(lay, plan.cfg.seed), plan.cfg.seed
+                float(bench.ci_target),
+                int(bench.ci_chunk),
+                lay,
+                orders(lay, plan.cfg.seed),
+                plan.cfg.seed,
+                int(bench.get("ci_min_items", 64)),
+                int(bench.get("ci_min_discordant", 10)),
             )
             plan._sequential = found
         return found
 
     @property
     def rounds(self) -> int:
-        return max(math.ceil(n / self.size) for n in self.layout.sizes.values())
+        """The number of looks, fixed before the first: the rounds the largest share needs to use every item."""
+        return max(
+            math.ceil(self.layout.sizes[leaf] / share - 1e-9)
+            for leaf, share in shares(self.layout, self.size).items()
+        )
 
-    def record(self, rounds: int, why: str, used: dict[str, int], dense_new: int) -> dict[str, Any]:
-        return {
+    @property
+    def rule(self) -> anytime.StopRule:
+        return anytime.StopRule(
+            self.target, self.rounds, min_items=self.min_items, min_discordant=self.min_discordant
+        )
+
+    def chunk(self, k: int) -> Samples:
+        return chunk(self.order, k, self.size, self.layout)
+
+    def prefix(self, rounds: int) -> dict[str, set[str]]:
+        return prefix(self.order, rounds, self.size, self.layout)
+
+    def record(
+        self, rounds: int, why: str, used: dict[str, int], dense_new: int, last=None
+    ) -> dict[str, Any]:
+        out = {
             "ci_target": self.target,
             "chunk": self.size,
             "rounds": rounds,
+            "looks_planned": self.rounds,
+            "min_items": self.min_items,
+            "min_discordant": self.min_discordant,
             "items_used": used,
             "stopped_because": why,
             "dense_items_evaluated": dense_new,
         }
+        if last is not None:  # the interval at the last look: valid whatever the number of looks taken
+            out["sr_interval"] = {
+                k: last[k] for k in ("point", "ci", "level", "discordant", "why", "method", "undefined")
+            }
+            out["sr_interval"]["family_level"] = last["family_level"]
+        return out
 
     def run(self, evaluate: Evaluate, store: DenseStore, evaluate_dense: Evaluate):
-        """Rounds until Sr's half-width is at most the target or the items run out. Returns the compressed
-        EvalResult; its settings carry the record under "sequential" (the dense result on the same items:
-        ``store.result``)."""
+        """Rounds until the stop rule stops (Sr's half-width at most the target, the floors met) or the items
+        run out. Returns the compressed EvalResult; its settings carry the record under "sequential", with the
+        interval of the last look (the dense result on the same items: ``store.result``)."""
         vals: Values = {}
-        first, seconds, dense_new, why, k = None, 0.0, 0, "items exhausted", 0
+        rule = self.rule
+        first, seconds, dense_new, why, k, last = None, 0.0, 0, "items exhausted", 0, None
         while k < self.rounds:
-            samples = chunk(self.order, k, self.size)
+            samples = self.chunk(k)
             result = evaluate(samples)
             first = first or result
             seconds += result.seconds
             vals = merge(vals, from_worker(result.leaf_items["items"], self.layout))
             dense_new += store.ensure(samples, evaluate_dense)
             k += 1
-            docs = prefix(self.order, k, self.size)
-            width = half_width(restrict(store.values(), docs), vals, self.layout, self.seed)
-            log.info("sequential evaluation: round %d, Sr half-width %s (target %s)", k, width, self.target)
-            if width is not None and width <= self.target:
+            last = look(restrict(store.values(), self.prefix(k)), vals, self.layout, rule, k)
+            log.info(
+                "sequential evaluation: look %d of %d, Sr %s at level %.4f, half-width %s (target %s): %s",
+                k,
+                self.rounds,
+                last["ci"],
+                last["level"],
+                last["half_width"],
+                self.target,
+                last["why"],
+            )
+            if last["stop"]:
                 why = "ci_target"
                 break
         compressed = rescore(first, vals, self.layout, first.leaf_items["chance"])
         compressed.seconds = seconds
         compressed.leaf_items = None
         compressed.settings.pop("samples", None)  # the first round's; items_used says what was scored
-        compressed.settings["sequential"] = self.record(k, why, count(vals, self.layout), dense_new)
+        compressed.settings["sequential"] = self.record(k, why, count(vals, self.layout), dense_new, last)
         return compressed

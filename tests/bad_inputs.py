@@ -296,9 +296,9 @@ CASES: list[Case] = [
     Case(
         "case-b-rtn",
         "Case B with a quantizer that has none",
-        ("quant=rtn", "quant.preserve_sparsity=true"),
+        ("quant=rtn", "quant.case=B"),
         "plan",
-        r"preserve_sparsity=true \(the paper's Case B\) is not available",
+        r"quant.case=B \(what GPTQ does after pruning\) is not available with quant=rtn",
     ),
     Case(
         "nf4-3bit",
@@ -326,7 +326,7 @@ CASES: list[Case] = [
         "E_A/E_B for a quantizer without Case B",
         ("errors.enabled=true", "errors.case_ratio=true", "quant=nf4"),
         "plan",
-        r"quant=nf4 has no Case B",
+        r"quant=nf4 has no cases",
     ),
     # tasks
     Case(

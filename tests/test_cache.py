@@ -118,5 +118,5 @@ def test_case_b_is_refused_before_compute_when_the_seam_moved(compose, monkeypat
 
     monkeypatch.setattr(seam, "version", lambda _pkg: "0.15.0")
     with pytest.raises(ConfigError, match="port jcexp/compress/seam.py"):
-        Plan(compose(*TINY, "quant.preserve_sparsity=true"))
-    Plan(compose(*TINY))  # stock GPTQ does not use the seam
+        Plan(compose(*TINY, "quant.case=B"))
+    Plan(compose(*TINY, "quant.case=A"))  # stock GPTQ does not use the seam

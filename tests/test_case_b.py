@@ -1,184 +1,137 @@
-"""Case A vs Case B (quant.preserve_sparsity). The Case B column sweep is checked against llm-compressor's own
-GPTQ on an unpruned matrix (they must agree), and on a pruned one (no pruned weight may come back)."""
+"""Case B (jcexp/compress/case_b.py): llm-compressor 0.12's zero-preserving GPTQ rule on 0.14's sweep. Checked
+against 0.14's stock quantize_weight where nothing is pruned (bit-identical), on pruned layers (no pruned weight
+comes back, where stock revives some), at 0.12's 5% threshold, and against 0.12 itself when its environment
+(`make lc012-env`) exists. Synthetic layers only: no model, a few seconds."""
 
 import pytest
 import torch
 from compressed_tensors.quantization import QuantizationArgs
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 
-from jcexp.compress.case_b import quantize_kept_weights
-from jcexp.pipeline import run
+from jcexp.compress.case_b import SPARSITY_THRESHOLD, kept_mask, quantize_kept_only
 
-from .conftest import TINY
-
-ROWS, COLS, GROUP = 24, 64, 16
+ROWS, COLS, GROUP, BLOCK = 24, 64, 16, 32  # two blocks: the lazy update between them is exercised
 
 
-def _problem(seed: int = 0, prune: float = 0.0):
+def _problem(seed=0, prune=0.0, actorder=None, batch=1, zeros=None):
+    """Weights [batch, ROWS, COLS] (``prune``: that fraction zeroed at random; ``zeros``: exactly that many),
+    a correlated Hessian with uneven channel magnitudes (so act-order reorders), group-wise symmetric 4-bit."""
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(1, ROWS, COLS, generator=g)
+    W = torch.randn(batch, ROWS, COLS, generator=g)
     if prune:
         W[torch.rand(W.shape, generator=g) < prune] = 0.0
-    # Correlated inputs (rank-8 plus noise), as in real layers: GPTQ's compensation then reaches far.
+    if zeros is not None:
+        W.view(batch, -1)[:, torch.randperm(ROWS * COLS, generator=g)[:zeros]] = 0.0
     X = torch.randn(256, 8, generator=g) @ torch.randn(8, COLS, generator=g) + 0.1 * torch.randn(
         256, COLS, generator=g
     )
-    H = (X.T @ X / 256).unsqueeze(0)
-    args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=GROUP)
-    scale = W.reshape(1, ROWS, COLS // GROUP, GROUP).abs().amax(-1) / 7 + 1e-8
+    X = X * torch.exp(0.5 * torch.randn(COLS, generator=g))
+    H = (2 * X.T @ X / 256).expand(batch, -1, -1).contiguous()
+    args = QuantizationArgs(
+        num_bits=4, type="int", symmetric=True, strategy="group", group_size=GROUP, actorder=actorder
+    )
+    scale = W.reshape(batch, ROWS, COLS // GROUP, GROUP).abs().amax(-1) / 7.5 + 1e-8
     zero_point = torch.zeros_like(scale, dtype=torch.int8)
     return W, H, scale, zero_point, args
 
 
-def test_case_b_equals_stock_gptq_when_nothing_is_pruned():
-    W, H, scale, zp, args = _problem()
-    ours, loss_ours, _ = quantize_kept_weights(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
-    stock, loss_stock, _ = quantize_weight(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
-    assert torch.allclose(ours, stock, atol=1e-5)
-    assert torch.allclose(loss_ours, loss_stock, rtol=1e-4)
+def _both(W, H, scale, zp, args):
+    ours = quantize_kept_only(W.clone(), H.clone(), scale, zp, None, args, blocksize=BLOCK)
+    stock = quantize_weight(W.clone(), H.clone(), scale, zp, None, args, blocksize=BLOCK)
+    return ours, stock
 
 
-def test_case_b_keeps_every_pruned_zero_where_case_a_revives_some():
-    W, H, scale, zp, args = _problem(prune=0.5)
-    pruned = W == 0
-    ours, _, _ = quantize_kept_weights(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
-    stock, _, _ = quantize_weight(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
+# (a) nothing pruned: stock, bit for bit
+@pytest.mark.parametrize("actorder", [None, "static"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_equals_stock_quantize_weight_when_nothing_is_pruned(actorder, batch):
+    W, H, scale, zp, args = _problem(actorder=actorder, batch=batch)
+    assert not (W == 0).any()
+    (ours, loss, fb), (stock, loss_s, fb_s) = _both(W, H, scale, zp, args)
+    assert torch.equal(ours, stock)
+    assert torch.equal(loss, loss_s) and torch.equal(fb, fb_s)
+
+
+# (b) pruned: every pruned zero stays exactly 0, kept weights are quantized and compensated
+@pytest.mark.parametrize("actorder", [None, "static"])
+@pytest.mark.parametrize("prune", [0.25, 0.5])
+def test_pruned_zeros_stay_zero_where_stock_revives_some(actorder, prune):
+    W, H, scale, zp, args = _problem(seed=1, prune=prune, actorder=actorder)
+    pruned, kept = W == 0, W != 0
+    (ours, _, _), (stock, _, _) = _both(W, H, scale, zp, args)
     assert torch.all(ours[pruned] == 0)
     assert (stock[pruned] != 0).float().mean() > 0.02  # Case A: compensation writes into pruned positions
+    # Kept weights moved: quantized, and (unlike plain rounding, i.e. an identity Hessian) compensated.
+    rtn, _, _ = quantize_kept_only(W.clone(), torch.eye(COLS).expand_as(H).clone(), scale, zp, None, args)
+    assert (ours[kept] != W[kept]).float().mean() > 0.9
+    assert (ours[kept] != rtn[kept]).float().mean() > 0.05  # 0.15-0.19 here
 
 
-def _masked_case_b(W, H, scale, zp, args, blocksize):
-    """The earlier Case B sweep, kept here only as the baseline the joint mode must not lose to: it re-zeroed
-    pruned positions after every update, discarding the compensation that had reached them."""
-    from copy import copy
-
-    from compressed_tensors.quantization import QuantizationStrategy
-    from llmcompressor.modifiers.gptq.helpers import column_scale_window, factorize_hessian
-
-    from jcexp.compress.case_b import qdq_column
-
-    W, H = W.clone().double().float(), H.clone()
-    batch, rows, cols = W.shape
-    keep = (W != 0).float()
-    g_idx = torch.arange(cols, dtype=torch.int) // args.group_size
-    Hinv = factorize_hessian(W, H, 0.01, torch.zeros(batch, dtype=torch.bool))
-    per_column = copy(args)
-    per_column.strategy = QuantizationStrategy.CHANNEL
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1, keep1, Hinv1 = W[:, :, i1:i2].clone(), keep[:, :, i1:i2], Hinv[:, i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
-        eff, z = column_scale_window(scale, zp, None, g_idx, args, num_rows=rows, i1=i1, i2=i2)
-        for i in range(i2 - i1):
-            w = W1[:, :, i]
-            q = qdq_column(w, eff, z, i, per_column) * keep1[:, :, i]
-            err = (w - q) / Hinv1[:, i, i][:, None]
-            W1[:, :, i:] -= err.unsqueeze(-1) * Hinv1[:, i, i:].unsqueeze(1)
-            W1[:, :, i:] *= keep1[:, :, i:]
-            W1[:, :, i] = q
-            Err1[:, :, i] = err
-        W[:, :, i1:i2] = W1
-        W[:, :, i2:] -= torch.bmm(Err1, Hinv[:, i1:i2, i2:])
-        W[:, :, i2:] *= keep[:, :, i2:]
-    return W
-
-
-def _output_error(W, Q, H):
-    """||(W - Q) X||^2 / n = tr((W - Q) H (W - Q)^T), the layer-output error GPTQ minimises."""
-    D = (W - Q)[0]
-    return float(torch.einsum("rc,cd,rd->", D, H[0], D))
-
-
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("prune", [0.25, 0.5])
-def test_case_b_joint_mode_has_no_larger_output_error_than_masking(seed, prune):
-    W, H, scale, zp, args = _problem(seed=seed, prune=prune)
-    joint, _, _ = quantize_kept_weights(W.clone(), H.clone(), scale, zp, None, args, blocksize=32)
-    masked = _masked_case_b(W, H, scale, zp, args, blocksize=32)
-    assert torch.all(joint[W == 0] == 0) and torch.all(masked[W == 0] == 0)
-    e_joint, e_masked = _output_error(W, joint, H), _output_error(W, masked, H)
-    # Strictly: with the masking back in place the two are equal and this fails (measured 15-55% lower here).
-    assert e_joint < e_masked, (e_joint, e_masked)
-
-
-@pytest.mark.parametrize("case", ["A", "B"])
-def test_case_switch_end_to_end_on_2_8(compose, case):
-    result = run(
-        compose(*TINY, "save_model=false", "pruner.mask=2:8", f"quant.preserve_sparsity={case == 'B'}")
+def test_threshold_is_per_matrix_in_a_batch():
+    W, H, scale, zp, args = _problem(seed=2, actorder="static", batch=2)
+    W[0][torch.rand(ROWS, COLS, generator=torch.Generator().manual_seed(3)) < 0.5] = (
+        0.0  # only matrix 0 pruned
     )
-    quant = result["measured"]["quant"]
-    assert result["compression"]["quant"]["case"] == case
-    if case == "B":
-        assert quant["pruned_still_zero"] == 1.0 and quant["pruned_revived"] == 0
-        assert result["measured"]["nm_after_quant"]["groups_holding"] == 1.0
-    else:
-        assert quant["pruned_revived"] > 0 and result["measured"]["nm_after_quant"]["groups_holding"] < 1.0
+    (ours, loss, _), (stock, loss_s, _) = _both(W, H, scale, zp, args)
+    assert torch.all(ours[0][W[0] == 0] == 0) and (stock[0][W[0] == 0] != 0).any()
+    assert torch.equal(ours[1], stock[1]) and loss[1] == loss_s[1]  # the dense one is stock
 
 
-# ------------------------------------------------------------------ the simpler quantizers (Table IV)
-def test_nf4_uses_the_16_levels_per_block_of_64():
-    from jcexp.compress.simple_quant import NF4_LEVELS, nf4_roundtrip
-
-    w = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
-    w[0, :5] = 0.0
-    q = nf4_roundtrip(w, 64)
-    blocks, qb = w.reshape(-1, 64), q.reshape(-1, 64)
-    absmax = blocks.abs().amax(1, keepdim=True)
-    levels = torch.tensor(NF4_LEVELS)
-    normalized = qb / absmax
-    assert torch.all((normalized.unsqueeze(-1) - levels).abs().amin(-1) < 1e-6)  # every value is a level
-    assert torch.allclose(qb.abs().amax(1), absmax.squeeze(1))  # each block's absmax is kept exactly
-    assert torch.all(q[0, :5] == 0)  # zero is a level: pruned weights stay pruned
-    assert len(torch.unique(normalized)) <= 16 * len(blocks)
+# (c) 0.12's threshold: below 5% exact zeros it is stock GPTQ; from 5% on the zeros are kept
+def test_below_five_percent_it_is_stock_and_at_five_percent_zeros_are_kept():
+    assert SPARSITY_THRESHOLD == 0.05
+    just_below = int(0.05 * ROWS * COLS)  # 76 of 1536 = 4.95%
+    W, H, scale, zp, args = _problem(seed=4, zeros=just_below, actorder="static")
+    (ours, _, _), (stock, _, _) = _both(W, H, scale, zp, args)
+    assert (W == 0).sum() == just_below and torch.equal(ours, stock)
+    W, H, scale, zp, args = _problem(seed=4, zeros=just_below + 1, actorder="static")  # 77 = 5.01%
+    (ours, _, _), (stock, _, _) = _both(W, H, scale, zp, args)
+    assert torch.all(ours[W == 0] == 0) and not torch.equal(ours, stock)
 
 
-def test_int8_absmax_per_row():
-    from jcexp.compress.simple_quant import int8_absmax_roundtrip
-
-    w = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
-    q = int8_absmax_roundtrip(w)
-    scale = w.abs().amax(1, keepdim=True) / 127
-    steps = q / scale
-    assert torch.allclose(steps, steps.round(), atol=1e-4) and steps.abs().max() <= 127 + 1e-4
-    assert (q - w).abs().max() <= scale.max() / 2 + 1e-6
-
-
-@pytest.mark.parametrize("quant", ["nf4", "int8_weight", "llm_int8"])
-def test_simple_quantizers_end_to_end(compose, quant):
-    result = run(compose(*TINY, "save_model=false", f"quant={quant}"))
-    q = result["compression"]["quant"]
-    assert (
-        q["modifier"] in ("NF4Quantize", "Int8AbsmaxQuantize", "LLMInt8Quantize") and q["backend"] == "torch"
-    )
-    assert result["measured"]["quant"]["pruned_still_zero"] == 1.0  # no error compensation: zeros stay
-    assert "quantize" in result["stages"]
+def test_mask_is_0_12s_isclose_but_threshold_counts_exact_zeros():
+    W = torch.ones(1, 10, 10)
+    W[0, 0, :4] = 0.0  # 4% exact zeros: below the threshold
+    W[0, 1, :2] = 5e-9  # within isclose's atol: not counted as sparsity ...
+    assert kept_mask(W) is None
+    W[0, 0, 4] = 0.0  # 5%: now preserved, and the tiny ones are masked like zeros (as in 0.12)
+    keep = kept_mask(W)
+    assert keep[0, 0, :5].sum() == 0 and keep[0, 1, :2].sum() == 0 and keep.sum() == 100 - 7
 
 
-def test_nf4_is_4_bit_only(compose):
-    from jcexp.config import ConfigError
-    from jcexp.pipeline import Plan
+# (d) against llm-compressor 0.12 itself (bench/case_b_vs_012.py), when its environment exists
+def test_matches_llmcompressor_0_12_bit_for_bit():
+    from bench import case_b_vs_012 as bench
 
-    with pytest.raises(ConfigError, match="4-bit only"):
-        Plan(compose(*TINY, "quant=nf4", "quant.bits=3"))
-
-
-# ------------------------------------------------------------------ one-pass joint compression (open question 1)
-@pytest.mark.parametrize("mask", [None, "2:8"])
-def test_one_pass_prunes_and_quantizes_in_one_sweep(compose, mask):
-    extra = [f"pruner.mask={mask}"] if mask else ["pruner.sparsity=25"]
-    result = run(compose(*TINY, "save_model=false", "variant=onepass", *extra))
-    assert "prune" not in result["stages"] and "quantize" in result["stages"]
-    assert result["compression"]["pruner"]["fused"] is True
-    assert result["metrics"]["tcr"] == pytest.approx(0.8125)  # 25% + 4 bit
-    # Pruned weights are set to zero as the sweep passes them; GPTQ rounding may add a few more zeros.
-    assert 0.25 <= result["measured"]["sparsity"]["final"] < 0.3
-    if mask:
-        assert result["measured"]["nm_after_quant"]["groups_holding"] == 1.0
+    if not bench.LC012_PYTHON.exists():
+        pytest.skip(
+            f"{bench.LC012_PYTHON} is missing: `make lc012-env` builds llm-compressor 0.12's environment"
+        )
+    result = bench.compare(quick=True)
+    for row in result["rows"]:
+        assert row["B_vs_012_frac"] == 0 and row["B_vs_012_max"] == 0, row
+        assert row["B_vs_012_forced_frac"] == 0, row
+        if row["sparsity"] >= SPARSITY_THRESHOLD:
+            assert row["zeros_kept_012"] == row["zeros_kept_B"] == 1.0, row
+            assert row["A_vs_012_frac"] > 0, row  # stock 0.14 is not 0.12 on a pruned layer
+        else:
+            assert row["A_vs_012_frac"] == 0, row  # below the threshold all three are the same GPTQ
 
 
-def test_one_pass_needs_both_halves(compose):
-    from jcexp.config import ConfigError
-    from jcexp.pipeline import Plan
+# The modifier: the sweep is swapped in for compress_module_list only, on the real modifier path
+def test_modifier_keeps_zeros_through_compress_module_list():
+    from llmcompressor.modifiers.gptq import base
+    from llmcompressor.modifiers.quantization import GPTQModifier
 
-    with pytest.raises(ConfigError, match="one-pass"):
-        Plan(compose(*TINY, "pruner=onepass"))
+    from bench.case_b_vs_012 import gptq_through_modifier
+    from jcexp.compress.case_b import CaseBGPTQModifier
+
+    assert CaseBGPTQModifier.preserves_sparsity and CaseBGPTQModifier.replaces_gptq_sweep
+    W, H, _, _, _ = _problem(seed=5, prune=0.5)
+    layer = {"weight": W[0], "hessian": H[0] * 256, "num_samples": 256.0}
+    args = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 16}
+    stock_sweep = base.quantize_weight
+    b = gptq_through_modifier(CaseBGPTQModifier, layer, {**args, "actorder": "static"})
+    a = gptq_through_modifier(GPTQModifier, layer, {**args, "actorder": "static"})
+    assert base.quantize_weight is stock_sweep  # restored after the modifier ran
+    assert torch.all(b["weight"][W[0] == 0] == 0) and (a["weight"][W[0] == 0] != 0).any()

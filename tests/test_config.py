@@ -95,12 +95,38 @@ def test_hub_models_are_correct_up_to_the_download(compose, model):
         Plan(cfg)
 
 
-def test_case_b_selects_the_preserving_gptq_and_is_refused_for_rtn(compose):
-    plan = Plan(compose(*TINY, "quant.preserve_sparsity=true"))
-    assert type(plan.quant.modifier).__name__ == "SparsityPreservingGPTQModifier"
-    assert type(Plan(compose(*TINY)).quant.modifier).__name__ == "GPTQModifier"
-    with pytest.raises(ConfigError, match="Case B"):
-        Plan(compose(*TINY, "quant=rtn", "quant.preserve_sparsity=true"))
+@pytest.mark.parametrize(
+    "case, modifier", [("A", "GPTQModifier"), ("B", "CaseBGPTQModifier"), ("joint", "JointModeGPTQModifier")]
+)
+def test_quant_case_selects_its_gptq_when_pruned_and_stock_gptq_otherwise(compose, case, modifier):
+    plan = Plan(compose(*TINY, f"quant.case={case}"))
+    assert type(plan.quant.modifier).__name__ == modifier and plan.quant.case == case
+    dense = Plan(compose(*TINY, f"quant.case={case}", "pruner=none"))
+    # Without pruning every case is stock GPTQ: one modifier, and the case spelled None everywhere.
+    assert type(dense.quant.modifier).__name__ == "GPTQModifier" and dense.quant.case is None
+    assert dense.quant.describe()["case"] is None
+
+
+def test_pruned_gptq_defaults_to_case_b_the_papers_tool(compose):
+    assert compose().quant.case == "B"
+    assert type(Plan(compose(*TINY)).quant.modifier).__name__ == "CaseBGPTQModifier"
+
+
+def test_quant_case_means_nothing_without_pruning_in_the_hash(compose):
+    from jcexp.results import task_config_hash
+
+    def h(*o):
+        return task_config_hash(compose(*TINY, *o))
+
+    assert len({h("pruner=none", f"quant.case={c}") for c in ("A", "B", "joint")}) == 1
+    assert len({h(f"quant.case={c}") for c in ("A", "B", "joint")}) == 3
+
+
+def test_quant_case_is_refused_when_unknown_or_not_gptq(compose):
+    with pytest.raises(ConfigError, match="quant.case='C' is not one of"):
+        Plan(compose(*TINY, "quant.case=C"))
+    with pytest.raises(ConfigError, match="only GPTQ has cases"):
+        Plan(compose(*TINY, "quant=rtn", "quant.case=B"))
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))

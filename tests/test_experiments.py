@@ -68,7 +68,7 @@ def hashes(points: list[_SweepJob]) -> list[str]:
 S33 = 33.333
 # experiment -> the (sparsity, mask, bits, quantizer) of each point it sweeps (in any order).
 EXPECTED = {
-    "case_ab": [(25, None, 4, "gptq")] * 2 + [(S33, None, 3, "gptq")] * 2,  # x preserve_sparsity false/true
+    "case_ab": [(25, None, 4, "gptq")] * 3 + [(S33, None, 3, "gptq")] * 3,  # x quant.case A, B, joint
     "error_analysis": [(s, None, b, "gptq") for s in (0, 10, 25, S33, 50) for b in (4, 3)],
     # Table VII's pairs at equal TCr: 75% (50%+8 vs 4), 81.25% (25%+4 vs 3), 87.5% (33.3%+3 vs 2).
     "joint_tcr": [
@@ -205,8 +205,10 @@ def test_nm_layout_and_sweep_revisions_in_the_hash(compose):
     assert chash(compose, "pruner.sparsity=25") == chash(
         compose, "pruner.sparsity=25", "pruner.nm_layout=paper"
     )
-    resolved = OmegaConf.to_container(compose("quant.preserve_sparsity=true"), resolve=True)
-    assert effective_config(resolved)["quant"]["sweep_revision"] == 2
+    resolved = OmegaConf.to_container(compose("quant.case=joint"), resolve=True)
+    assert effective_config(resolved)["quant"]["sweep_revision"] == 3
+    resolved = OmegaConf.to_container(compose("quant.case=B"), resolve=True)
+    assert effective_config(resolved)["quant"]["sweep_revision"] == 1
 
 
 @pytest.mark.parametrize(

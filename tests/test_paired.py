@@ -1,5 +1,5 @@
 """Paired statistics (issue 12): the bootstrap against closed forms, the per-item sidecar round trip through real
-lm-eval on the tiny Llama, and the report's "within noise" verdict."""
+lm-eval on the tiny Llama, and the verdict words (equivalent within a margin, higher, lower, inconclusive, undefined)."""
 
 import json
 import math
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jcexp import items, paired
+from jcexp import items, paired, verdicts
 from jcexp.pipeline import run
 
 from .conftest import TINY
@@ -52,17 +52,54 @@ def test_pairing_is_far_tighter_than_two_independent_stderrs():
     assert hi - lo < 0.4 * unpaired
 
 
-def test_difference_of_two_models_within_noise_or_not():
+def test_difference_of_two_models_in_words():
     dense = {"t": _coins(500, 0.7, 2)}
     rng = random.Random(9)
     near = {"t": {i: (1.0 - v if rng.random() < 0.02 else v) for i, v in dense["t"].items()}}
     far = {"t": {i: (0.0 if rng.random() < 0.3 else v) for i, v in dense["t"].items()}}
     same = paired.difference_interval(dense, near, near)
-    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0] and same["within_noise"] is True
+    # No item disagrees: the percentile bootstrap alone gives [0, 0]; the regularized interval does not collapse.
+    assert same["diff"] == 0 and same["ci"][0] < 0 < same["ci"][1] < 0.02
+    assert verdicts.difference_word(same["ci"]) == "equivalent"
     tiny = paired.difference_interval(dense, dense, near)
-    assert tiny["within_noise"] is True  # 2% of items flipped both ways: no call can be made
+    # 2% of items flipped both ways: well inside ±5 points, so equivalent; inside ±0.5 it cannot be told.
+    assert verdicts.difference_word(tiny["ci"], 0.05) == "equivalent"
+    assert verdicts.difference_word(tiny["ci"], 0.005) == "inconclusive"
     big = paired.difference_interval(dense, dense, far)
-    assert big["within_noise"] is False and big["ci"][0] > 0.15
+    assert big["ci"][0] > 0.15 and verdicts.difference_word(big["ci"]) == "higher"
+    assert verdicts.difference_word(paired.difference_interval(dense, far, dense)["ci"]) == "lower"
+
+
+def test_an_interval_that_merely_contains_zero_is_inconclusive_not_equal():
+    """60 items on which the two runs never disagree (a true gap of a few points is easily missed): the old rule
+    ("the interval contains 0") called them equal; now the interval is wider than the margin: inconclusive."""
+    rng = random.Random(4)
+    dense = {"t": _coins(60, 0.7, 3)}
+    comp = {"t": {i: (0.0 if v and rng.random() < 0.05 else v) for i, v in dense["t"].items()}}
+    diff = paired.difference_interval(dense, dense, comp)
+    assert diff["discordant"] == 0 and diff["ci"][0] < 0 < diff["ci"][1]
+    assert verdicts.difference_word(diff["ci"]) == "inconclusive"
+    assert verdicts.claim_verdict("=", diff["ci"]) == "inconclusive"
+    assert verdicts.claim_verdict(">", diff["ci"]) == "inconclusive"
+
+
+def test_point_and_interval_come_from_the_same_items():
+    """Run b answered 100 more items than a and dense share: the point estimate uses only the shared ones."""
+    a = {"t": {str(i): 1.0 for i in range(200)}}
+    b = {"t": {**{str(i): 1.0 for i in range(100)}, **{str(i): 0.0 for i in range(100, 300)}}}
+    dense_short = {"t": {str(i): 1.0 for i in range(100)}}
+    diff = paired.difference_interval(dense_short, a, b)
+    assert diff["diff"] == 0.0 and diff["ci"][0] < 0 < diff["ci"][1]
+
+
+def test_an_undefined_difference_is_reported_not_raised():
+    dense = {"t": {str(i): 0.0 for i in range(20)}}
+    comp = {"t": {str(i): float(i % 2) for i in range(20)}}
+    diff = paired.difference_interval(dense, comp, dense)
+    assert diff["ci"] is None and "undefined" in diff["undefined"]
+    nearly = {"t": {str(i): float(i == 0) for i in range(20)}}  # dense right on one item of 20
+    diff = paired.difference_interval(nearly, comp, nearly)
+    assert diff["ci"] is None and "resamples" in diff["undefined"]
 
 
 def test_perplexity_retention_interval():
@@ -110,18 +147,29 @@ def test_an_old_baseline_without_sidecar_is_evaluated_again(compose):
     assert second["baseline"]["reused"] is False and items.complete(items.read(base_dir))
 
 
-def test_report_says_within_noise_and_compare_cli(compose, capsys):
-    """Two runs whose Sr cannot be told apart on the items: the comparison says "within noise", with its CI."""
+def test_report_compare_uses_the_verdict_words_and_pairs_by_baseline_key(compose, capsys, tmp_path):
+    """report --compare says equivalent / higher / lower / inconclusive with the margin it used, and pairs two
+    runs whose baselines share a key even when they live under different output roots."""
+    import shutil
+
     from jcexp import report
 
     a = run(compose(*TINY, "save_model=false", "benchmark.limit=64"))
-    b = run(compose(*TINY, "save_model=false", "benchmark.limit=64", "quant.preserve_sparsity=true"))
+    b = run(compose(*TINY, "save_model=false", "benchmark.limit=64", "quant.case=A"))
     text = report.compare(a["run_dir"], b["run_dir"])
-    assert "95% CI" in text
-    diff = report.paired_difference(a, b)
-    if diff["ci"] is not None and diff["within_noise"]:
-        assert "within noise" in text
-    # A run against itself: exactly zero difference, within noise by construction.
-    assert "within noise" in report.compare(a["run_dir"], a["run_dir"])
-    report.main(["--compare", a["run_dir"], a["run_dir"]])
-    assert "within noise" in capsys.readouterr().out
+    assert "95% CI" in text and "equivalence margin ±5 points of Sr" in text
+    word = report.comparison(a, b).word
+    assert word in ("equivalent", "higher", "lower", "inconclusive") and text.split(": ")[1].startswith(word)
+    # A run against itself: exactly zero difference, but 64 items of a near-chance random model cannot show
+    # equality within 5 points (the interval never collapses), only within a very wide margin.
+    assert ": inconclusive: +0.0 points" in report.compare(a["run_dir"], a["run_dir"])
+    assert ": equivalent: +0.0 points" in report.compare(a["run_dir"], a["run_dir"], margin=0.9)
+    report.main(["--compare", a["run_dir"], a["run_dir"], "--margin", "0.9"])
+    out = capsys.readouterr().out
+    assert "equivalent" in out and "margin ±90 points of Sr" in out
+    # The same baseline, copied under another root (another cache directory): still paired.
+    moved = tmp_path / "elsewhere" / Path(a["baseline"]["path"]).parent.name
+    shutil.copytree(Path(a["baseline"]["path"]).parent, moved)
+    b_moved = {**b, "baseline": {"path": str(moved / "baseline.json"), "reused": True}}
+    assert report.comparison(a, b_moved).ci == report.comparison(a, b).ci
+    assert report.comparison(a, {**b, "baseline": {"path": "/x/other/baseline.json"}}).word == "undefined"

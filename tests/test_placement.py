@@ -23,9 +23,10 @@ from .conftest import TINY
 # one-pass column sweeps, and the data-free NF4, weight-only int8 and LLM.int8() (W8A8, whose activation
 # quantization is part of its forward: recorded in the placement state, not flagged).
 QUANTIZERS = {
-    "gptq": ("quant=gptq",),
+    "gptq": ("quant=gptq", "quant.case=A"),
     "rtn": ("quant=rtn",),
-    "case_b": ("quant=gptq", "quant.preserve_sparsity=true"),
+    "case_b": ("quant=gptq", "quant.case=B"),
+    "joint": ("quant=gptq", "quant.case=joint"),
     "onepass": ("variant=onepass",),
     "nf4": ("quant=nf4", "quant.group_size=32"),
     "int8_weight": ("quant=int8_weight",),

@@ -39,25 +39,26 @@ def run(sparsity=0.0, bits=16, mask=None, pruner="sparsegpt", quant="gptq", case
     }
 
 
-# (result, kind, label): every kind, N:M masks, non-default methods, one-pass, Case B.
+# (result, kind, label): every kind, N:M masks, non-default methods, one-pass, Case A and the joint mode.
 CASES = [
     (run(), "dense", "dense"),
     (run(pruner="none", quant="none"), "dense", "dense"),
     (run(25), "pruning", "25%"),
     (run(50, mask="2:4"), "pruning", "2:4"),
-    (run(0, 4, case="A"), "quant", "4bit"),
-    (run(0, 3, quant="rtn", case="A"), "quant", "3bit (rtn)"),
-    (run(25, 4, case="A"), "joint", "25% 4bit"),
-    (run(25, 3, mask="2:8", case="A"), "joint", "2:8 3bit"),
-    (run(25, 4, pruner="wanda", case="A"), "joint", "25% 4bit (wanda)"),
-    (run(25, 4, case="B"), "joint", "25% 4bit (case B)"),
-    (run(50, 4, mask="2:4", pruner="wanda", case="B"), "joint", "2:4 4bit (wanda, case B)"),
+    (run(0, 4), "quant", "4bit"),
+    (run(0, 3, quant="rtn"), "quant", "3bit (rtn)"),
+    (run(25, 4, case="B"), "joint", "25% 4bit"),
+    (run(25, 3, mask="2:8", case="B"), "joint", "2:8 3bit"),
+    (run(25, 4, pruner="wanda", case="B"), "joint", "25% 4bit (wanda)"),
+    (run(25, 4, case="A"), "joint", "25% 4bit (case A)"),
+    (run(25, 4, case="joint"), "joint", "25% 4bit (joint mode)"),
+    (run(50, 4, mask="2:4", pruner="wanda", case="A"), "joint", "2:4 4bit (wanda, case A)"),
     (
-        run(50, 4, pruner="onepass", quant="gptq_onepass", case="A", fused=True),
+        run(50, 4, pruner="onepass", quant="gptq_onepass", fused=True),
         "joint",
         "50% 4bit (onepass, gptq_onepass)",
     ),
-    (run(12.5, 2, case="A"), "joint", "12.5% 2bit"),
+    (run(12.5, 2, case="B"), "joint", "12.5% 2bit"),
 ]
 
 
@@ -83,9 +84,10 @@ def test_parse_label_reads_masks_as_their_sparsity_and_refuses_other_text():
             parse_label(bad)
 
 
-def test_quant_method_names_case_b():
-    assert quant_method(run(25, 4, case="A")) == "gptq"
-    assert quant_method(run(25, 4, case="B")) == "gptq, case B"
+def test_quant_method_names_the_cases_that_are_not_the_papers_tool():
+    assert quant_method(run(25, 4, case="B")) == "gptq"
+    assert quant_method(run(25, 4, case="A")) == "gptq, case A"
+    assert quant_method(run(25, 4, case="joint")) == "gptq, joint mode"
 
 
 def test_equal_tcr_compares_equal_despite_float_noise():

@@ -34,17 +34,44 @@ def _dense_calls(monkeypatch) -> list[dict]:
     return calls
 
 
-def test_a_loose_target_stops_after_one_round(compose):
+FLOORS_OFF = ("benchmark.ci_min_items=0", "benchmark.ci_min_discordant=0")
+
+
+def test_a_loose_target_stops_after_one_round_on_an_interval_that_did_not_collapse(compose):
+    """With the floors off, one round meets a loose target, but the interval is the stop rule's: at the spent
+    level and never of width zero, though the two models agree on every item (the percentile bootstrap gave
+    [1, 1] here)."""
     from jcexp.pipeline import run
 
-    result = run(compose(*SEQ, *NEXT, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16"))
+    result = run(compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16"))
     seq = result["benchmark"]["sequential"]
-    assert seq["stopped_because"] == "ci_target" and seq["rounds"] == 1
+    assert seq["stopped_because"] == "ci_target" and seq["rounds"] == 1 and seq["looks_planned"] == 13
     assert seq["items_used"] == {"jc_nextsentence": 16}
     assert result["n_samples"]["jc_nextsentence"] == {"original": 197, "effective": 16}
-    assert result["metrics"]["sr_ci"] is not None
-    assert (result["metrics"]["sr_ci"][1] - result["metrics"]["sr_ci"][0]) / 2 <= 0.9
+    lo, hi = result["metrics"]["sr_ci"]
+    assert lo < 1.0 < hi and (hi - lo) / 2 <= 0.9
+    assert seq["sr_interval"]["ci"] == [lo, hi] and seq["sr_interval"]["discordant"] == 0
+    assert seq["sr_interval"]["level"] == pytest.approx(1 - 0.05 / 13)
+    assert "delta-method" in result["metrics"]["ci"]["method"]
     assert len(items.read(result["run_dir"])["scores"]["jc_nextsentence"]["items"]) == 16
+
+
+def test_the_issues_tiny_run_never_stops_on_a_zero_width_interval(compose):
+    """pruner=none quant.bits=8, ci_target=0.2, ci_chunk=4: the 8-bit model agrees with the dense one on every
+    item, so no round has a discordant item and the run never stops by ci_target; what it reports at the end is
+    a real interval, not [1, 1]."""
+    from jcexp.pipeline import run
+
+    result = run(
+        compose(*SEQ, *NEXT, "pruner=none", "quant.bits=8", "benchmark.ci_target=0.2", "benchmark.ci_chunk=4")
+    )
+    seq = result["benchmark"]["sequential"]
+    lo, hi = result["metrics"]["sr_ci"]
+    assert hi - lo > 0
+    if seq["stopped_because"] == "ci_target":
+        assert seq["sr_interval"]["discordant"] >= 10 and seq["sr_interval"]["ci"] == [lo, hi]
+    else:
+        assert seq["stopped_because"] == "items exhausted" and seq["items_used"] == {"jc_nextsentence": 197}
 
 
 def test_an_impossible_target_uses_every_item_and_matches_a_full_evaluation(compose):
@@ -92,13 +119,17 @@ def test_recomputed_scores_equal_lm_evals_aggregate(compose):
 def test_the_dense_baseline_grows_by_the_new_items_only(compose, monkeypatch):
     from jcexp.pipeline import run
 
-    first = run(compose(*SEQ, *NEXT, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16", "quant.bits=4"))
+    first = run(
+        compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16", "quant.bits=4")
+    )
     assert first["benchmark"]["sequential"]["rounds"] == 1
-    # The next run needs three rounds: its interval is held too wide for two.
-    widths = iter([0.5, 0.5, 0.0])
-    monkeypatch.setattr(sequential, "half_width", lambda *a, **k: next(widths))
+    # The next run needs three rounds: the rule is held from stopping for two.
+    stops, real = iter([False, False, True]), sequential.look
+    monkeypatch.setattr(sequential, "look", lambda *a, **k: {**real(*a, **k), "stop": next(stops)})
     calls = _dense_calls(monkeypatch)
-    second = run(compose(*SEQ, *NEXT, "benchmark.ci_target=0.1", "benchmark.ci_chunk=16", "quant.bits=3"))
+    second = run(
+        compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.1", "benchmark.ci_chunk=16", "quant.bits=3")
+    )
     seq = second["benchmark"]["sequential"]
     assert seq["rounds"] == 3 and seq["items_used"] == {"jc_nextsentence": 48}
     # The first 16 documents were cached by the first run: only rounds 2 and 3 reach the dense model.
@@ -141,6 +172,24 @@ def test_item_order_is_seeded_and_chunks_cover_every_item_once():
     rounds = [sequential.chunk(order, k, 4) for k in range(3)]
     assert [sorted(r) for r in rounds] == [["a", "b"], ["a"], ["a"]]
     assert sorted(i for r in rounds for i in r["a"]) == list(range(10))
+
+
+def test_a_groups_leaves_get_items_in_proportion_to_their_size():
+    """A stopped group measures what the full group measures: each round takes the same share of every leaf
+    (equal chunks would weigh a 25-item subject like a 100-item one)."""
+    lay = sequential.Layout(
+        {"g": ["big", "small"], "t": ["t"]}, {}, set(), {"big": 100, "small": 25, "t": 10}, {}
+    )
+    order = sequential.orders(lay, 0)
+    first = sequential.chunk(order, 0, 16, lay)
+    assert {leaf: len(d) for leaf, d in first.items()} == {"big": 16, "small": 4, "t": 10}
+    rounds = [sequential.chunk(order, k, 16, lay) for k in range(7)]
+    for leaf, n in lay.sizes.items():
+        assert sorted(i for r in rounds for i in r.get(leaf, [])) == list(range(n))
+    used = sequential.prefix(order, 3, 16, lay)
+    assert (len(used["big"]), len(used["small"])) == (48, 12)
+    seq = sequential.Sequential(0.1, 16, lay, order, 0)
+    assert seq.rounds == 7 and seq.rule.looks == 7
 
 
 def test_sequential_off_keeps_every_stored_hash_and_on_changes_it(compose):

@@ -23,7 +23,7 @@ from llmcompressor.modifiers.gptq.helpers import GPTQ_PRECISION, column_scale_wi
 from llmcompressor.modifiers.quantization import GPTQModifier
 from pydantic import PrivateAttr
 
-from jcexp.compress.case_b import qdq_column
+from jcexp.compress.joint_mode import qdq_column
 from jcexp.compress.seam import sweep_replaced_by
 
 

@@ -140,14 +140,15 @@ class Quantizer(Stage):
         bits: int = 16,
         group_size: int | None = None,
         symmetric: bool = True,
-        preserve_sparsity: bool = False,
+        case: str | None = None,
         modifier: Any | None = None,
     ):
         super().__init__(name, modifier)
         self.bits = int(bits)
         self.group_size = group_size
         self.symmetric = symmetric
-        self.preserve_sparsity = preserve_sparsity
+        # quant.case as configured; the Plan narrows it to what acts (jcexp.config.effective_case).
+        self.case = case
 
     @property
     def active(self) -> bool:
@@ -163,10 +164,10 @@ class Quantizer(Stage):
             from jcexp.compress.seam import seam_problem
 
             errors += [p for p in [seam_problem()] if p]
-        if self.preserve_sparsity and not self.declares("preserves_sparsity"):
+        if self.case is not None and not _is_gptq(self.modifier):
             errors.append(
-                f"quant.preserve_sparsity=true (the paper's Case B) is not available with "
-                f"{type(self.modifier).__name__}: only GPTQ has a Case B here (quant=gptq)"
+                f"quant.case={self.case} (GPTQ after pruning) is not available with "
+                f"{type(self.modifier).__name__}: only GPTQ has cases (quant=gptq)"
             )
         return errors
 
@@ -176,10 +177,16 @@ class Quantizer(Stage):
             "bits": self.bits if self.active else 16,
             "group_size": self.group_size if self.active else None,
             "symmetric": self.symmetric,
-            "preserve_sparsity": self.preserve_sparsity,
-            "case": ("B" if self.preserve_sparsity else "A") if self.active else None,
+            "case": self.case if self.active else None,
+            "keeps_pruned_zeros": self.declares("preserves_sparsity"),
             **(self.modifier.describe() if self.data_free else {}),
         }
+
+
+def _is_gptq(modifier: Any) -> bool:
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    return isinstance(modifier, GPTQModifier)
 
 
 def check_stages(stages: list[Stage], layer_widths: dict[str, int]) -> None:

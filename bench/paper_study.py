@@ -6,8 +6,10 @@
 ``run`` launches each experiment as a user would (``python launch.py -m experiment=...``), one after another on
 one root, so the result index and the pruned-model cache are shared, and records each one's wall time.
 ``claims`` reads the results (no torch) and judges every claim from paired bootstrap intervals over the items
-(jcexp/paired.py): a difference whose 95% interval excludes 0 in the claimed direction "holds", in the other
-direction "does not hold", and one whose interval contains 0 is "within noise".
+(jcexp/paired.py) with jcexp/verdicts.py's rule: a claimed direction "holds" when the 95% interval lies on its
+side of 0 and "does not hold" on the other side; a claimed equivalence holds only when the interval lies inside
+±margin; anything else is "inconclusive". Each verdict is given twice: from the claim's own interval, and
+adjusted for the family of the paper's claims (simultaneous intervals from one max-statistic bootstrap).
 """
 
 from __future__ import annotations
@@ -17,11 +19,24 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jcexp.records import collect, label, point, sr_of, srcr_of, tcr_of
-from jcexp.report import paired_difference, run_variant
+from jcexp import items, metrics, paired, verdicts
+from jcexp.records import (
+    collect,
+    dense_items_of,
+    items_of,
+    label,
+    point,
+    same_baseline,
+    sr_of,
+    srcr_of,
+    tcr_of,
+)
+from jcexp.report import run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = (
@@ -61,7 +76,7 @@ class Study:
 
     def __init__(self, root: Path):
         results, _ = collect(root / "multirun")
-        self.runs = {r["config_hash"]: r for r in results}.values()
+        self.runs = list({r["config_hash"]: r for r in results}.values())
 
     def find(
         self, sparsity: float, bits: int, variant: str, mask: str | None = None
@@ -73,174 +88,321 @@ class Study:
         return None
 
 
-def _sr(r: dict[str, Any] | None) -> str:
-    if r is None:
-        return "not run"
-    ci = r["metrics"].get("sr_ci")
-    text = f"Sr {sr_of(r):.3f}"
-    return text + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+Means = dict[
+    str, dict[str, float]
+]  # run name ("dense" or a config hash) -> task -> mean over the shared items
 
 
-def _compare(a: dict[str, Any] | None, b: dict[str, Any] | None, expect: str) -> tuple[str, str]:
-    """(what was measured, verdict) for the claim Sr(a) > Sr(b) (expect '>'), Sr(a) < Sr(b) ('<'), or that the
-    two are about equal ('=': it holds when the interval of the difference contains 0)."""
-    if a is None or b is None:
-        return "a point did not run", "not measured"
-    diff = paired_difference(a, b)
-    gain = 100 * (sr_of(a) - sr_of(b))
-    if diff is None or diff["ci"] is None:
-        return f"{label(a)} {_sr(a)} vs {label(b)} {_sr(b)}: {gain:+.1f} points (no interval)", "no interval"
-    lo, hi = (100 * x for x in diff["ci"])
-    measured = (
-        f"{label(a)} {_sr(a)} vs {label(b)} {_sr(b)}: {gain:+.1f} points, 95% CI [{lo:+.1f}, {hi:+.1f}]"
-    )
-    if expect == "=":
-        ahead = label(a) if lo > 0 else label(b)
-        return measured, "holds (within noise)" if diff["within_noise"] else f"does not hold ({ahead} ahead)"
-    if diff["within_noise"]:
-        return measured, "within noise"
-    holds = (lo > 0) if expect == ">" else (hi < 0)
-    return measured, "holds" if holds else "does not hold"
+@dataclass
+class Claim:
+    """One claim: ``expect`` '>' / '<' (the statistic is positive / negative) or '=' (it is inside ±margin)."""
+
+    text: str
+    where: str
+    expect: str
+    runs: list[dict[str, Any] | None]
+    statistic: Callable[[Means], float]
+    measured: str  # what the statistic is, in words
+    papers: bool = True  # False: jcexp's own question, kept out of the family of the paper's claims
 
 
-def _near_dense(r: dict[str, Any] | None) -> tuple[str, str]:
-    """The claim 'about as good as dense': Sr's interval contains 1, or lies above 0.97."""
-    if r is None:
-        return "not run", "not measured"
-    ci = r["metrics"].get("sr_ci")
-    if not ci:
-        return _sr(r), "no interval"
-    verdict = "holds" if ci[0] <= 1.0 <= ci[1] or ci[0] >= 0.97 else "does not hold"
-    return f"{label(r)} {_sr(r)}", verdict
+def _sr(m: Means, r: dict[str, Any]) -> float:
+    return metrics.semantic_retention(m[r["config_hash"]], m["dense"])
 
 
-def claims(study: Study) -> list[tuple[str, str, str, str]]:
-    """(paper's claim, where, what jcexp measured, verdict)."""
+def _srcr(m: Means, r: dict[str, Any]) -> float:
+    s, _, b = point(r)
+    return metrics.srcr(_sr(m, r), s, b)
+
+
+def _label(r: dict[str, Any] | None) -> str:
+    return "not run" if r is None else label(r)
+
+
+def claims(study: Study) -> list[Claim]:
+    """The paper's qualitative claims (section IV; the table says where), each as a statistic of the runs' task
+    means, plus jcexp's own comparisons (``papers=False``: Case A and the joint mode against B, one-pass)."""
     f = study.find
-    rows = []
+    out: list[Claim] = []
 
-    def add(claim: str, where: str, measured_verdict: tuple[str, str]) -> None:
-        rows.append((claim, where, *measured_verdict))
+    def diff(text, where, a, b, expect=">", papers=True):
+        out.append(
+            Claim(
+                text,
+                where,
+                expect,
+                [a, b],
+                lambda m: _sr(m, a) - _sr(m, b),
+                f"Sr({_label(a)}) - Sr({_label(b)})",
+                papers,
+            )
+        )
 
-    add(
-        "Pruning alone degrades gracefully to 33.333%: 33.333% keeps more than 50%",
+    def did(text, where, a1, b1, a0, b0, expect):
+        # A difference in differences over four paired runs: (a1 - b1) - (a0 - b0).
+        out.append(
+            Claim(
+                text,
+                where,
+                expect,
+                [a1, b1, a0, b0],
+                lambda m: (_sr(m, a1) - _sr(m, b1)) - (_sr(m, a0) - _sr(m, b0)),
+                f"[Sr({_label(a1)}) - Sr({_label(b1)})] - [Sr({_label(a0)}) - Sr({_label(b0)})]",
+            )
+        )
+
+    def best_srcr(text, where, winners, losers):
+        out.append(
+            Claim(
+                text,
+                where,
+                ">",
+                [*winners, *losers],
+                lambda m: max(_srcr(m, r) for r in winners) - max(_srcr(m, r) for r in losers),
+                f"max SrCr of {{{', '.join(map(_label, winners))}}} - max SrCr of {{{', '.join(map(_label, losers))}}}",
+            )
+        )
+
+    diff(
+        "Pruning degrades gracefully to 33.333%: 33.333% keeps more than 50%",
         "IV-B.1, Fig. 1",
-        _compare(f(33.333, 16, "none"), f(50, 16, "none"), ">"),
+        f(33.333, 16, "none"),
+        f(50, 16, "none"),
     )
-    add("... and 50% keeps more than 75%", "Table II", _compare(f(50, 16, "none"), f(75, 16, "none"), ">"))
-    add("8-bit GPTQ is near the dense model", "IV-B.1, Fig. 2", _near_dense(f(0, 8, "gptq")))
-    add(
+    diff("... and 50% keeps more than 75%", "Table II", f(50, 16, "none"), f(75, 16, "none"))
+    eight = f(0, 8, "gptq")
+    out.append(
+        Claim(
+            "8-bit GPTQ is equivalent to the dense model",
+            "IV-B.1, Fig. 2",
+            "=",
+            [eight],
+            lambda m: _sr(m, eight) - 1.0,
+            f"Sr({_label(eight)}) - 1",
+        )
+    )
+    diff(
         "4 bit keeps more than 3 bit (3 bit is the critical threshold)",
-        "Fig. 2",
-        _compare(f(0, 4, "gptq"), f(0, 3, "gptq"), ">"),
+        "IV-B.1, Fig. 2",
+        f(0, 4, "gptq"),
+        f(0, 3, "gptq"),
     )
-    add(
-        "3 bit keeps more than 2 bit (2 bit fails)",
-        "Table III",
-        _compare(f(0, 3, "gptq"), f(0, 2, "gptq"), ">"),
+    diff("3 bit keeps more than 2 bit", "Table III", f(0, 3, "gptq"), f(0, 2, "gptq"))
+    diff("At TCr 50%, 8-bit quantization beats 50% pruning", "IV-B.1", f(0, 8, "gptq"), f(50, 16, "none"))
+    diff("At TCr 75%, 4-bit quantization beats 75% pruning", "IV-B.1", f(0, 4, "gptq"), f(75, 16, "none"))
+    best_srcr(
+        "Single-method SrCr peaks at 25-33.333% sparsity (pruning only)",
+        "IV-B.1, Fig. 3",
+        [f(25, 16, "none"), f(33.333, 16, "none")],
+        [f(50, 16, "none"), f(75, 16, "none")],
     )
-    add(
-        "At TCr 50%, 8-bit quantization beats 50% pruning",
-        "IV-B.1",
-        _compare(f(0, 8, "gptq"), f(50, 16, "none"), ">"),
+    best_srcr(
+        "... and at 3-4 bits (quantization only)",
+        "IV-B.1, Fig. 3",
+        [f(0, 4, "gptq"), f(0, 3, "gptq")],
+        [f(0, 8, "gptq"), f(0, 2, "gptq")],
     )
-    add(
-        "At TCr 75%, 4-bit quantization beats 75% pruning",
-        "IV-B.1",
-        _compare(f(0, 4, "gptq"), f(75, 16, "none"), ">"),
+    did(
+        "GPTQ 4 bit vs NF4: the difference changes little from before pruning to after 25%",
+        "IV-B.2, Table IV",
+        f(25, 4, "gptq"),
+        f(25, 4, "nf4"),
+        f(0, 4, "gptq"),
+        f(0, 4, "nf4"),
+        "=",
     )
-    add(
+    did(
+        "GPTQ 8 bit vs LLM.int8(): the difference changes little from before pruning to after 50%",
+        "IV-B.2, Table IV",
+        f(50, 8, "gptq"),
+        f(50, 8, "llm_int8"),
+        f(0, 8, "gptq"),
+        f(0, 8, "llm_int8"),
+        "=",
+    )
+    diff(
         "TCr 75%: 50% + 8 bit underperforms 4 bit alone",
         "IV-B.3, Fig. 5",
-        _compare(f(50, 8, "gptq"), f(0, 4, "gptq"), "<"),
+        f(50, 8, "gptq"),
+        f(0, 4, "gptq"),
+        "<",
     )
-    add(
+    diff(
         "TCr 81.25%: 25% + 4 bit beats 3 bit alone (by about 20 points)",
         "IV-B.3, Fig. 5 (central claim)",
-        _compare(f(25, 4, "gptq"), f(0, 3, "gptq"), ">"),
+        f(25, 4, "gptq"),
+        f(0, 3, "gptq"),
     )
-    add(
+    diff(
         "TCr 87.5%: 33.333% + 3 bit beats 2 bit alone",
         "IV-B.3, Fig. 5",
-        _compare(f(33.333, 3, "gptq"), f(0, 2, "gptq"), ">"),
+        f(33.333, 3, "gptq"),
+        f(0, 2, "gptq"),
     )
-    add(
-        "GPTQ 4 bit and NF4 differ little before pruning",
-        "Table IV, Fig. 4",
-        _compare(f(0, 4, "gptq"), f(0, 4, "nf4"), "="),
+    best_srcr(
+        "25% + 4 bit has the best SrCr_j (the paper's own Mistral row has 33.333% + 3 bit ahead: "
+        "0.2258 vs 0.2238)",
+        "IV-B.3, Fig. 6, Table VII",
+        [f(25, 4, "gptq")],
+        [f(33.333, 3, "gptq"), f(50, 8, "gptq")],
     )
-    add("... and after 25% pruning", "Table IV", _compare(f(25, 4, "gptq"), f(25, 4, "nf4"), "="))
-    add(
-        "GPTQ 8 bit and LLM.int8() differ little before pruning",
-        "Table IV",
-        _compare(f(0, 8, "gptq"), f(0, 8, "llm_int8"), "="),
-    )
-    add("... and after 50% pruning", "Table IV", _compare(f(50, 8, "gptq"), f(50, 8, "llm_int8"), "="))
-    for bits in (16, 4, 3):
+    for mask, sparsity in (("2:8", 25), ("1:4", 25), ("2:6", 33.333), ("1:3", 33.333)):
+        diff(
+            f"Unstructured {sparsity:g}% keeps more than {mask} (pruning only)",
+            "IV-B.4, Fig. 7, Table VI",
+            f(sparsity, 16, "none"),
+            f(sparsity, 16, "none", mask),
+        )
+    for wide, narrow in (("2:6", "2:8"), ("1:3", "1:4")):
+        did(
+            f"The gap to unstructured grows from 25% ({narrow}) to 33.333% ({wide})",
+            "IV-B.4, Fig. 7",
+            f(33.333, 16, "none"),
+            f(33.333, 16, "none", wide),
+            f(25, 16, "none"),
+            f(25, 16, "none", narrow),
+            ">",
+        )
+    for bits in (16, 4):
         variant = "none" if bits == 16 else "gptq"
-        add(
-            f"25% sparsity: 2:8 keeps at least as much as 1:4 ({bits} bit)",
-            "IV-B.4, Figs. 7-8",
-            _compare(f(25, bits, variant, "2:8"), f(25, bits, variant, "1:4"), ">"),
+        diff(
+            f"2:8 keeps more than 1:4 ({bits} bit)",
+            "IV-B.4, Tables V-VI",
+            f(25, bits, variant, "2:8"),
+            f(25, bits, variant, "1:4"),
         )
     for mask in ("2:8", "1:4"):
-        add(
+        diff(
             f"{mask} + 4 bit beats 3 bit alone at TCr 81.25%",
             "IV-B.4, Fig. 8",
-            _compare(f(25, 4, "gptq", mask), f(0, 3, "gptq"), ">"),
+            f(25, 4, "gptq", mask),
+            f(0, 3, "gptq"),
         )
     for mask in ("2:6", "1:3"):
-        add(
+        diff(
             f"{mask} + 3 bit beats 2 bit alone at TCr 87.5%",
             "IV-B.4, Fig. 8",
-            _compare(f(33.333, 3, "gptq", mask), f(0, 2, "gptq"), ">"),
+            f(33.333, 3, "gptq", mask),
+            f(0, 2, "gptq"),
         )
-        add(
-            f"Rigid {mask} hurts more than unstructured 33.333% (pruning only)",
-            "IV-B.4, Fig. 7",
-            _compare(f(33.333, 16, "none"), f(33.333, 16, "none", mask), ">"),
+    for s, b in ((25, 4), (33.333, 3)):
+        diff(
+            f"Case A approximates Case B ({s:g}% + {b} bit)",
+            "III-B, IV-B.2",
+            f(s, b, "Case A"),
+            f(s, b, "gptq"),
+            "=",
         )
-    add(
-        "Case A approximates Case B (25% + 4 bit)",
-        "III-B",
-        _compare(f(25, 4, "gptq"), f(25, 4, "Case B"), "="),
+    for s, b in ((25, 4), (33.333, 3)):
+        diff(
+            f"jcexp: SparseGPT's joint mode vs Case B ({s:g}% + {b} bit)",
+            "not a claim of the paper",
+            f(s, b, "joint mode"),
+            f(s, b, "gptq"),
+            "=",
+            papers=False,
+        )
+    for s, b in ((25, 4), (33.333, 3)):
+        diff(
+            f"Open question 1: one-pass joint beats sequential ({s:g}% + {b} bit)",
+            "VI (a question, not a claim)",
+            f(s, b, "one-pass"),
+            f(s, b, "gptq"),
+            ">",
+            papers=False,
+        )
+    return out
+
+
+@dataclass
+class Judged:
+    claim: Claim
+    result: dict[str, Any]  # jcexp.paired.family_intervals' entry, or why it was not measured
+    verdict: str
+    adjusted: str | None
+
+
+def judge(study: Study, margin: float, resamples: int = 10_000) -> tuple[list[Judged], int]:
+    """Every claim's statistic on one paired draw of items; each verdict from its own 95% interval and, for the
+    paper's claims, from the family-wise interval over all of them (jcexp.paired.family_intervals)."""
+    all_claims = claims(study)
+    runnable = [c for c in all_claims if None not in c.runs]
+    runs = {r["config_hash"]: r for c in runnable for r in c.runs}
+    anchor = next(iter(runs.values()), None)
+    judged: list[Judged] = []
+    if anchor is None:
+        return [Judged(c, {"undefined": "a point did not run"}, "not measured", None) for c in all_claims], 0
+    paired_runs = {h: r for h, r in runs.items() if same_baseline(r, anchor)}
+    models = {"dense": items.scores(dense_items_of(anchor))}
+    models.update({h: items.scores(items_of(r)) for h, r in paired_runs.items()})
+    ok = [c for c in runnable if all(r["config_hash"] in paired_runs for r in c.runs)]
+    papers = {str(i): c.statistic for i, c in enumerate(ok) if c.papers}
+    own = {str(i): c.statistic for i, c in enumerate(ok) if not c.papers}
+    found = paired.family_intervals(models, papers, resamples=resamples) if papers else {}
+    found |= paired.family_intervals(models, own, resamples=resamples) if own else {}
+    for c in all_claims:
+        if c not in ok:
+            why = "a point did not run" if c not in runnable else "not scored against the same dense baseline"
+            judged.append(Judged(c, {"undefined": why}, "not measured", None))
+            continue
+        res = found[str(ok.index(c))]
+        adjusted = verdicts.claim_verdict(c.expect, res["ci_adjusted"], margin) if c.papers else None
+        judged.append(Judged(c, res, verdicts.claim_verdict(c.expect, res["ci"], margin), adjusted))
+    return judged, len(papers)
+
+
+def _ci_text(ci: list[float] | None) -> str:
+    return "n/a" if ci is None else verdicts.points(ci)
+
+
+def claims_markdown(root: Path, margin: float = verdicts.DEFAULT_MARGIN) -> str:
+    study = Study(root)
+    judged, family = judge(study, margin)
+    head = (
+        "| # | the paper's claim | where | statistic (points of Sr) | estimate [95% CI] | verdict | "
+        "family-wise 95% CI | adjusted verdict |"
     )
-    add(
-        "... at 33.333% + 3 bit",
-        "III-B",
-        _compare(f(33.333, 3, "gptq"), f(33.333, 3, "Case B"), "="),
-    )
-    add(
-        "Open question 1: one-pass joint beats sequential (25% + 4 bit)",
-        "VI",
-        _compare(f(25, 4, "one-pass"), f(25, 4, "gptq"), ">"),
-    )
-    add("... at 33.333% + 3 bit", "VI", _compare(f(33.333, 3, "one-pass"), f(33.333, 3, "gptq"), ">"))
-    return rows
+    md = [head, "|---" * 8 + "|"]
+    for i, j in enumerate(judged, 1):
+        res, c = j.result, j.claim
+        est = "n/a" if res.get("point") is None else f"{100 * res['point']:+.1f} {_ci_text(res.get('ci'))}"
+        adjusted_ci = _ci_text(res.get("ci_adjusted")) if c.papers else "(not in the family)"
+        md.append(
+            f"| {i} | {c.text} | {c.where} | {c.measured} {c.expect} {'±margin' if c.expect == '=' else '0'} | "
+            f"{est} | {j.verdict} | {adjusted_ci} | **{j.adjusted or '-'}** |"
+        )
+    counts: dict[str, int] = {}
+    for j in judged:
+        if j.claim.papers:
+            counts[j.adjusted or j.verdict] = counts.get(j.adjusted or j.verdict, 0) + 1
+    summary = ", ".join(f"{n} {word}" for word, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    level = next((j.result.get("adjusted_level") for j in judged if j.result.get("adjusted_level")), None)
+    notes = [
+        "",
+        f"Equivalence margin {verdicts.margin_text(margin)}. The paper's {family} claims form one family: their "
+        "adjusted intervals hold all together with 95% probability (simultaneous percentile bootstrap, one draw "
+        "of items shared by every run"
+        + (f"; each adjusted interval is a {100 * level:.2f}% percentile interval" if level else "")
+        + f"). Adjusted verdicts of the paper's claims: {summary}.",
+        "",
+    ]
+    return "\n".join([*md, *notes, *srcr_rows(study), ""])
 
 
 def srcr_rows(study: Study) -> list[str]:
-    """SrCr of each joint point beside the paper's estimate SrCr_p · SrCr_q (Fig. 6)."""
+    """SrCr of each joint point with its interval (a constant times Sr's) beside the paper's estimate
+    SrCr_p · SrCr_q (Fig. 6)."""
     from jcexp.metrics import srcr_estimate
 
-    out = ["| joint point | TCr | SrCr_j | SrCr_p · SrCr_q |", "|---|---|---|---|"]
+    out = ["| joint point | TCr | SrCr_j [95% CI] | SrCr_p · SrCr_q |", "|---|---|---|---|"]
     for s, b in ((25, 4), (33.333, 3), (50, 8)):
         j, p, q = study.find(s, b, "gptq"), study.find(s, 16, "none"), study.find(0, b, "gptq")
         if j and p and q and None not in (sr_of(j), sr_of(p), sr_of(q)):
             est = srcr_estimate(sr_of(p), sr_of(q), s, b)
-            out.append(f"| {label(j)} | {100 * tcr_of(j):.4g}% | {srcr_of(j):.3f} | {est:.3f} |")
+            ci = j["metrics"].get("srcr_ci")
+            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            out.append(f"| {label(j)} | {100 * tcr_of(j):.4g}% | {srcr_of(j):.3f}{ci_text} | {est:.3f} |")
     return out
-
-
-def claims_markdown(root: Path) -> str:
-    study = Study(root)
-    md = [
-        "| # | the paper's claim | where | jcexp measured (Sr [95% CI]; difference in points of Sr [95% CI]) | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    for i, (claim, where, measured, verdict) in enumerate(claims(study), 1):
-        md.append(f"| {i} | {claim} | {where} | {measured} | **{verdict}** |")
-    return "\n".join([*md, "", *srcr_rows(study), ""])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,11 +410,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("action", choices=["run", "claims"])
     parser.add_argument("--root", type=Path, default=ROOT / "outputs" / "study")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every experiment (run only)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--margin", type=float, default=verdicts.DEFAULT_MARGIN, help="equivalence margin in Sr"
+    )
+    # Intermixed: the README's form puts the overrides after --root, which plain parse_args refuses.
+    args = parser.parse_intermixed_args(argv)
     if args.action == "run":
         print(json.dumps(run_study(args.root.resolve(), args.overrides), indent=1))
     else:
-        print(claims_markdown(args.root))
+        print(claims_markdown(args.root, args.margin))
 
 
 if __name__ == "__main__":

@@ -230,8 +230,15 @@ def verdict(results: list[dict[str, Any]], margin: float | None = None) -> list[
     """The paper's question on this sweep's data: at each TCr where both exist, does joint compression retain
     more than quantization alone? Higher / lower / equivalent / inconclusive, from the paired interval and
     the equivalence margin (jcexp/verdicts.py)."""
+    return [line for _, _, line in verdict_entries(results, margin)] or [
+        "- no TCr has both a joint and a quantization-only point in this sweep"
+    ]
+
+
+def verdict_entries(results: list[dict[str, Any]], margin: float | None = None) -> list[tuple[str, str, str]]:
+    """(key 'model/tcr_81.25', word, line) for each joint run and its quantization-only partner."""
     margin = margin_of(results) if margin is None else margin
-    lines = []
+    entries = []
     for model, runs in by_model(results).items():
         quant_only: dict[Any, list[dict[str, Any]]] = {}
         for r in runs:
@@ -241,11 +248,13 @@ def verdict(results: list[dict[str, Any]], margin: float | None = None) -> list[
             q = _same_quantizer(j, quant_only.get(tcr_key(j), []))
             if q is None or sr_of(j) is None or sr_of(q) is None:
                 continue
-            lines.append(
+            found = comparison(j, q, margin)
+            line = (
                 f"- {model}, TCr {100 * tcr_of(j):.4g}%: {label(j)} (Sr {sr_of(j):.3f}) against "
-                f"{label(q)} (Sr {sr_of(q):.3f}): {comparison(j, q, margin).text()}"
+                f"{label(q)} (Sr {sr_of(q):.3f}): {found.text()}"
             )
-    return lines or ["- no TCr has both a joint and a quantization-only point in this sweep"]
+            entries.append((f"{model}/tcr_{100 * tcr_of(j):.4g}/{label(j)}", found.word, line))
+    return entries
 
 
 # Pairs of runs at the same point (sparsity, mask, bits) that differ in one method: what each comparison names.
@@ -323,6 +332,9 @@ class Report:
     tcr_table: list[str]
     verdict: list[str]
     counts: dict[str, int]
+    # The verdict's word per joint run ('model/tcr_81.25/25% 4bit' -> 'higher'), and the margin it used.
+    verdict_words: dict[str, str]
+    margin: float
     failures: list[dict[str, Any]]
     missing: list[str]
 
@@ -337,7 +349,8 @@ def write_report(root: str | Path, margin: float | None = None) -> Report:
     ppl = sorted({t for r in results for t in r.get("perplexity", {})})
     counts = stage_counts(results)
     table_i = tcr_table(results)
-    verdict_lines = verdict(results, margin)
+    entries = verdict_entries(results, margin)
+    verdict_lines = [line for _, _, line in entries] or verdict(results, margin)
     plots = write_plots(results, root / "plots") if results else []
     md = [
         f"# jcexp report: {root}",
@@ -419,6 +432,8 @@ def write_report(root: str | Path, margin: float | None = None) -> Report:
         tcr_table=table_i,
         verdict=verdict_lines,
         counts=counts,
+        verdict_words={key: word for key, word, _ in entries},
+        margin=margin,
         failures=failures,
         missing=missing,
     )

@@ -129,6 +129,9 @@ class WandbTracker:
         payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for p in report.plots})
         run.log(payload)
         run.summary.update({f"count/{k}": v for k, v in report.counts.items()})
+        # The verdict's words, as report.md says them (jcexp/verdicts.py), and the margin they were read with.
+        run.summary.update({f"verdict/{k}": w for k, w in getattr(report, "verdict_words", {}).items()})
+        run.summary["equivalence_margin"] = getattr(report, "margin", None)
         return self._finish(run)
 
     def _log(self, result: dict[str, Any], run_name: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -156,3 +156,30 @@ def test_more_parallel_jobs_than_gpus_is_refused():
 def test_the_default_multirun_launcher_is_jcexp_local():
     text = (ROOT / "conf" / "config.yaml").read_text()
     assert "override hydra/launcher: jcexp_local" in text
+
+
+def test_the_users_grid_writes_its_report_and_plots_even_where_a_difference_is_undefined(tmp_path):
+    """The grid from the README, on the tiny model: its dense scores sit near 0 on some task, so a joint vs
+    quantization-only difference is undefined on many resamples. That used to raise inside the report
+    ("cannot unpack non-iterable NoneType object"), leaving no report.md or plots; now the verdict says
+    "undefined" with its reason, and everything is written."""
+    proc = launch(
+        "-m",
+        *BASE,
+        "logger=none",
+        "pruner.sparsity=0,25,33.3",
+        "quant.bits=3,4",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        outputs=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "writing the sweep report failed" not in proc.stderr + proc.stdout
+    sweep = sweep_dirs(tmp_path)[0]
+    md = (sweep / "report.md").read_text()
+    assert "6 complete run(s), 0 failed, 0 missing." in md
+    verdict = md.split("## Verdict")[1].split("\n## ")[0]
+    lines = [line for line in verdict.splitlines() if line.startswith("- ")]
+    assert len(lines) == 1  # TCr 81.25%: 25% 4bit against 3bit (the grid has no other equal-TCr pair)
+    words = ("equivalent:", "higher:", "lower:", "inconclusive:", "undefined")
+    assert all(any(w in line for w in words) for line in lines), lines
+    assert {p.name for p in (sweep / "plots").glob("*.png")} >= {"fig2_quant_only.png", "fig3_srcr.png"}

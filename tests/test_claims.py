@@ -1,0 +1,163 @@
+"""The claims table (bench/paper_study.py) and its family-wise intervals (jcexp.paired.family_intervals), on a
+synthetic study: result.json files and per-item sidecars written here with known effects, no model. Mocks
+nothing: the study is read from disk as the real one is."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import paper_study
+from jcexp import items, metrics, paired, verdicts
+from jcexp.files import atomic_write_json
+
+N = 400  # items per task
+TASKS = ("a", "b")
+
+
+def _dense(rng) -> dict[str, np.ndarray]:
+    return {t: (rng.random(N) < 0.7).astype(float) for t in TASKS}
+
+
+def _flip(dense: dict[str, np.ndarray], rng, drop: float) -> dict[str, np.ndarray]:
+    """A compressed model: each right answer of the dense model lost with probability ``drop``."""
+    return {t: np.where((v == 1) & (rng.random(N) < drop), 0.0, v) for t, v in dense.items()}
+
+
+def _sidecar(values: dict[str, np.ndarray]) -> dict:
+    return {
+        "scores": {
+            t: {"metric": "acc,none", "items": {str(i): float(x) for i, x in enumerate(v)}}
+            for t, v in values.items()
+        },
+        "perplexity": {},
+    }
+
+
+def _write_run(
+    root: Path, dense_dir: Path, name: str, values, sparsity=0.0, bits=16, mask=None, quant="gptq", case=None
+):
+    run_dir = root / "multirun" / "x" / name
+    run_dir.mkdir(parents=True)
+    items.write(run_dir, _sidecar(values))
+    comp = {t: float(v.mean()) for t, v in values.items()}
+    base = {t: float(np.mean(list(v.values()))) for t, v in items.scores(items.read(dense_dir)).items()}
+    sr = metrics.semantic_retention(comp, base)
+    atomic_write_json(
+        run_dir / "result.json",
+        {
+            "status": "complete",
+            "config_hash": name,
+            "run_dir": str(run_dir),
+            "seed": 0,
+            "model": {"name": "m"},
+            "compression": {
+                "pruner": {"name": "sparsegpt" if sparsity else "none", "sparsity": sparsity, "mask": mask},
+                "quant": {"name": quant if bits < 16 else "none", "bits": bits, "case": case},
+            },
+            "metrics": {
+                "tcr": metrics.tcr(sparsity, bits),
+                "sr": sr,
+                "srcr": metrics.srcr(sr, sparsity, bits),
+            },
+            "baseline": {"path": str(dense_dir / "baseline.json"), "key": dense_dir.name},
+        },
+    )
+
+
+@pytest.fixture
+def study_root(tmp_path) -> Path:
+    """The grid the claims read, with effects chosen so that each kind of verdict occurs."""
+    rng = np.random.default_rng(0)
+    dense = _dense(rng)
+    dense_dir = tmp_path / "cache" / "baselines" / "k0"
+    dense_dir.mkdir(parents=True)
+    items.write(dense_dir, _sidecar(dense))
+    grid = {
+        # name: (sparsity, bits, mask, quant, case, drop)
+        "p25": (25, 16, None, "gptq", None, 0.02),
+        "p33": (33.333, 16, None, "gptq", None, 0.03),
+        "p50": (50, 16, None, "gptq", None, 0.15),
+        "p75": (75, 16, None, "gptq", None, 0.6),
+        "q8": (0, 8, None, "gptq", None, 0.0),
+        "q4": (0, 4, None, "gptq", None, 0.03),
+        "q3": (0, 3, None, "gptq", None, 0.25),
+        "q2": (0, 2, None, "gptq", None, 0.7),
+        "j25_4": (25, 4, None, "gptq", "B", 0.06),
+        "j25_4A": (25, 4, None, "gptq", "A", 0.06),
+        "j33_3": (33.333, 3, None, "gptq", "B", 0.3),
+    }
+    for name, (s, b, mask, quant, case, drop) in grid.items():
+        values = dense if drop == 0 else _flip(dense, rng, drop)
+        _write_run(tmp_path, dense_dir, name, values, s, b, mask, quant, case)
+    return tmp_path
+
+
+def _by_text(judged):
+    return {j.claim.text: j for j in judged}
+
+
+def test_claims_are_judged_with_margins_and_family_adjustment(study_root):
+    judged, family = paper_study.judge(paper_study.Study(study_root), margin=0.05, resamples=2000)
+    by = _by_text(judged)
+    assert family == sum(1 for j in judged if j.claim.papers and j.verdict != "not measured")
+    central = by["TCr 81.25%: 25% + 4 bit beats 3 bit alone (by about 20 points)"]
+    assert central.verdict == central.adjusted == "holds"
+    lo, hi = central.result["ci"]
+    alo, ahi = central.result["ci_adjusted"]
+    assert alo < lo < hi < ahi  # the family-wise interval is wider
+    # 8 bit answers exactly as dense: equivalent to it, within ±5 points (not merely "contains 0").
+    assert by["8-bit GPTQ is equivalent to the dense model"].verdict == "holds"
+    # Points that did not run are said so, not guessed.
+    assert by["3 bit keeps more than 2 bit"].verdict == "holds"
+    assert by["2:8 keeps more than 1:4 (16 bit)"].verdict == "not measured"
+    # Case A and B drop 6% of right answers each, independently: no direction, and the interval is too wide
+    # for ±1 point, so "approximates" is inconclusive there, while the DiD/equality rule never says "holds" for
+    # an interval that merely contains 0.
+    case = paper_study.judge(paper_study.Study(study_root), margin=0.01, resamples=2000)[0]
+    approx = _by_text(case)["Case A approximates Case B (25% + 4 bit)"]
+    assert approx.result["ci"][0] < 0 < approx.result["ci"][1]
+    assert approx.verdict == "inconclusive"
+
+
+def test_claims_markdown_prints_the_margin_and_both_verdicts(study_root):
+    md = paper_study.claims_markdown(study_root, margin=0.05)
+    assert "Equivalence margin ±5 points of Sr" in md and "family-wise 95% CI" in md
+    assert "| **holds** |" in md and "not measured" in md
+
+
+def test_family_intervals_cover_jointly_and_are_wider():
+    """Ten independent null statistics: each own interval misses 0 about 5% of the time, so some of the ten
+    often do; the family-wise intervals are wider and all cover 0 together about 95% of the time."""
+    rng = np.random.default_rng(1)
+    misses_own = misses_family = 0
+    reps = 40
+    for _ in range(reps):
+        dense = {"t": {str(i): float(rng.random() < 0.6) for i in range(300)}}
+        runs = {"dense": dense}
+        for k in range(10):
+            runs[f"r{k}"] = {"t": {i: (1.0 - v if rng.random() < 0.1 else v) for i, v in dense["t"].items()}}
+        # Pairs of runs with the same flip rate: every difference has truth 0.
+        stats = {f"d{k}": (lambda m, k=k: m[f"r{k}"]["t"] - m[f"r{(k + 1) % 10}"]["t"]) for k in range(10)}
+        found = paired.family_intervals(runs, stats, resamples=1000, seed=int(rng.integers(1 << 30)))
+        misses_own += any(not (e["ci"][0] <= 0 <= e["ci"][1]) for e in found.values())
+        misses_family += any(not (e["ci_adjusted"][0] <= 0 <= e["ci_adjusted"][1]) for e in found.values())
+        for e in found.values():
+            assert e["ci_adjusted"][0] <= e["ci"][0] and e["ci"][1] <= e["ci_adjusted"][1]
+    # Ten looks at 95% each miss somewhere in ~40% of replicates; the family-wise ones in ~5%.
+    assert misses_own >= 6
+    assert misses_family <= 6
+
+
+def test_verdict_rules():
+    assert verdicts.claim_verdict(">", [0.01, 0.2]) == "holds"
+    assert verdicts.claim_verdict(">", [-0.2, -0.01]) == "does not hold"
+    assert verdicts.claim_verdict(">", [-0.01, 0.2]) == "inconclusive"
+    assert verdicts.claim_verdict("<", [-0.2, -0.01]) == "holds"
+    assert verdicts.claim_verdict("=", [-0.04, 0.04], 0.05) == "holds"
+    assert verdicts.claim_verdict("=", [-0.1, 0.1], 0.05) == "inconclusive"  # contains 0: still not "equal"
+    assert verdicts.claim_verdict("=", [0.06, 0.2], 0.05) == "does not hold"
+    assert verdicts.claim_verdict("=", None) == "undefined"
+    assert verdicts.difference_word([0.01, 0.03], 0.05) == "equivalent"
+    assert verdicts.difference_word([0.01, 0.3], 0.05) == "higher"
+    assert verdicts.difference_word([-0.3, 0.3], 0.05) == "inconclusive"

@@ -105,6 +105,9 @@ def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             sr_ci_hi=ci[1],
             sr1=r["metrics"]["sr1"],
             srcr=srcr_of(r),
+            # One configuration's SrCr is a constant times Sr: its interval is Sr's, scaled.
+            srcr_ci_lo=(r["metrics"].get("srcr_ci") or [None, None])[0],
+            srcr_ci_hi=(r["metrics"].get("srcr_ci") or [None, None])[1],
             # What pruning removed (old results have only the final zeros, rounding zeros included).
             sparsity_measured=r["measured"]["sparsity"].get("pruned", r["measured"]["sparsity"]["final"]),
             zeros_final=r["measured"]["sparsity"]["final"],
@@ -199,7 +202,9 @@ def comparison(a: dict[str, Any], b: dict[str, Any], margin: float = verdicts.DE
             if same_baseline(a, b)
             else "not scored against the same dense baseline"
         )
-        return Comparison(verdicts.UNDEFINED, None, None, margin, why)
+        # No paired items: the recorded Sr values' difference is all there is, and no verdict is read from it.
+        gain = None if sr_of(a) is None or sr_of(b) is None else sr_of(a) - sr_of(b)
+        return Comparison(verdicts.UNDEFINED, gain, None, margin, why)
     if diff["ci"] is None:
         return Comparison(verdicts.UNDEFINED, diff["diff"], None, margin, diff["undefined"])
     return Comparison(verdicts.difference_word(diff["ci"], margin), diff["diff"], diff["ci"], margin)
@@ -360,7 +365,17 @@ def write_report(root: str | Path, margin: float | None = None) -> Report:
     ]
     md += ["## Theoretical compression rate (Table I)", "", *table_i, ""]
     md += ["## Scores (x100, ± stderr), retention and SrCr", ""]
-    head = ["model", "config", "TCr", *tasks, *ppl, "Sr [95% CI]", "Sr1", "SrCr", "pruned (measured)"]
+    head = [
+        "model",
+        "config",
+        "TCr",
+        *tasks,
+        *ppl,
+        "Sr [95% CI]",
+        "Sr1",
+        "SrCr [95% CI]",
+        "pruned (measured)",
+    ]
     md += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for row in rows:
         cells = [row["model"], row["config"], f"{100 * row['tcr']:.4g}%"]
@@ -370,7 +385,12 @@ def write_report(root: str | Path, margin: float | None = None) -> Report:
             _fmt(row["sr"])
             + (f" [{_fmt(row['sr_ci_lo'])}, {_fmt(row['sr_ci_hi'])}]" if row["sr_ci_lo"] is not None else ""),
             _fmt(row["sr1"]),
-            _fmt(row["srcr"]),
+            _fmt(row["srcr"])
+            + (
+                f" [{_fmt(row['srcr_ci_lo'])}, {_fmt(row['srcr_ci_hi'])}]"
+                if row["srcr_ci_lo"] is not None
+                else ""
+            ),
             _fmt(row["sparsity_measured"], 100, 2)
             + "%"
             + (

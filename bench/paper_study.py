@@ -405,9 +405,35 @@ def srcr_rows(study: Study) -> list[str]:
     return out
 
 
+def timing_markdown(root: Path) -> str:
+    """Wall time per experiment (study_timing.json, written by ``run``) and where it went, summed from the
+    stage timings of every distinct result (a point shared by two experiments counts once)."""
+    record = json.loads((root / TIMING_FILE).read_text()) if (root / TIMING_FILE).exists() else {}
+    md = ["| experiment | wall time | exit |", "|---|---|---|"]
+    for exp, t in (record.get("experiments") or {}).items():
+        md.append(f"| `{exp}` | {t['seconds'] / 60:.1f} min | {t['returncode']} |")
+    named = sum(t["seconds"] for e, t in (record.get("experiments") or {}).items() if e in EXPERIMENTS[:5])
+    md.append(f"| **the five named experiments** | **{named / 60:.1f} min** | |")
+    md.append(f"| **everything** | **{record.get('total_seconds', 0) / 60:.1f} min** | |")
+    study = Study(root)
+    stages: dict[str, list[float]] = {}
+    for r in study.runs:
+        if r.get("resumed_from"):
+            continue
+        for name, t in (r.get("stages") or {}).items():
+            stages.setdefault(name, []).append(float(t.get("seconds") or 0.0))
+    total = sum(sum(v) for v in stages.values()) or 1.0
+    md += ["", "| stage | runs | seconds | share | mean per run |", "|---|---|---|---|---|"]
+    for name, v in sorted(stages.items(), key=lambda kv: -sum(kv[1])):
+        md.append(
+            f"| {name} | {len(v)} | {sum(v):,.0f} | {100 * sum(v) / total:.0f}% | {sum(v) / len(v):.0f} s |"
+        )
+    return "\n".join(md)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["run", "claims"])
+    parser.add_argument("action", choices=["run", "claims", "timing"])
     parser.add_argument("--root", type=Path, default=ROOT / "outputs" / "study")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every experiment (run only)")
     parser.add_argument(
@@ -417,6 +443,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     if args.action == "run":
         print(json.dumps(run_study(args.root.resolve(), args.overrides), indent=1))
+    elif args.action == "timing":
+        print(timing_markdown(args.root))
     else:
         print(claims_markdown(args.root, args.margin))
 

@@ -161,3 +161,12 @@ def test_verdict_rules():
     assert verdicts.difference_word([0.01, 0.03], 0.05) == "equivalent"
     assert verdicts.difference_word([0.01, 0.3], 0.05) == "higher"
     assert verdicts.difference_word([-0.3, 0.3], 0.05) == "inconclusive"
+
+
+def test_timing_sums_each_distinct_result_once(study_root):
+    for i, path in enumerate(sorted(study_root.glob("multirun/x/*/result.json"))):
+        data = __import__("json").loads(path.read_text())
+        data["stages"] = {"eval": {"seconds": 10.0}, **({"quantize": {"seconds": 5.0}} if i % 2 else {})}
+        atomic_write_json(path, data)
+    md = paper_study.timing_markdown(study_root)
+    assert "| eval | 11 | 110 |" in md and "| quantize | 5 | 25 |" in md

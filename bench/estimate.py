@@ -1,18 +1,23 @@
-"""An estimate, not a measurement: the paper's full grid on Llama-3.1-8B on one 24 GB GPU (the paper used A10s),
-from the stage costs measured by bench/stages.py and the stage counts of jcexp's experiment configs.
+"""An estimate, not a measurement: the paper's full grid on Llama-3.1-8B on one GPU, an A10 (24 GB, the paper's)
+and an H100 (80 GB), from the stage costs measured by bench/stages.py and the stage counts of jcexp's configs.
 
-    python -m bench.estimate [--gpu-tflops 50] [--gpu-gbps 600] [--gpu-gb 24]
+    python -m bench.estimate [--gpus a10,h100] [--utilization 0.85]
 
 How: (1) the stage counts come from expanding conf/experiment/{pruning_only,quantization_only,joint_tcr,
 semi_structured}.yaml, with and without jcexp's caches; (2) SparseGPT/GPTQ time is fitted on CPU as
 a·tokens + b (bench/stages.py measured two calibration sizes), then each part is scaled by its FLOP ratio
 8B/SmolLM2 (per-token: 2·(params + Σ d_in²); fixed: Σ d_in³/3 + 2·d_out·d_in²) and by the ratio of the GPU's
-effective FLOP rate (--gpu-tflops) to the CPU's, measured from the calibration forward; (3) evaluation of the
-generative suites, with the weights resident on the GPU and the settings of conf/benchmark/paper.yaml (batch,
-max_length, max_gen_toks per task), is modelled as prefill FLOPs at --gpu-tflops plus decode steps that read
-the bf16 weights and the KV cache at --gpu-gbps, for lm-eval's HF backend (static batches that wait for their
-longest answer) and for its vLLM backend (continuous batching as deep as the KV budget allows), with the token
-counts below (assumptions, per question).
+effective FLOP rate to the CPU's, measured from the calibration forward; (3) evaluation of the generative
+suites, with the settings of conf/benchmark/paper.yaml (batch, max_length, max_gen_toks per task), is modelled
+as prefill FLOPs at the effective rate plus decode steps that read the weights and the KV cache at the GPU's
+memory bandwidth, for lm-eval's HF backend (static batches that wait for their longest answer) and for its
+vLLM backend (continuous batching as deep as the KV cache allows). vLLM's KV cache is what jcexp's preflight
+budgets (jcexp/preflight.py: vllm_budget): gpu_memory_utilization x the card's memory, less the checkpoint's
+weights (bf16 for the dense baseline and the 2-, 3- and 16-bit points, packed W4A16/W8A16 for the 4- and 8-bit
+ones), the profile's activations and CUDA graphs, after this process's and vLLM's CUDA contexts are left
+outside. With prefix caching (on by default in vLLM) each task's few-shot prefix is computed and held once per
+group of questions that share it, when the KV cache can hold every group's prefix beside the batch; otherwise
+every prompt is computed and held whole. The token counts below are assumptions, per question.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 
 import yaml
 
@@ -88,6 +94,96 @@ PARAMS_8B = 8.03e9
 WEIGHT_BYTES_8B = 2 * PARAMS_8B
 # Generated tokens per answer (mean, 90th percentile): assumptions for an 8B base model's chain of thought.
 GENERATED = {"mmlu_pro": (250, 700), "bbh_cot_fewshot": (150, 400), "minerva_math": (300, 900)}
+# The few-shot part of each prompt, shared by every question of a group (tokens), and the number of groups
+# (distinct prefixes): MMLU-Pro's 5 examples per subject (14), BBH's 3 CoT examples per subtask (27), MATH's one
+# 4-shot Minerva prompt per subject (7). Assumptions, within SUITE's prompt lengths.
+SHARED_PREFIX = {"mmlu_pro": (1200, 14), "bbh_cot_fewshot": (850, 27), "minerva_math": (750, 7)}
+
+# The GPUs (assumptions from the vendors' data sheets, no GPU was measured): the memory the card reports (what
+# torch.cuda.mem_get_info and vLLM see as total), the dense bf16 tensor-core peak, the memory bandwidth, and
+# lm-eval HF's batch_size on that card (conf/benchmark/paper.yaml: 3 fits an A10; 16 on 80 GB).
+# The effective rate is EFFICIENCY of the peak for both (the A10's 50 of 125 TFLOP/s, as this estimate always
+# assumed). NVIDIA's A10 data sheet: 24 GB GDDR6, 600 GB/s, 125 TFLOP/s bf16 dense (250 with sparsity); its H100
+# SXM5 data sheet: 80 GB HBM3, 3.35 TB/s, 1,979 TFLOP/s bf16 "with sparsity", that is 989.4 dense (the PCIe card:
+# 2.0 TB/s, 756 dense).
+EFFICIENCY = 0.4
+GPUS = {
+    "a10": {
+        "label": "A10 (24 GB)",
+        "total_bytes": 23028 * 2**20,
+        "peak_tflops": 125.0,
+        "gbps": 600.0,
+        "hf_batch": 3,
+    },
+    "h100": {
+        "label": "H100 SXM (80 GB)",
+        "total_bytes": 81559 * 2**20,
+        "peak_tflops": 989.4,
+        "gbps": 3350.0,
+        "hf_batch": 16,
+    },
+}
+# How vLLM reads each kind of checkpoint: the dense baseline and the 2-, 3- and 16-bit points from bf16
+# weights, the 4- and 8-bit GPTQ points packed (conf/evaluator/vllm.yaml: packed_bits).
+FORMATS = {"dense": 16, "w4a16": 4, "w8a16": 8}
+
+
+def llama_8b_shapes():
+    """Llama-3.1-8B as jcexp's preflight sees it (from its config; nothing built)."""
+    from jcexp.preflight import ModelShapes
+
+    layer, n = LLAMA_8B
+    linear = sum(i * o for i, o in layer)
+    return ModelShapes(
+        params=8_030_261_248,
+        dtype="bfloat16",
+        layers=n,
+        hidden=4096,
+        intermediate=14336,
+        heads=32,
+        kv_heads=8,
+        head_dim=128,
+        vocab=128256,
+        max_positions=131072,
+        layer_linears=tuple(layer),
+        layer_params=linear + 2 * 4096,
+        compressible_params=n * linear,
+    )
+
+
+def vllm_memory(gpu: dict, fmt: str, utilization: float, max_length: int) -> dict:
+    """jcexp's preflight budget for the vLLM child on this GPU (jcexp/preflight.py: vllm_budget), in bytes."""
+    from jcexp import preflight
+
+    shapes = llama_8b_shapes()
+    bits = FORMATS[fmt]
+    work = preflight.Workload(
+        eval_device="cuda",
+        compress_device="cuda",
+        prune=False,
+        quant=bits < 16,
+        quant_calibrated=bits < 16,
+        calib_samples=1,
+        calib_seq_len=1,
+        eval=preflight.EvalLoad(batch=None, max_length=max_length),
+        save_packed=bits < 16,
+        bits=bits,
+        group_size=128,
+        eval_process="subprocess",
+        eval_backend="vllm",
+        vllm_gpu_fraction=utilization,
+        gpu_total_bytes=gpu["total_bytes"],
+    )
+    budget = preflight.vllm_budget(shapes, work, packed=bits < 16)
+    outside = budget["parent_cuda_context"] + budget["vllm_cuda_context"]
+    _, max_seqs = preflight.vllm_defaults(gpu["total_bytes"])
+    return {
+        **budget,
+        "free_needed_at_start": int(utilization * gpu["total_bytes"]) + outside,
+        # as the preflight names it (jcexp/preflight.py: _vllm_problems), rounded down
+        "largest_utilization": math.floor(100 * (gpu["total_bytes"] - outside) / gpu["total_bytes"]) / 100,
+        "max_seqs": max_seqs,
+    }
 
 
 def paper_eval_settings() -> dict:
@@ -101,123 +197,230 @@ def paper_eval_settings() -> dict:
     }
 
 
-def eval_hours(backend: str, settings: dict, gpu_gb: float, tflops: float, gbps: float) -> dict:
-    """One evaluation of the paper's suite: prefill at `tflops`, decode memory-bound at `gbps` (each step reads
-    the weights and the batch's KV cache). hf: static batches of batch_size, each decoding until its slowest
-    answer stops (the 90th percentile, capped by max_gen_toks). vllm: continuous batching, as many sequences as
-    the KV budget (90% of the GPU less the weights) holds, decoding the mean answer length."""
-    flops = tflops * 1e12
-    bw = gbps * 1e9
+def eval_hours_hf(settings: dict, gpu: dict) -> dict:
+    """lm-eval's HF backend on the in-memory bf16 model: static batches of the GPU's batch_size, each decoding
+    until its slowest answer stops (the 90th percentile, capped by max_gen_toks); every prompt prefilled whole."""
+    flops, bw = EFFICIENCY * gpu["peak_tflops"] * 1e12, gpu["gbps"] * 1e9
+    batch = gpu["hf_batch"]
     prefill = sum(q * p for q, p, _ in SUITE.values()) * 2 * PARAMS_8B / flops
     decode = 0.0
     for task, (questions, prompt, _) in SUITE.items():
-        mean_gen, p90_gen = GENERATED[task]
-        cap = settings["max_gen_toks"][task]
-        if backend == "hf":
-            batch = int(settings["batch_size"])
-            steps = -(-questions // batch) * min(cap, p90_gen)
-            context = prompt + min(cap, p90_gen) / 2
-        else:
-            budget = 0.9 * gpu_gb * 2**30 - WEIGHT_BYTES_8B
-            batch = max(1, min(256, int(budget / (KV_BYTES_PER_TOKEN * (prompt + mean_gen)))))
-            steps = questions * min(cap, mean_gen) / batch
-            context = prompt + min(cap, mean_gen) / 2
-        decode += steps * (WEIGHT_BYTES_8B + batch * context * KV_BYTES_PER_TOKEN) / bw
+        gen = min(settings["max_gen_toks"][task], GENERATED[task][1])
+        steps = -(-questions // batch) * gen
+        decode += steps * (WEIGHT_BYTES_8B + batch * (prompt + gen / 2) * KV_BYTES_PER_TOKEN) / bw
     return {
-        "backend": backend,
         "prefill_h": prefill / 3600,
         "decode_h": decode / 3600,
         "hours": (prefill + decode) / 3600,
+        "batch": batch,
+    }
+
+
+def eval_hours_vllm(settings: dict, gpu: dict, memory: dict, weight_bytes: float) -> dict:
+    """lm-eval's vLLM backend: continuous batching, as many sequences as the KV cache holds (at most vLLM's
+    max_num_seqs), decoding the mean answer length. With prefix caching, when the KV cache holds every group's
+    few-shot prefix beside at least one question, a prefix is computed and held once per group and each sequence
+    holds only its own question and answer; otherwise each prompt is computed and held whole. Each decode step
+    reads the weights and, per sequence, its whole context's KV cache (the shared prefix included)."""
+    flops, bw = EFFICIENCY * gpu["peak_tflops"] * 1e12, gpu["gbps"] * 1e9
+    kv_tokens = memory["vllm_kv_cache"] / KV_BYTES_PER_TOKEN
+    prefill = decode = 0.0
+    per_task = {}
+    for task, (questions, prompt, _) in SUITE.items():
+        gen = min(settings["max_gen_toks"][task], GENERATED[task][0])
+        shared, groups = SHARED_PREFIX[task]
+        own = prompt - shared + gen
+        cached = kv_tokens >= groups * shared + own
+        if cached:
+            batch = (kv_tokens - groups * shared) / own
+            tokens = questions * (prompt - shared) + groups * shared
+        else:
+            batch = kv_tokens / (prompt + gen)
+            tokens = questions * prompt
+        batch = max(1, min(memory["max_seqs"], int(batch)))
+        prefill += tokens * 2 * PARAMS_8B / flops
+        steps = questions * gen / batch
+        decode += steps * (weight_bytes + batch * (prompt + gen / 2) * KV_BYTES_PER_TOKEN) / bw
+        per_task[task] = {"batch": batch, "prefix_cached": cached}
+    return {
+        "prefill_h": prefill / 3600,
+        "decode_h": decode / 3600,
+        "hours": (prefill + decode) / 3600,
+        "tasks": per_task,
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", default="a10,h100", help=f"GPUs to estimate, of {sorted(GPUS)}")
     parser.add_argument(
-        "--gpu-tflops", type=float, default=50.0, help="effective bf16 TFLOP/s (A10 peak: 125)"
+        "--utilization",
+        type=float,
+        default=0.85,
+        help="vLLM's gpu_memory_utilization (conf/evaluator/vllm.yaml)",
     )
-    parser.add_argument("--gpu-gbps", type=float, default=600.0, help="memory bandwidth, GB/s (A10: 600)")
-    parser.add_argument("--gpu-gb", type=float, default=24.0, help="GPU memory, GB (A10: 24)")
     parser.add_argument("--calib-tokens", type=int, default=512 * 2048, help="the paper's 512 C4 samples")
     args = parser.parse_args(argv)
+    gpus = {name: GPUS[name] for name in args.gpus.split(",")}
 
     stages = json.loads((RESULTS / "stages.json").read_text())
     a_row, b_row = stages["rows"][0], stages["rows"][-1]
     small, big = _flops(SMOLLM2), _flops(LLAMA_8B)
     cpu_flops = 2 * small["params"] * b_row["tokens"] / b_row["calib_forward_s"]
-    gpu_flops = args.gpu_tflops * 1e12
-    per_stage = {}
+    cpu_8b = {}
     for stage in ("prune", "quantize"):
         slope = (b_row[f"{stage}_s"] - a_row[f"{stage}_s"]) / (b_row["tokens"] - a_row["tokens"])
         slope = max(slope, 0.0)
         fixed = max(a_row[f"{stage}_s"] - slope * a_row["tokens"], 0.0)
-        cpu_8b = (
-            slope * args.calib_tokens * big["per_token"] / small["per_token"]
-            + fixed * big["fixed"] / small["fixed"]
-        )
-        per_stage[stage] = {
+        cpu_8b[stage] = {
             "cpu_slope_s_per_token": slope,
             "cpu_fixed_s": fixed,
-            "gpu_8b_s": cpu_8b * cpu_flops / gpu_flops,
+            "cpu_8b_s": slope * args.calib_tokens * big["per_token"] / small["per_token"]
+            + fixed * big["fixed"] / small["fixed"],
         }
     settings = paper_eval_settings()
-    evals = {b: eval_hours(b, settings, args.gpu_gb, args.gpu_tflops, args.gpu_gbps) for b in ("hf", "vllm")}
-    hf_kv_worst = int(settings["batch_size"]) * int(settings["max_length"]) * KV_BYTES_PER_TOKEN / 2**30
-
     points = paper_points()
     pruned = [p for p in points if p[0] != "0"]
+    # vLLM reads 4- and 8-bit points packed, the rest (and the dense baseline) from bf16 weights.
+    by_format = {
+        "dense": sum(b not in (4, 8) for _, b in points),
+        "w4a16": sum(b == 4 for _, b in points),
+        "w8a16": sum(b == 8 for _, b in points),
+    }
     counts = {
         "jcexp": {
             "sparsegpt": len({p for p, _ in pruned}),
             "gptq": sum(b < 16 for _, b in points),
             "evaluations": len(points) + 1,  # every point, and the dense baseline once
+            "dense_evals": by_format["dense"] + 1,
         },
         "without caches": {
             "sparsegpt": len(pruned),
             "gptq": sum(b < 16 for _, b in points),
             "evaluations": 2 * len(points),  # each run evaluates its own dense baseline
+            "dense_evals": by_format["dense"] + len(points),
         },
     }
-    rows = []
-    for variant, c in counts.items():
-        compress = (
-            c["sparsegpt"] * per_stage["prune"]["gpu_8b_s"] + c["gptq"] * per_stage["quantize"]["gpu_8b_s"]
-        )
-        row = {"variant": variant, **c}
-        for backend, ev in evals.items():
-            row[f"gpu_hours_{backend}"] = round(compress / 3600 + c["evaluations"] * ev["hours"], 1)
-        rows.append(row)
+
+    per_gpu: dict[str, dict] = {}
+    for name, gpu in gpus.items():
+        rate = EFFICIENCY * gpu["peak_tflops"] * 1e12
+        stage_s = {k: v["cpu_8b_s"] * cpu_flops / rate for k, v in cpu_8b.items()}
+        memory = {f: vllm_memory(gpu, f, args.utilization, settings["max_length"]) for f in FORMATS}
+        vllm = {f: eval_hours_vllm(settings, gpu, memory[f], memory[f]["vllm_weights"]) for f in FORMATS}
+        hf = eval_hours_hf(settings, gpu)
+        grid = {}
+        for variant, c in counts.items():
+            compress = (c["sparsegpt"] * stage_s["prune"] + c["gptq"] * stage_s["quantize"]) / 3600
+            packed = {f: by_format[f] for f in ("w4a16", "w8a16")}
+            vllm_h = c["dense_evals"] * vllm["dense"]["hours"] + sum(
+                n * vllm[f]["hours"] for f, n in packed.items()
+            )
+            grid[variant] = {
+                "hf": round(compress + c["evaluations"] * hf["hours"], 1),
+                "vllm": round(compress + vllm_h, 1),
+            }
+        per_gpu[name] = {"stage_s": stage_s, "memory": memory, "vllm": vllm, "hf": hf, "grid": grid}
+
+    labels = {n: f"{g['label']}, est." for n, g in gpus.items()}
+    gib = 2**30
+
+    def row(what: str, fn) -> dict:
+        return {"": what, **{labels[n]: fn(n, per_gpu[n]) for n in gpus}}
+
+    def kv(r: dict, f: str) -> str:
+        m = r["memory"][f]
+        tasks = r["vllm"][f]["tasks"]
+        seqs = "/".join(str(tasks[t]["batch"]) for t in SUITE)
+        cached = "".join("y" if tasks[t]["prefix_cached"] else "n" for t in SUITE)
+        return f"{m['vllm_kv_cache'] / gib:.2f} GiB, {seqs} seqs, prefix cached {cached}"
+
+    cols = ["", *labels.values()]
+    mem_rows = [
+        row("total memory the card reports", lambda n, r: f"{gpus[n]['total_bytes'] / gib:.2f} GiB"),
+        row(
+            "bf16 dense / effective TFLOP/s, GB/s",
+            lambda n, r: (
+                f"{gpus[n]['peak_tflops']:g} / {EFFICIENCY * gpus[n]['peak_tflops']:.0f}, {gpus[n]['gbps']:g}"
+            ),
+        ),
+        row(
+            "outside vLLM's share: this process's + vLLM's CUDA contexts (assumed)",
+            lambda n, r: (
+                f"{(r['memory']['dense']['parent_cuda_context'] + r['memory']['dense']['vllm_cuda_context']) / gib:.2f} GiB"
+            ),
+        ),
+        row(
+            f"vLLM's share, gpu_memory_utilization={args.utilization} (free needed at start)",
+            lambda n, r: (
+                f"{args.utilization * gpus[n]['total_bytes'] / gib:.2f} GiB ({r['memory']['dense']['free_needed_at_start'] / gib:.2f}; at most {r['memory']['dense']['largest_utilization']:.2f} starts)"
+            ),
+        ),
+        row(
+            "weights: bf16 / W4A16 / W8A16",
+            lambda n, r: " / ".join(f"{r['memory'][f]['vllm_weights'] / gib:.2f}" for f in FORMATS) + " GiB",
+        ),
+        row(
+            "profile activations (max_num_batched_tokens), CUDA graphs (assumed)",
+            lambda n, r: (
+                f"{r['memory']['dense']['vllm_activations'] / gib:.2f} + {r['memory']['dense']['vllm_cuda_graphs'] / gib:.2f} GiB"
+            ),
+        ),
+        *(
+            row(
+                f"KV cache, {f}: GiB, sequences decoded together (MMLU-Pro/BBH/MATH), prefix cached",
+                lambda n, r, f=f: kv(r, f),
+            )
+            for f in FORMATS
+        ),
+    ]
+    time_rows = [
+        row("SparseGPT, one run", lambda n, r: round(r["stage_s"]["prune"] / 3600, 3)),
+        row("GPTQ, one run", lambda n, r: round(r["stage_s"]["quantize"] / 3600, 3)),
+        row(
+            "MMLU-Pro + BBH + MATH, one evaluation, hf (bf16, batch 3 / 16)",
+            lambda n, r: round(r["hf"]["hours"], 2),
+        ),
+        *(
+            row(
+                f"MMLU-Pro + BBH + MATH, one evaluation, vllm, {f}",
+                lambda n, r, f=f: round(r["vllm"][f]["hours"], 2),
+            )
+            for f in FORMATS
+        ),
+    ]
+    grid_rows = [
+        {
+            "variant": v,
+            **c,
+            **{f"{labels[n]}: {b}": per_gpu[n]["grid"][v][b] for n in gpus for b in ("hf", "vllm")},
+        }
+        for v, c in counts.items()
+    ]
     md = f"paper grid: {len(points)} points ({', '.join(f'{p}/{b}' for p, b in points)}) plus the dense model\n\n"
     md += (
-        f"evaluation settings (conf/benchmark/paper.yaml): batch {settings['batch_size']}, max_length "
-        f"{settings['max_length']}, max_gen_toks {settings['max_gen_toks']}; HF's worst-case KV cache at that "
-        f"batch and length: {hf_kv_worst:.1f} GiB, beside 15.0 GiB of bf16 weights\n\n"
+        f"evaluation settings (conf/benchmark/paper.yaml): max_length {settings['max_length']}, max_gen_toks "
+        f"{settings['max_gen_toks']}; HF batch_size {settings['batch_size']} (A10), 16 on 80 GB; vLLM "
+        f"gpu_memory_utilization {args.utilization}, its default max_num_batched_tokens / max_num_seqs "
+        "(8192 / 256 below 70 GiB, 16384 / 1024 above)\n\n"
+        "vLLM's memory (jcexp/preflight.py: vllm_budget):\n\n"
     )
-    md += table(
-        [
-            {"stage": "SparseGPT, one run", "hours": per_stage["prune"]["gpu_8b_s"] / 3600},
-            {"stage": "GPTQ, one run", "hours": per_stage["quantize"]["gpu_8b_s"] / 3600},
-            *(
-                {"stage": f"MMLU-Pro + BBH + MATH, one evaluation, {b}", "hours": ev["hours"]}
-                for b, ev in evals.items()
-            ),
-        ],
-        ["stage", "hours"],
-    )
-    md += "\n\n" + table(
-        rows, ["variant", "sparsegpt", "gptq", "evaluations", "gpu_hours_hf", "gpu_hours_vllm"]
-    )
+    md += table(mem_rows, cols)
+    md += "\n\nhours:\n\n" + table(time_rows, cols)
+    md += "\n\nGPU-hours for the grid (evaluations: the dense baseline and 2-, 3- and 16-bit points from bf16 weights, "
+    md += f"{by_format['w4a16']} W4A16 and {by_format['w8a16']} W8A16 points packed, for vLLM):\n\n"
+    md += table(grid_rows, list(grid_rows[0]))
     md += (
-        f"\n\nassumptions: one {args.gpu_gb:g} GB GPU at {args.gpu_tflops:g} effective TFLOP/s and "
-        f"{args.gpu_gbps:g} GB/s (CPU here: {cpu_flops / 1e9:.1f} GFLOP/s measured in the calibration forward), "
-        f"{args.calib_tokens} calibration tokens, questions/prompt tokens {SUITE}, generated tokens "
-        f"(mean, p90) {GENERATED}"
+        f"\n\nassumptions: effective rate {EFFICIENCY:.0%} of the bf16 dense peak for prefill and compression "
+        f"(CPU here: {cpu_flops / 1e9:.1f} GFLOP/s measured in the calibration forward), the full memory "
+        f"bandwidth for decode, {args.calib_tokens} calibration tokens, questions/prompt tokens {SUITE}, generated "
+        f"tokens (mean, p90) {GENERATED}, shared few-shot prefix tokens and groups {SHARED_PREFIX}"
     )
     payload = {
-        "settings": {**vars(args), "eval": settings},
-        "per_stage": per_stage,
-        "eval": evals,
-        "counts": rows,
+        "settings": {**vars(args), "eval": settings, "gpus": gpus, "efficiency": EFFICIENCY},
+        "cpu": {"flops": cpu_flops, **cpu_8b},
+        "gpus": per_gpu,
+        "counts": counts,
         "points": points,
     }
     from bench.common import write

@@ -117,6 +117,9 @@ class EvaluatorConfig:
     # Quantizers and bit widths whose packed compressed-tensors checkpoint the backend loads; others: dense.
     packed_quantizers: list[str] = field(default_factory=list)
     packed_bits: list[int] = field(default_factory=list)
+    # Requests handed to the backend per call; lm-eval's response cache is committed after each, so a killed
+    # (requeued) evaluation re-asks only what no chunk answered. null: all at once. Not in the config hash.
+    request_chunk: int | None = None
 
 
 @dataclass

@@ -3,19 +3,26 @@
 Why CPython's pydoc_data.topics: it ships with every Python, so the offline path needs no download and no
 root, its ~50k words of English prose are enough for calibration at 32x256 and a held-out evaluation set,
 and it is deterministic for a given Python version (its fingerprint is recorded with every result).
+
+The held-out half is frozen into ``jcexp/tasks/offline/prose_eval.json`` (``python -m jcexp.data`` rewrites it),
+beside the task YAMLs that read it: the offline suite then scores the same items in any environment that has
+lm-eval, with or without jcexp, whatever its CPython (a subprocess evaluator's own, e.g. ``.venv-vllm``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import platform
 import random
 import re
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 EVAL_SHARE = 35  # percent of paragraphs held out for evaluation, chosen by a stable hash
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“(])")
+EVAL_FILE = Path(__file__).resolve().parent / "tasks" / "offline" / "prose_eval.json"
 
 
 def _is_prose(text: str) -> bool:
@@ -52,9 +59,32 @@ def split_of(paragraph: str) -> str:
 
 
 def prose_split(split: str) -> list[str]:
+    """'calibration': this Python's paragraphs that hash to calibration. 'eval': the frozen held-out paragraphs
+    the offline tasks score (EVAL_FILE). Each of those hashed to 'eval' when it was written, so no calibration
+    paragraph of any Python version is one of them."""
     if split not in ("eval", "calibration"):
         raise ValueError(f"split must be 'eval' or 'calibration', got {split!r}")
+    if split == "eval":
+        return list(eval_file()["paragraphs"])
     return [p for p in prose_paragraphs() if split_of(p) == split]
+
+
+@lru_cache(maxsize=1)
+def eval_file() -> dict[str, Any]:
+    return json.loads(EVAL_FILE.read_text(encoding="utf-8"))
+
+
+def write_eval_file(path: Path = EVAL_FILE) -> None:
+    """Freeze this Python's held-out paragraphs into ``path`` (what the offline tasks read)."""
+    paragraphs = [p for p in prose_paragraphs() if split_of(p) == "eval"]
+    content = {
+        "about": "Held-out prose paragraphs of the offline suite (jcexp/data.py): CPython's pydoc_data.topics, "
+        f"code blocks and headings removed, the {EVAL_SHARE}% whose sha1 sends them to 'eval'.",
+        "python": platform.python_version(),
+        "fingerprint": fingerprint(paragraphs),
+        "paragraphs": paragraphs,
+    }
+    path.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def fingerprint(texts: Sequence[str]) -> str:
@@ -63,10 +93,6 @@ def fingerprint(texts: Sequence[str]) -> str:
         h.update(t.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
-
-
-def sentences(paragraph: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(paragraph) if s.strip()]
 
 
 # --------------------------------------------------------------------------------------- calibration
@@ -177,3 +203,8 @@ class HubTextCalibration(CalibrationSource):
     def check(self) -> None:
         if "path" not in self.options:
             raise ValueError(f"calibration={self.name} needs options.path (a hub data set id)")
+
+
+if __name__ == "__main__":
+    write_eval_file()
+    print(f"wrote {len(eval_file.__wrapped__()['paragraphs'])} paragraphs to {EVAL_FILE}")

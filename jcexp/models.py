@@ -5,6 +5,7 @@ only ``load`` reads weights. ``layer_widths`` gives every Linear's input width f
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import importlib.util
 import json
@@ -16,6 +17,73 @@ from jcexp.cache import KeyedCache
 from jcexp.files import key_hash
 
 DTYPES = ("float32", "bfloat16", "float16")
+
+# A tokenizer's files, as transformers writes and reads them (fast and slow, BPE and SentencePiece, chat
+# templates). Mistral's own formats (tekken.json) are not among them: jcexp reads HF's tokenizer everywhere.
+TOKENIZER_PATTERNS = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.tiktoken",
+    "spiece.model",
+    "chat_template.*",
+)
+# What a causal LM needs from its hub repository: config, generation config, tokenizer, safetensors weights
+# and their index. Not what ships beside them: the original (Meta / Mistral) format in original/ or
+# consolidated.* (14-16 GB for the paper's models), anything else in a subfolder, pickled weights.
+HUB_ALLOW = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    *TOKENIZER_PATTERNS,
+)
+HUB_IGNORE = ("*/*", "consolidated*", "*.pth", "*.pt", "*.bin")
+# Only for a repository without HF safetensors weights: its pickled ones.
+HUB_BIN_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def hub_patterns(files=None) -> tuple[list[str], list[str]]:
+    """(allow_patterns, ignore_patterns) for huggingface_hub's snapshot_download, given the repository's file
+    names (None: not listed, safetensors weights assumed). Pickled weights only where no HF safetensors exist."""
+    top = [f for f in files or () if "/" not in f]
+    safetensors = files is None or any(
+        f.endswith(".safetensors") and not f.startswith("consolidated") for f in top
+    )
+    if safetensors:
+        return list(HUB_ALLOW), list(HUB_IGNORE)
+    return [*HUB_ALLOW, *HUB_BIN_WEIGHTS], [p for p in HUB_IGNORE if p != "*.bin"]
+
+
+def hub_files(listing: dict[str, int]) -> dict[str, int]:
+    """The files a snapshot fetches from a repository listed as {path: bytes}: its patterns, applied by the
+    same filter huggingface_hub's snapshot_download applies."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    allow, ignore = hub_patterns(listing)
+    kept = filter_repo_objects(listing, allow_patterns=allow, ignore_patterns=ignore)
+    return {f: listing[f] for f in sorted(kept)}
+
+
+def hub_listing(repo_id: str, revision: str) -> dict[str, int]:
+    """Every file of a hub repository at ``revision``, {path: bytes} (the listing snapshot_download filters)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    tree = HfApi().list_repo_tree(repo_id, recursive=True, revision=revision)
+    return {f.path: int(f.size) for f in tree if isinstance(f, RepoFile)}
+
+
+def tokenizer_files(directory: str | Path) -> list[Path]:
+    """The tokenizer's files in ``directory`` (TOKENIZER_PATTERNS), sorted by name."""
+    directory = Path(directory)
+    return sorted(
+        f
+        for f in directory.iterdir()
+        if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in TOKENIZER_PATTERNS)
+    )
 
 
 class ModelSourceError(FileNotFoundError):
@@ -75,6 +143,11 @@ class ModelSource:
     def checkpoint_dir(self) -> Path:
         """A local HF checkpoint of this model, for readers in another process (a subprocess evaluator)."""
         raise NotImplementedError
+
+    def tokenizer_dir(self) -> Path:
+        """A directory with this model's own tokenizer files: every checkpoint jcexp writes gets copies of
+        them (jcexp/checkpoints.py), so the dense baseline and the compressed models read the same files."""
+        return self.checkpoint_dir()
 
     def identity(self) -> dict[str, Any]:
         """What makes two loads the same model: used in cache keys."""
@@ -198,23 +271,62 @@ class HubModel(ModelSource):
         self.hf_config()
 
     def load(self):
+        """From the snapshot checkpoint_dir() fetches: the files the in-process model, the dense baseline and
+        the disk preflight all count are the same."""
         self.check()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        return self._load_dir(self.checkpoint_dir(), self.dtype)
 
-        tokenizer = AutoTokenizer.from_pretrained(self.repo_id, revision=self.revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            self.repo_id, revision=self.revision, dtype=_torch_dtype(self.dtype)
-        )
-        model.eval()
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return model, tokenizer
+    def _listing(self) -> dict[str, int] | None:
+        try:
+            return hub_listing(self.repo_id, self.revision)
+        except Exception:  # noqa: BLE001 - offline (HF_HUB_OFFLINE) or unreachable: the cached snapshot serves
+            return None
 
     def checkpoint_dir(self) -> Path:
-        """The hub snapshot in the local HF cache (load() fetched it; this only looks it up)."""
+        """The hub snapshot in the local HF cache, fetching only what the model needs (hub_patterns: config,
+        generation config, tokenizer, safetensors weights; not original/ or consolidated.*)."""
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(self.repo_id, revision=self.revision))
+        allow, ignore = hub_patterns(self._listing())
+        return Path(
+            snapshot_download(
+                self.repo_id, revision=self.revision, allow_patterns=allow, ignore_patterns=ignore
+            )
+        )
+
+    def tokenizer_dir(self) -> Path:
+        """The snapshot's tokenizer files only (the weights are not fetched for this)."""
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                self.repo_id,
+                revision=self.revision,
+                allow_patterns=list(TOKENIZER_PATTERNS),
+                ignore_patterns=["*/*"],
+            )
+        )
+
+    def hub_needed(self) -> dict[str, Any]:
+        """What the snapshot fetches, for the disk preflight: every file (bytes), and those the local hub
+        cache already holds."""
+        from huggingface_hub import try_to_load_from_cache
+
+        listing = hub_listing(self.repo_id, self.revision)
+        files = hub_files(listing)
+        cached = [
+            f
+            for f in files
+            if isinstance(try_to_load_from_cache(self.repo_id, f, revision=self.revision), str)
+        ]
+        return {
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "files": files,
+            "cached": cached,
+            "skipped": sorted(set(listing) - set(files)),
+            "download_bytes": sum(n for f, n in files.items() if f not in cached),
+        }
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "repo_id": self.repo_id, "revision": self.revision, "dtype": self.dtype}

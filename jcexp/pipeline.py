@@ -123,10 +123,11 @@ class Plan:
                 f"evaluator={self.evaluator.name} scores a saved checkpoint, which holds its int8 weights but "
                 "not its activation quantization: use evaluator=hf"
             )
-        self.evaluator.check()
         self.source.check()
         self.calibration.check()
         check_tasks(cfg.benchmark)
+        # A subprocess evaluator's environment must import lm-eval and what these tasks load (not jcexp).
+        self.evaluator.check(cfg.benchmark)
         self.documents = check_documents(cfg.benchmark)
         self.layer_widths = self.source.layer_widths()
         check_stages([self.pruner, self.quant], self.layer_widths)
@@ -182,14 +183,15 @@ def evaluate_model(
 
     In process (evaluator=hf), the device contract's evaluation side holds: a plain model resident on
     plan.device. A subprocess evaluator (vllm, hf_subprocess) scores ``checkpoint`` instead; the in-memory
-    model goes back to host RAM first, so that the evaluator's process has the GPU. ``samples``: only these
-    documents (sequential evaluation, jcexp/sequential.py)."""
+    model goes back to host RAM first and PyTorch's GPU cache is emptied (placement.release_accelerator), so
+    that the evaluator's process finds the GPU free. ``samples``: only these documents (sequential evaluation,
+    jcexp/sequential.py)."""
     ev, bench, seed = plan.evaluator, plan.cfg.benchmark, plan.cfg.seed
     chosen = {} if samples is None else {"samples": samples}
     responses = _responses(plan, key)
     responses.parent.mkdir(parents=True, exist_ok=True)
     if ev.needs_checkpoint:
-        placement.for_compression(model)
+        placement.release_accelerator(model)
         with measure.timed(timings, name):
             scores = ev.evaluate(
                 bench, seed, checkpoint=str(checkpoint), device=plan.device, resume=str(responses), **chosen
@@ -227,7 +229,9 @@ def evaluate_compressed(plan: Plan, state: RunState, out: Path, timings: dict[st
     temporary = None
     if not (plan.cfg.save_model and fmt == _saved_format(plan)):
         with measure.timed(timings, "save_for_eval"):
-            temporary = checkpoints.save(state.model, state.tokenizer, out / "eval_checkpoint", fmt)
+            temporary = checkpoints.save(
+                state.model, state.tokenizer, out / "eval_checkpoint", fmt, plan.source.tokenizer_dir()
+            )
     saved = save_model(plan, state.model, state.tokenizer, out, timings)
     checkpoint = temporary or saved["path"]
     if checkpoint is None:  # the save failed; its error is in `saved`
@@ -375,6 +379,7 @@ def _prune_key(plan: Plan, calibration) -> dict[str, Any]:
 def run_stage(stage, run: RunState) -> None:
     """Apply one stage to run.model. Pruning is computed once per (model, pruner, calibration windows, seed,
     llm-compressor) and kept, so a grid of S sparsities x Q bit widths runs SparseGPT S times, not S x Q."""
+    from jcexp import checkpoints
     from jcexp.compress import apply_stage
     from jcexp.models import ModelSource, checkpoint_problem
 
@@ -386,7 +391,7 @@ def run_stage(stage, run: RunState) -> None:
     def build(tmp: Path) -> None:
         apply_stage(stage, run.model, run.tokenizer, run.calibration, plan.cfg.seed)
         run.model.save_pretrained(tmp, save_compressed=False)
-        run.tokenizer.save_pretrained(tmp)
+        checkpoints.save_tokenizer(run.tokenizer, tmp, plan.source.tokenizer_dir())
         # llm-compressor's save_pretrained converts to accelerate offloading and back: the model comes out
         # wrapped in offload caches again.
         placement.release(run.model)
@@ -466,7 +471,7 @@ def save_model(plan: Plan, model, tokenizer, out: Path, timings: dict[str, Any])
     path = out / "model"
     try:
         with measure.timed(timings, "save"):
-            checkpoints.save(model, tokenizer, path, fmt)
+            checkpoints.save(model, tokenizer, path, fmt, plan.source.tokenizer_dir())
     except Exception as exc:  # noqa: BLE001 - a failed save must not lose the scores already computed
         log.error("saving the compressed model failed: %s", exc)
         shutil.rmtree(path, ignore_errors=True)

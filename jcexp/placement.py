@@ -114,6 +114,27 @@ def for_compression(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(HOST)
 
 
+def release_accelerator(model: torch.nn.Module) -> PlacementState:
+    """Before a child process takes the GPU (a subprocess evaluator: vLLM, hf_subprocess): this process's model
+    plain in host RAM, nothing of it on an accelerator, and PyTorch's cached GPU blocks given back to the driver
+    (garbage collected first, so that freed tensors' blocks are in the cache), as llm-compressor's own vLLM tests
+    do. vLLM requires ``gpu_memory_utilization`` of the card free when it starts; what this process still holds
+    is its CUDA context (jcexp.preflight.PARENT_CUDA_BYTES). ``torch.cuda.empty_cache`` does nothing where CUDA
+    was never initialized. Raises PlacementError if a tensor of the model is still on an accelerator."""
+    import gc
+
+    for_compression(model)
+    gc.collect()
+    torch.cuda.empty_cache()
+    now = state(model)
+    stray = [d for d in now.devices if torch.device(d).type != HOST]
+    if stray:
+        raise PlacementError(
+            f"before starting the evaluator's process: tensors still on {stray}, not on {HOST}"
+        )
+    return now
+
+
 def for_evaluation(model: torch.nn.Module, device: str) -> torch.nn.Module:
     """Plain modules with every weight resident on ``device``; checked, not assumed."""
     release(model)

@@ -27,8 +27,18 @@ What each term is, and where it was checked (llm-compressor 0.14, lm-eval 0.4.13
 - errors (jcexp/reconstruction.py): the probe keeps tokens x (in + out) float32 per Linear plus each stage's
   reference outputs; its capture runs ``errors.samples`` windows through the whole model at once.
   ``errors.case_ratio`` deep-copies the model once, in host RAM, during the quantization stage.
-- disk: the compressed checkpoint (packed: bits/8 per compressible weight plus scales) and the pruned-model
-  cache entry (dense).
+- quant=llm_int8 (jcexp/compress/llm_int8.py) keeps the original of every compressible weight in host RAM beside
+  its int8 image, from the quantization stage on (``int8_fp_copy``); the device holds the int8 image only.
+- vLLM (evaluator=vllm) in a child process: at its start vLLM requires ``gpu_memory_utilization`` x the card's
+  total memory to be free (``Free memory on device ... is less than desired GPU memory utilization``), after its
+  own CUDA context and beside what this process still holds, its CUDA context: before spawning it, this process
+  moves its model to host RAM and empties PyTorch's cache (jcexp.placement.release_accelerator). Inside its
+  share vLLM loads the checkpoint's weights, profiles one batch of ``max_num_batched_tokens`` (activations and
+  the sampler's logits), captures CUDA graphs, and gives the rest to the KV cache, which must hold at least one
+  sequence of ``max_model_len`` tokens (:func:`vllm_budget`, checked by :func:`check`).
+- disk: the compressed checkpoint (packed: bits/8 per compressible weight plus scales), the pruned-model
+  cache entry (dense), and a hub model's snapshot: the files jcexp fetches (jcexp.models.hub_files) that the
+  local hub cache does not hold yet.
 
 Constants that cannot be derived from shapes were measured on this project's 2-core CPU machine (see the
 ``MEASURED`` notes beside them); the CUDA ones could not be measured here and are marked as assumptions.
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -71,6 +82,21 @@ CHILD_RUNTIME_BYTES = 500 * MiB
 # context exists, and GPU memory torch and cuBLAS take beyond what mem_get_info reports free at preflight.
 CUDA_HOST_BYTES = 1 * GiB
 CUDA_RESERVE_BYTES = 512 * MiB
+# ASSUMED (not measured: no GPU here): GPU memory one process's CUDA context holds once torch has run kernels
+# (the primary context, cuBLAS handles and workspaces, lazily loaded kernels), about 0.5 GiB on recent NVIDIA
+# GPUs. This process keeps its own while the vLLM child runs (everything else it gives back first), and the
+# child's own exists before vLLM measures the free memory; neither is inside vLLM's gpu_memory_utilization.
+PARENT_CUDA_BYTES = 512 * MiB
+VLLM_CONTEXT_BYTES = 512 * MiB
+# ASSUMED: vLLM's CUDA graphs (captured by default; vLLM logs "Graph capturing finished ... took ~0.5 GiB" for
+# 7-8B models) and its other non-torch allocations, inside its share.
+VLLM_GRAPH_BYTES = 1 * GiB
+# vLLM's defaults for its LLM class (EngineArgs.get_batch_defaults): tokens per scheduler step (what its memory
+# profile runs) and concurrent sequences; GPUs with >= 70 GiB other than the A100 get the larger pair.
+VLLM_DEFAULT_BATCHED_TOKENS = {"small": 8192, "large": 16384}
+VLLM_DEFAULT_MAX_SEQS = {"small": 256, "large": 1024}
+VLLM_LARGE_GPU_BYTES = 70 * GiB
+VLLM_DEFAULT_UTILIZATION = 0.9  # vLLM's own default, when model_args do not set it
 # lm-eval: HFLM's max_batch_size (the start of batch_size=auto's search), max_gen_toks default, and the
 # context length it falls back to when the model config names none.
 LM_EVAL_MAX_BATCH = 64
@@ -104,6 +130,7 @@ SETTINGS = {
     "solver": "use a GPU with more memory",
     "layer_weights": "use a GPU with more memory",
     "save_copy": "set save_model=false",
+    "int8_fp_copy": "use quant=int8_weight (weight-only int8 keeps no 16-bit copy)",
 }
 
 
@@ -236,6 +263,13 @@ class Workload:
     eval_backend: str = "hf"
     vllm_gpu_fraction: float | None = None  # vLLM reserves this share of the GPU's memory
     gpu_total_bytes: int | None = None
+    vllm_packed: bool = False  # vLLM reads the compressed model packed (W4A16/W8A16), else a dense copy
+    vllm_batched_tokens: int | None = None  # model_args.max_num_batched_tokens; None: vLLM's default
+    vllm_max_seqs: int | None = None  # model_args.max_num_seqs; None: vLLM's default
+    # quant=llm_int8: the original of every compressible weight kept in host RAM (its outlier columns' values)
+    quant_host_copy: bool = False
+    # A hub model's snapshot files that the local hub cache lacks (jcexp.models.HubModel.hub_needed)
+    hub_download_bytes: int = 0
 
     @property
     def calibrated_stages(self) -> list[str]:
@@ -260,11 +294,14 @@ class Estimate:
     disk: dict[str, int]
     notes: list[str] = field(default_factory=list)
 
-    def peak(self, resource: str) -> tuple[int, str | None, str | None]:
-        """(bytes, phase, largest component of that phase) of the peak of ``host`` or ``gpu``."""
+    def peak(self, resource: str, vllm: bool = True) -> tuple[int, str | None, str | None]:
+        """(bytes, phase, largest component of that phase) of the peak of ``host`` or ``gpu``; ``vllm=False``
+        leaves out the GPU phases of a vLLM child (checked on their own: :func:`check`)."""
         best = (0, None, None)
         for phase in self.phases:
             parts = getattr(phase, resource)
+            if not vllm and resource == "gpu" and "vllm_cuda_context" in parts:
+                continue
             total = sum(parts.values())
             if parts and total > best[0]:
                 best = (total, phase.name, max(parts, key=parts.get))
@@ -442,19 +479,20 @@ def estimate(s: ModelShapes, w: Workload) -> Estimate:
     probe = {"error_probe": _probe(s, w)} if w.errors else {}
     eval_parts = _eval_parts(s, w, batch, host_eval)
     slack = {"eval_slack": eval_parts.get("eval_slack", 0)} if host_eval else {}
+    # quant=llm_int8's 16-bit originals, in host RAM from its stage on (never on the device)
+    int8_copy = (
+        {"int8_fp_copy": s.compressible_params * s.bytes_per_param} if w.quant and w.quant_host_copy else {}
+    )
 
     phases = [Phase("load", host={**base, **weights})]
 
     def evaluation(name: str, with_probe: bool) -> Phase:
         if w.eval_process == "subprocess":
             return child_evaluation(name, with_probe)
+        extra = {**(probe if with_probe else {}), **(int8_copy if name == "eval" else {})}
         if host_eval:
-            return Phase(name, host={**base, **weights, **(probe if with_probe else {}), **eval_parts})
-        return Phase(
-            name,
-            host={**base, **(probe if with_probe else {})},
-            gpu={**gpu_base, **weights, **eval_parts},
-        )
+            return Phase(name, host={**base, **weights, **extra, **eval_parts})
+        return Phase(name, host={**base, **extra}, gpu={**gpu_base, **weights, **eval_parts})
 
     def child_evaluation(name: str, with_probe: bool) -> Phase:
         host = {**base, **weights, **slack, **(probe if with_probe else {})}
@@ -463,12 +501,8 @@ def estimate(s: ModelShapes, w: Workload) -> Estimate:
         if host_eval:
             return Phase(name, host={**host, "eval_child_weights": s.weight_bytes, **eval_parts})
         if vllm:
-            reserved = (
-                int(w.vllm_gpu_fraction * w.gpu_total_bytes)
-                if w.vllm_gpu_fraction and w.gpu_total_bytes
-                else 0
-            )
-            return Phase(name, host=host, gpu={"vllm_reservation": reserved} if reserved else {})
+            budget = vllm_budget(s, w, packed=name == "eval" and w.vllm_packed)
+            return Phase(name, host=host, gpu=budget or {})
         return Phase(name, host=host, gpu={**gpu_base, "eval_child_weights": s.weight_bytes, **eval_parts})
 
     if w.eval_process == "subprocess":
@@ -478,8 +512,10 @@ def estimate(s: ModelShapes, w: Workload) -> Estimate:
         )
         if w.eval_backend == "vllm":
             notes.append(
-                "vLLM sizes its KV cache to evaluator.model_args.gpu_memory_utilization of the GPU; its host "
-                "memory beyond lm-eval's imports is not estimated"
+                "vLLM takes evaluator.model_args.gpu_memory_utilization of the GPU's total memory, which must be "
+                f"free when it starts, beside this process's CUDA context ({_gb(PARENT_CUDA_BYTES)}, assumed) "
+                f"and its own ({_gb(VLLM_CONTEXT_BYTES)}, assumed); its host memory beyond lm-eval's imports is "
+                "not estimated"
             )
     phases.append(evaluation("eval_dense", False))
     if w.errors and (w.prune or w.quant):
@@ -504,6 +540,7 @@ def estimate(s: ModelShapes, w: Workload) -> Estimate:
             host["pruned_masks"] = s.compressible_params // 8 if w.prune else 0
             if w.case_ratio:
                 host["case_ratio_copy"] = s.weight_bytes
+            host.update(int8_copy)
         if kind in w.calibrated_stages:
             host.update(_calibration_cache(s, w))
             layer = _layer_compression(s, w)
@@ -516,7 +553,7 @@ def estimate(s: ModelShapes, w: Workload) -> Estimate:
     if w.prune or w.quant:
         phases.append(evaluation("eval", w.errors))
     if w.save_model:
-        save = Phase("save", host={**base, **slack})
+        save = Phase("save", host={**base, **slack, **int8_copy})
         if host_eval:
             save.host.update(weights)
         else:
@@ -530,9 +567,50 @@ def estimate(s: ModelShapes, w: Workload) -> Estimate:
         "cache_pruned": s.weight_bytes if (w.prune and w.cache_pruned) else 0,
         # a subprocess evaluator scores saved checkpoints: the dense model's at least (in its dtype)
         "eval_checkpoint": s.weight_bytes if w.eval_process == "subprocess" else 0,
+        # a hub model: the snapshot's files (config, tokenizer, safetensors weights) the hub cache lacks
+        "hub_download": w.hub_download_bytes,
         "headroom": DISK_HEADROOM_BYTES,
     }
     return Estimate(s, w, phases, disk, notes)
+
+
+def vllm_defaults(total_bytes: int) -> tuple[int, int]:
+    """vLLM's default (max_num_batched_tokens, max_num_seqs) for its LLM class on a GPU of this size (an A100
+    gets the small pair whatever its size; the name is not known here, so an 80 GB A100 is estimated high)."""
+    size = "large" if total_bytes >= VLLM_LARGE_GPU_BYTES else "small"
+    return VLLM_DEFAULT_BATCHED_TOKENS[size], VLLM_DEFAULT_MAX_SEQS[size]
+
+
+def vllm_activation_bytes(s: ModelShapes, batched_tokens: int, max_seqs: int) -> int:
+    """vLLM's profile run: one step of ``batched_tokens`` through a layer (gate/up/down and the residual stream,
+    attention without L x L scores) and the sampler's float32 logits of ``max_seqs`` sequences, with two
+    temporaries of the same size (softmax, sorting). An estimate: not measured here."""
+    return (
+        batched_tokens * (3 * s.intermediate + 4 * s.hidden) * s.bytes_per_param + 3 * max_seqs * s.vocab * 4
+    )
+
+
+def vllm_budget(s: ModelShapes, w: Workload, packed: bool = False) -> dict[str, int] | None:
+    """GPU memory while the vLLM child runs, by component: this process's CUDA context and the child's (both
+    outside vLLM's share), then inside ``gpu_memory_utilization`` x total: the checkpoint's weights (packed for
+    a W4A16/W8A16 compressed model), the profile's activations, CUDA graphs, and the KV cache (the rest). The
+    components sum to what the card must hold. None when the GPU's total memory is unknown."""
+    if not (w.vllm_gpu_fraction and w.gpu_total_bytes):
+        return None
+    tokens, seqs = vllm_defaults(w.gpu_total_bytes)
+    tokens, seqs = w.vllm_batched_tokens or tokens, w.vllm_max_seqs or seqs
+    share = int(w.vllm_gpu_fraction * w.gpu_total_bytes)
+    inside = {
+        "vllm_weights": _checkpoint_bytes(s, w) if packed else s.weight_bytes,
+        "vllm_activations": vllm_activation_bytes(s, tokens, seqs),
+        "vllm_cuda_graphs": VLLM_GRAPH_BYTES,
+    }
+    return {
+        "parent_cuda_context": PARENT_CUDA_BYTES,
+        "vllm_cuda_context": VLLM_CONTEXT_BYTES,
+        **inside,
+        "vllm_kv_cache": max(0, share - sum(inside.values())),
+    }
 
 
 def estimate_from_dict(d: dict[str, Any], **changes: Any) -> Estimate:
@@ -708,7 +786,7 @@ def _tokenizer(source):
 
 
 # ------------------------------------------------------------------------------------------- from a plan
-def workload_for(plan, ev: EvalLoad) -> Workload:
+def workload_for(plan, ev: EvalLoad, hub_download: int = 0) -> Workload:
     import torch
 
     cfg = plan.cfg
@@ -732,6 +810,8 @@ def workload_for(plan, ev: EvalLoad) -> Workload:
         bits=int(quant.bits) if quant.active else 16,
         group_size=quant.group_size if quant.active else None,
         cache_pruned=bool(cfg.cache_pruned),
+        quant_host_copy=quant.active and quant.declares("host_weight_copy"),
+        hub_download_bytes=hub_download,
         **_evaluator_fields(cfg),
     )
 
@@ -743,8 +823,18 @@ def _evaluator_fields(cfg) -> dict[str, Any]:
     backend = str(evaluator.get("backend", "hf"))
     fields: dict[str, Any] = {"eval_process": "subprocess", "eval_backend": backend}
     if backend == "vllm":
-        fields["vllm_gpu_fraction"] = float(
-            (evaluator.get("model_args") or {}).get("gpu_memory_utilization", 0.9)
+        args = evaluator.get("model_args") or {}
+        fields["vllm_gpu_fraction"] = float(args.get("gpu_memory_utilization", VLLM_DEFAULT_UTILIZATION))
+        for key, name in (
+            ("max_num_batched_tokens", "vllm_batched_tokens"),
+            ("max_num_seqs", "vllm_max_seqs"),
+        ):
+            if args.get(key) is not None:
+                fields[name] = int(args[key])
+        quant = cfg.get("quant") or {}
+        bits = quant.get("bits") if quant.get("modifier") is not None else 16
+        fields["vllm_packed"] = str(quant.get("name")) in list(evaluator.get("packed_quantizers") or []) and (
+            bits in list(evaluator.get("packed_bits") or [])
         )
         res = cfg.get("resources") or {}
         if res.get("gpu_mem_gb") is not None:
@@ -773,7 +863,27 @@ def estimate_for(plan, tokenizer=None) -> dict[str, Any]:
     evaluator = cfg.get("evaluator") or {}
     batch = evaluator.get("batch_size") if evaluator.get("batch_size") is not None else bench.batch_size
     ev = eval_load(bench, tokenizer, effective_max_length(bench, hf_config, tokenizer), int(cfg.seed), batch)
-    return estimate(shapes, workload_for(plan, ev)).to_dict()
+    hub_bytes, hub = _hub_snapshot(source, shapes)
+    est = estimate(shapes, workload_for(plan, ev, hub_bytes)).to_dict()
+    if hub is not None:  # the files the snapshot fetches (bytes), those already cached, those skipped
+        est["hub_snapshot"] = hub
+    return est
+
+
+def _hub_snapshot(source, shapes: ModelShapes) -> tuple[int, dict[str, Any] | None]:
+    """(bytes a hub model's snapshot still has to fetch into the local hub cache, its listing), (0, None) for
+    other sources. When the hub cannot be listed, the weights' size stands in for it."""
+    if not hasattr(source, "hub_needed"):
+        return 0, None
+    try:
+        needed = source.hub_needed()
+    except Exception as exc:  # noqa: BLE001 - offline, gated, or an older hub client
+        log.warning("preflight: the hub listing of the model failed (%s); counting its weights instead", exc)
+        return shapes.weight_bytes, {
+            "error": f"{type(exc).__name__}: {exc}",
+            "download_bytes": shapes.weight_bytes,
+        }
+    return int(needed["download_bytes"]), needed
 
 
 # ----------------------------------------------------------------------------------------------- the check
@@ -822,7 +932,7 @@ def _what_fits(d: dict[str, Any], resource: str, component: str, room: float, he
     """A concrete value of the setting behind ``component`` that fits, where one exists."""
 
     def fits(**changes: Any) -> bool:
-        return estimate_from_dict(d, **changes).peak(resource)[0] * (1 + headroom) <= room
+        return estimate_from_dict(d, **changes).peak(resource, vllm=False)[0] * (1 + headroom) <= room
 
     work = d["inputs"]["workload"]
     if SETTINGS.get(component) in (_EVAL, SETTINGS["kv_cache"]):
@@ -888,10 +998,17 @@ def check(estimate: dict[str, Any], cfg, out: str | Path | None = None) -> None:
             room, where = float(res[setting]) * GiB, f"allowed by resources.{setting}"
         else:
             room, where = host_capacity() if key == "host" else gpu_capacity()
-        need = peak["peak_mb"] * MiB
+        if key == "gpu":
+            problems += _vllm_problems(estimate, room, where)
+        # A vLLM child's phases were checked just above, against what vLLM itself requires (no headroom: its
+        # share is exact); the other phases with the headroom.
+        phases = {n: p for n, p in peak["phases"].items() if not (key == "gpu" and "vllm_cuda_context" in p)}
+        if not phases:
+            continue
+        phase = max(phases, key=lambda n: phases[n]["total_mb"])
+        need = phases[phase]["total_mb"] * MiB
         if need * (1 + headroom) <= room:
             continue
-        phase = peak["phase"]
         parts = {k: v for k, v in peak["phases"][phase].items() if k != "total_mb"}
         biggest = sorted(parts.items(), key=lambda kv: kv[1], reverse=True)
         detail = ", ".join(f"{k} {_gb(v * MiB)}" for k, v in biggest[:3])
@@ -913,17 +1030,86 @@ def check(estimate: dict[str, Any], cfg, out: str | Path | None = None) -> None:
     log.warning("%s\n(resources.enforce=false: running anyway)", message)
 
 
+def _vllm_problems(estimate: dict[str, Any], room: float, where: str) -> list[str]:
+    """vLLM's own start-up conditions, from the GPU memory this run may use (``room``: measured free now, or
+    resources.gpu_mem_gb): ``gpu_memory_utilization`` x total must be free when the child starts, beside this
+    process's CUDA context and the child's (PARENT_CUDA_BYTES, VLLM_CONTEXT_BYTES: assumed), and the KV cache
+    left inside that share must hold one sequence of ``max_model_len``. Records what it used in
+    ``estimate["vllm"]`` (result.json) and returns the problems, each with the value that fits."""
+    work = estimate["inputs"]["workload"]
+    frac, total = work.get("vllm_gpu_fraction"), work.get("gpu_total_bytes")
+    if work.get("eval_backend") != "vllm" or not frac or not total:
+        return []
+    est = estimate_from_dict(estimate)
+    share = frac * total
+    free = room - PARENT_CUDA_BYTES - VLLM_CONTEXT_BYTES  # what vLLM will find free at its start
+    fits = math.floor(100 * free / total) / 100  # the largest gpu_memory_utilization that starts
+    max_len = int(work["eval"]["max_length"])
+    one_sequence = max_len * est.shapes.kv_bytes_per_token
+    record: dict[str, Any] = {
+        "gpu_memory_utilization": frac,
+        "total_gb": round(total / GiB, 2),
+        "room_gb": round(room / GiB, 2),
+        "room": where,
+        "parent_cuda_context_gb": round(PARENT_CUDA_BYTES / GiB, 2),
+        "vllm_cuda_context_gb": round(VLLM_CONTEXT_BYTES / GiB, 2),
+        "free_at_start_gb": round(free / GiB, 2),
+        "largest_utilization_that_starts": fits,
+        "max_model_len": max_len,
+        "kv_cache_gb": {},
+    }
+    estimate["vllm"] = record
+    problems = []
+    if share > free:
+        problems.append(
+            f"vLLM would not start: it requires evaluator.model_args.gpu_memory_utilization={frac} x "
+            f"{_gb(total)} = {_gb(share)} free when it starts; about {_gb(free)} will be ({_gb(room)} {where}, "
+            f"less this process's CUDA context, {_gb(PARENT_CUDA_BYTES)}, and vLLM's own, "
+            f"{_gb(VLLM_CONTEXT_BYTES)}: both assumed); to fit: set "
+            f"evaluator.model_args.gpu_memory_utilization={fits}, or free the GPU"
+        )
+    for phase in est.phases:
+        if "vllm_cuda_context" not in phase.gpu:
+            continue
+        kv = phase.gpu["vllm_kv_cache"]
+        record["kv_cache_gb"][phase.name] = round(kv / GiB, 2)
+        if kv >= one_sequence:
+            continue
+        inside = sum(phase.gpu[k] for k in ("vllm_weights", "vllm_activations", "vllm_cuda_graphs"))
+        want = math.ceil(100 * (inside + one_sequence) / total) / 100
+        fix = (
+            f"set evaluator.model_args.gpu_memory_utilization={want}"
+            if want <= fits
+            else f"lower benchmark.max_length (at most gpu_memory_utilization={fits} starts here)"
+        )
+        problems.append(
+            f"vLLM's KV cache ({phase.name}) would get about {_gb(kv)}: its share, {frac} x {_gb(total)}, less "
+            f"the weights {_gb(phase.gpu['vllm_weights'])}, the profile's activations "
+            f"{_gb(phase.gpu['vllm_activations'])} and CUDA graphs {_gb(phase.gpu['vllm_cuda_graphs'])}; one "
+            f"sequence of max_model_len={max_len} tokens needs {_gb(one_sequence)}, and vLLM refuses to start "
+            f"without it; to fit: {fix}"
+        )
+    return problems
+
+
 def _disk_problems(estimate: dict[str, Any], cfg, out: Path) -> list[str]:
     """As pipeline._check_free_space: both checkpoints, summed per file system."""
     disk = estimate.get("disk") or {}
     needs: dict[int, int] = {}
     problems = []
-    for path, key, what in (
-        (out, "save_model", "the compressed checkpoint (save_model)"),
-        (out, "eval_checkpoint", "the checkpoint the evaluator scores (evaluator)"),
-        (Path(cfg.paths.cache_dir), "cache_pruned", "the pruned-model cache (cache_pruned)"),
+    ours = "free some, move paths.root/paths.cache_dir, or set save_model=false / cache_pruned=false"
+    for path, key, what, fix in (
+        (out, "save_model", "the compressed checkpoint (save_model)", ours),
+        (out, "eval_checkpoint", "the checkpoint the evaluator scores (evaluator)", ours),
+        (Path(cfg.paths.cache_dir), "cache_pruned", "the pruned-model cache (cache_pruned)", ours),
+        (
+            _hub_cache(),
+            "hub_download",
+            "the model's hub snapshot (config, tokenizer, safetensors weights)",
+            "free some, or point HF_HUB_CACHE (or HF_HOME) at a larger disk",
+        ),
     ):
-        if not disk.get(key) and key == "eval_checkpoint":
+        if not disk.get(key) and key in ("eval_checkpoint", "hub_download"):
             continue
         probe = path
         while not probe.exists() and probe != probe.parent:
@@ -934,10 +1120,15 @@ def _disk_problems(estimate: dict[str, Any], cfg, out: Path) -> list[str]:
         if free < needs[device]:
             problems.append(
                 f"not enough free space for {what} under {path}: about {_gb(needs[device])} needed, "
-                f"{_gb(free)} free; free some, move paths.root/paths.cache_dir, "
-                "or set save_model=false / cache_pruned=false"
+                f"{_gb(free)} free; {fix}"
             )
     return problems
+
+
+def _hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
 
 
 # ------------------------------------------------------------------------------------ beside the measures

@@ -97,6 +97,9 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
     inactive without being `none` (e.g. `quant.bits=16` points), of runs that compress nothing, and of NF4 runs
     (their backend is now resolved, conf/quant/nf4.yaml): those are recomputed once, not reused."""
     out = {k: v for k, v in cfg.items() if k not in _NOT_IN_HASH}
+    # evaluator.request_chunk says what a killed evaluation keeps (its response cache), not what is computed.
+    if isinstance(out.get("evaluator"), dict):
+        out["evaluator"] = {k: v for k, v in out["evaluator"].items() if k != "request_chunk"}
     # The opt-in error analysis adds measurements, not a different model: while it is off, results keep the
     # hash they had before it existed, so stored results stay reusable.
     if not (out.get("errors") or {}).get("enabled"):

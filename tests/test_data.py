@@ -1,13 +1,23 @@
 """The offline prose corpus: calibration and evaluation never overlap; windows are exact and seeded."""
 
+import platform
+
 from jcexp import data
 from jcexp.models import TinyRandomLlama
 
 
 def test_calibration_and_eval_are_disjoint():
+    """The held-out paragraphs ship frozen beside the offline tasks (data.EVAL_FILE); each hashes to 'eval', so
+    no calibration paragraph of this or any Python is one of them. On the Python that wrote the file, the two
+    halves are this Python's paragraphs, split."""
     ev, cal = set(data.prose_split("eval")), set(data.prose_split("calibration"))
     assert ev and cal and not ev & cal
-    assert len(ev) + len(cal) == len(data.prose_paragraphs())
+    assert all(data.split_of(p) == "eval" for p in ev)
+    frozen = data.eval_file()
+    assert frozen["fingerprint"] == data.fingerprint(data.prose_split("eval"))
+    if frozen["python"] == platform.python_version():
+        assert ev | cal == set(data.prose_paragraphs())
+        assert data.prose_split("eval") == [p for p in data.prose_paragraphs() if data.split_of(p) == "eval"]
 
 
 def test_offline_tasks_are_built_from_eval_text_only():

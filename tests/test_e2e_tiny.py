@@ -48,8 +48,11 @@ def test_result_json_holds_what_the_issue_lists(joint):
         **on_disk["compression"]["quant"],
         "bits": 4,
         "group_size": 32,
-        "case": "A",
+        "case": "B",  # the default after pruning: llm-compressor <= 0.12's GPTQ, as the paper ran it
+        "keeps_pruned_zeros": True,
     }
+    s = on_disk["measured"]["sparsity"]
+    assert s["pruned_still_zero"] == pytest.approx(s["pruned"])  # Case B revives no pruned weight
 
 
 def test_sparsity_is_measured_after_each_stage(joint):

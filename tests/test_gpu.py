@@ -64,3 +64,27 @@ def test_smollm2_point_on_cuda_matches_cpu(compose, tmp_path, shared_cache, poin
     gpu = run(compose(*common, "device=cuda", f"paths.cache_dir={tmp_path / 'gpu'}"))
     _check_gpu_placement(gpu)
     _agree(cpu, gpu)
+
+
+@pytest.mark.slow
+def test_smollm2_point_scored_by_vllm_agrees_with_hf(compose, tmp_path):
+    """One SmolLM2 point (25% SparseGPT + 4-bit GPTQ) compressed on the GPU, scored by evaluator=vllm (its own
+    environment, the packed W4A16 checkpoint in bfloat16) and by evaluator=hf (the in-memory float32 model), both
+    for the compressed model and the dense baseline. They must agree within bench.gpu_check's VLLM_TOLERANCE
+    (3 accuracy points or 2 items per task, 3% of perplexity, 3 points of Sr): vLLM's bfloat16 int4 kernels may
+    flip items near a tie. bench.gpu_check runs the same comparison on the whole suite and records the figures."""
+    from bench.gpu_check import VLLM_TOLERANCE, vllm_comparison, vllm_python
+
+    if vllm_python() is None:
+        pytest.skip(
+            "no vLLM environment: `make vllm-env` builds .venv-vllm (JCEXP_VLLM_PYTHON names another)"
+        )
+    common = ("point=s25_w4", "benchmark.limit=100", "save_model=false", "device=cuda")
+    hf = run(compose(*common, f"paths.cache_dir={tmp_path / 'hf'}"))
+    vllm = run(compose(*common, "evaluator=vllm", f"paths.cache_dir={tmp_path / 'vllm'}"))
+    placed = vllm["placement"]["compressed_eval"]
+    assert placed["evaluator"] == "vllm" and placed["checkpoint_format"] == "compressed-tensors", placed
+    assert vllm["evaluator"]["evaluator"] == "vllm" and vllm["baseline"]["reused"] is False
+    comparison = vllm_comparison(hf, vllm)
+    assert comparison["tolerance"] == VLLM_TOLERANCE and comparison["rows"]
+    assert comparison["disagreements"] == [], comparison["disagreements"]

@@ -110,6 +110,25 @@ def test_placement_does_not_flag_it_but_records_it():
     assert set(model.state_dict()) == {"0.weight", "0.bias", "1.weight", "1.bias"}
 
 
+def test_one_full_precision_copy_on_the_models_device_the_original_stays_in_host_ram():
+    """After the stage, the model's device holds the int8 image (``weight``) and nothing else of full size: the
+    original weight is a host-RAM attribute that model.to() does not move, and state_dict does not list. Moving
+    the model to ``meta`` stands in for the GPU (on CPU, host RAM and the device are the same memory)."""
+    model = torch.nn.Sequential(torch.nn.Linear(IN, OUT), torch.nn.Linear(OUT, 4))
+    w = model[0].weight.detach().clone()
+    LLMInt8Quantize().apply_to(model)  # both Linears are compressible (no lm_head here)
+    mixed = model[0]
+    assert isinstance(mixed, Int8MixedLinear)
+    model.to("meta")
+    on_device = [t for t in (*model.parameters(), *model.buffers()) if t.device.type == "meta"]
+    full_size = [t for t in on_device if t.numel() == w.numel()]
+    assert len(full_size) == 1 and full_size[0] is mixed.weight  # the int8 image only
+    assert mixed.weight_row_scale.numel() == OUT  # one scale per row, not a copy
+    assert mixed.weight_fp_t.device.type == "cpu" and mixed.weight_fp_t.shape == (IN, OUT)
+    assert torch.equal(mixed.weight_fp, w)
+    assert "weight_fp_t" not in dict(model.named_buffers()) and "0.weight_fp_t" not in model.state_dict()
+
+
 def test_bits_and_threshold_are_checked():
     assert LLMInt8Quantize().check(8) == []
     assert "8-bit only" in LLMInt8Quantize().check(4)[0]

@@ -259,6 +259,103 @@ def test_disk_short_is_refused_with_the_save_settings(tmp_path, monkeypatch):
         preflight.check(est, node(tmp_path, host_ram_gb=64))
 
 
+# --------------------------------------------------------------------------- LLM.int8() and the vLLM child
+def test_llm_int8_counts_its_16_bit_originals_in_host_ram_and_none_on_the_gpu():
+    """quant=llm_int8 keeps the original of every compressible weight in host RAM from its stage on."""
+    plain = estimate(SHAPES, work(eval_device="cuda", compress_device="cuda", quant_calibrated=False))
+    int8 = estimate(
+        SHAPES,
+        work(eval_device="cuda", compress_device="cuda", quant_calibrated=False, quant_host_copy=True),
+    )
+    copy = SHAPES.compressible_params * 4
+    for phase in ("quantize", "eval", "save"):
+        assert part(int8, phase, "int8_fp_copy") == copy, phase
+        assert sum(next(p for p in int8.phases if p.name == phase).gpu.values()) == sum(
+            next(p for p in plain.phases if p.name == phase).gpu.values()
+        ), phase  # nothing more on the device
+    for phase in ("load", "eval_dense", "prune"):
+        assert part(int8, phase, "int8_fp_copy") == 0, phase
+
+
+A10_TOTAL = 23028 * MiB  # what an A10 (24 GB) reports as its total memory: an assumption, no GPU here
+
+
+def vllm_work(fraction=0.85, total=A10_TOTAL, max_length=8192, **changes):
+    ev = EvalLoad(batch=None, max_length=max_length, generate_context=(2048,), generate_count=1000)
+    return work(
+        eval_device="cuda",
+        compress_device="cuda",
+        eval=ev,
+        eval_process="subprocess",
+        eval_backend="vllm",
+        vllm_gpu_fraction=fraction,
+        gpu_total_bytes=total,
+        **changes,
+    )
+
+
+def test_vllm_phase_counts_the_parents_context_and_splits_its_share():
+    """Outside vLLM's share: this process's CUDA context and the child's; inside it: the checkpoint's weights
+    (packed for the compressed W4A16 model), the profile's activations, CUDA graphs and the KV cache."""
+    s = llama_8b()
+    est = estimate(s, vllm_work(vllm_packed=True))
+    dense, packed = (next(p for p in est.phases if p.name == n).gpu for n in ("eval_dense", "eval"))
+    for gpu in (dense, packed):
+        assert gpu["parent_cuda_context"] == preflight.PARENT_CUDA_BYTES
+        assert gpu["vllm_cuda_context"] == preflight.VLLM_CONTEXT_BYTES
+        inside = sum(v for k, v in gpu.items() if not k.endswith("cuda_context"))
+        assert inside == int(0.85 * A10_TOTAL)  # the share, exactly
+    assert dense["vllm_weights"] == s.weight_bytes
+    assert packed["vllm_weights"] < s.weight_bytes / 2  # 4-bit packed linears, 16-bit embeddings
+    assert packed["vllm_kv_cache"] - dense["vllm_kv_cache"] == dense["vllm_weights"] - packed["vllm_weights"]
+    # vLLM's default batch on an 80 GB GPU is larger (16384 tokens, 1024 sequences): more activations.
+    h100 = estimate(s, vllm_work(total=81559 * MiB)).phases[1].gpu
+    assert h100["vllm_activations"] > dense["vllm_activations"]
+
+
+def test_vllm_that_cannot_start_is_refused_naming_a_utilization_that_fits(tmp_path):
+    s = llama_8b()
+    est = estimate(s, vllm_work(0.85)).to_dict()
+    # 0.85 x 22.49 GiB = 19.1 GiB must be free when vLLM starts, beside two contexts: 20 GiB free is too little.
+    with pytest.raises(ConfigError) as err:
+        preflight.check(est, node(tmp_path, gpu_mem_gb=20, host_ram_gb=256))
+    msg = str(err.value)
+    assert "vLLM would not start" in msg and "this process's CUDA context" in msg
+    fits = float(msg.split("evaluator.model_args.gpu_memory_utilization=")[-1].split(",")[0])
+    assert fits < 0.85 and est["vllm"]["largest_utilization_that_starts"] == fits
+    assert est["vllm"]["free_at_start_gb"] == 19.0  # 20 less 0.5 + 0.5 GiB of contexts
+    # The value it names starts (and is recorded); 0.01 more does not.
+    preflight.check(estimate(s, vllm_work(fits)).to_dict(), node(tmp_path, gpu_mem_gb=20, host_ram_gb=256))
+    with pytest.raises(ConfigError, match="vLLM would not start"):
+        preflight.check(
+            estimate(s, vllm_work(round(fits + 0.01, 2))).to_dict(),
+            node(tmp_path, gpu_mem_gb=20, host_ram_gb=256),
+        )
+    # The whole card free: 0.85 starts, and the general GPU check does not add its headroom to vLLM's share.
+    full = estimate(s, vllm_work(0.85)).to_dict()
+    preflight.check(full, node(tmp_path, gpu_mem_gb=A10_TOTAL / 2**30, host_ram_gb=256))
+    assert full["vllm"]["kv_cache_gb"]["eval_dense"] > 1
+
+
+def test_vllm_without_room_for_one_sequence_is_refused(tmp_path):
+    """The bf16 8B model in 0.7 of an A10: weights, activations and graphs leave no KV cache for 8192 tokens."""
+    s = llama_8b()
+    est = estimate(s, vllm_work(0.7)).to_dict()
+    with pytest.raises(ConfigError) as err:
+        preflight.check(est, node(tmp_path, gpu_mem_gb=A10_TOTAL / 2**30, host_ram_gb=256))
+    msg = str(err.value)
+    assert "vLLM's KV cache (eval_dense)" in msg and "max_model_len=8192" in msg
+    want = float(msg.split("set evaluator.model_args.gpu_memory_utilization=")[1].split()[0])
+    assert 0.7 < want <= est["vllm"]["largest_utilization_that_starts"]
+    preflight.check(
+        estimate(s, vllm_work(want)).to_dict(), node(tmp_path, gpu_mem_gb=A10_TOTAL / 2**30, host_ram_gb=256)
+    )
+    # A length whose one sequence cannot fit at any utilization that starts: lower benchmark.max_length.
+    long = estimate(s, vllm_work(0.85, max_length=131072)).to_dict()
+    with pytest.raises(ConfigError, match="lower benchmark.max_length"):
+        preflight.check(long, node(tmp_path, gpu_mem_gb=A10_TOTAL / 2**30, host_ram_gb=256))
+
+
 # ------------------------------------------------------------------------------------ from a real plan
 @pytest.fixture
 def no_weights(monkeypatch):

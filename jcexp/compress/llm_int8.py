@@ -3,11 +3,15 @@
 Each compressible Linear (lm_head never) becomes an :class:`Int8MixedLinear`, the same module object with its
 class swapped, so its parameters, name and place in the model are unchanged. Its weight is quantized once,
 vector-wise (absmax per output row, [-127, 127]), and stored dequantized, which is also what a saved checkpoint
-and the sparsity measurements see. The original weight is kept beside it as a non-persistent buffer, because
-at every forward the input's outlier feature columns (any |x| >= ``outlier_threshold``, 6.0 in the paper) go
-through a matmul with those original columns in the model's own dtype (LLM.int8() keeps the fp16 weight for
-them). The other columns are quantized per token row (absmax) to int8, multiplied with the int8 weight, and
-dequantized by the outer product of the two scales:
+and the sparsity measurements see. At every forward the input's outlier feature columns (any |x| >=
+``outlier_threshold``, 6.0 in the paper) go through a matmul with those original weight columns in the model's
+own dtype (LLM.int8() keeps the fp16 weight for them). Which columns are outliers depends on each call's input,
+so every original column may be needed; the original weight is therefore kept, once, in host RAM, transposed
+(``in x out``, one row per input feature), and each call copies only its outlier rows to the device it runs
+on (``|O| x out`` values). It is a plain attribute, not a buffer: ``model.to(device)`` leaves it on the host, so
+the device holds one full-precision copy (the int8 image in ``weight``), never two (for an 8B model the second
+would be about 15 GB of bf16 on the GPU). The other columns are quantized per token row (absmax) to int8,
+multiplied with the int8 weight, and dequantized by the outer product of the two scales:
 
     Y = X[:, O] @ W[:, O]^T + (s_x s_w^T) * (round(X[:, ~O] / s_x) @ round(W / s_w)[:, ~O]^T)
 
@@ -30,6 +34,7 @@ import torch
 from jcexp.compress.simple_quant import int8_absmax_roundtrip
 
 DEFAULT_THRESHOLD = 6.0
+HOST = "cpu"  # where the full-precision copy of each weight lives (jcexp.placement.HOST)
 
 
 def _row_scale(t: torch.Tensor) -> torch.Tensor:
@@ -53,11 +58,13 @@ def mixed_int8_matmul(
     x: torch.Tensor,
     weight_int8: torch.Tensor,
     weight_scale: torch.Tensor,
-    weight_fp: torch.Tensor,
+    weight_fp_t: torch.Tensor,
     threshold: float,
 ) -> tuple[torch.Tensor, int]:
     """LLM.int8()'s decomposed X @ W^T for x (tokens x in) and int8 codes of W (out x in, as float32) with their
-    per-row scales (out x 1). Returns the product in x's dtype and the number of outlier columns."""
+    per-row scales (out x 1). ``weight_fp_t`` is the original weight transposed (in x out), on any device (host
+    RAM): only its outlier rows, W[:, O]^T, are copied to x's device. Returns the product in x's dtype and the
+    number of outlier columns."""
     outliers = outlier_columns(x, threshold)
     n_out = int(outliers.sum())
     # The int8 part: outlier columns zeroed before the per-token absmax, so they neither set a scale nor count.
@@ -67,7 +74,8 @@ def mixed_int8_matmul(
     y = y.to(x.dtype)
     if n_out:
         # The 16-bit part: the outlier columns of x with the original (unquantized) weight columns.
-        y = y + x[:, outliers] @ weight_fp[:, outliers].to(x.dtype).T
+        rows = outliers.nonzero().squeeze(1).to(weight_fp_t.device)
+        y = y + x[:, outliers] @ weight_fp_t.index_select(0, rows).to(x.device, x.dtype)
     return y, n_out
 
 
@@ -75,21 +83,27 @@ class Int8MixedLinear(torch.nn.Linear):
     """A Linear whose forward is LLM.int8()'s mixed-precision decomposition (see the module docstring).
 
     Created by :meth:`LLMInt8Quantize.apply_to` by swapping a Linear's class in place: ``weight`` (the
-    dequantized int8 weight) and ``bias`` stay its parameters; ``weight_fp`` (the original weight) and
-    ``weight_row_scale`` are non-persistent buffers, so they move with ``model.to()`` and are not saved."""
+    dequantized int8 weight) and ``bias`` stay its parameters; ``weight_row_scale`` is a non-persistent buffer
+    (it moves with ``model.to()`` and is not saved). The original weight is ``weight_fp_t``, a plain attribute
+    in host RAM (transposed, in x out): ``model.to()`` does not move it and a checkpoint does not hold it."""
 
     # Declared for jcexp.placement.state: this forward quantizes its input activations (on purpose).
     quantizes_activations = True
 
     outlier_threshold: float
-    weight_fp: torch.Tensor
+    weight_fp_t: torch.Tensor  # host RAM, in x out
     weight_row_scale: torch.Tensor
+
+    @property
+    def weight_fp(self) -> torch.Tensor:
+        """The original weight (out x in), a view of the host copy."""
+        return self.weight_fp_t.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         codes = int8_codes(self.weight, self.weight_row_scale)  # exact: weight holds codes * scale
         y, n_out = mixed_int8_matmul(
-            flat, codes, self.weight_row_scale, self.weight_fp, self.outlier_threshold
+            flat, codes, self.weight_row_scale, self.weight_fp_t, self.outlier_threshold
         )
         if self.bias is not None:
             y = y + self.bias
@@ -126,11 +140,14 @@ def to_int8_mixed(module: torch.nn.Linear, threshold: float) -> Int8MixedLinear:
         ):
             raise TypeError(f"{module}: its forward is wrapped ({leftover!r}); release the model first")
         del module.__dict__["forward"]
-    original = module.weight.detach().clone()
-    module.register_buffer("weight_fp", original, persistent=False)
-    module.register_buffer("weight_row_scale", _row_scale(original), persistent=False)
+    original = module.weight.detach()
+    scale, image = _row_scale(original), int8_absmax_roundtrip(original)
+    # The one full-precision copy besides the int8 image: in host RAM, transposed so that an outlier column of
+    # W is a contiguous row. Made before the write below, which may reuse the weight's storage.
+    module.weight_fp_t = original.to(HOST).t().contiguous()
+    module.register_buffer("weight_row_scale", scale, persistent=False)
     # Through the offload API, as simple_quant does: the stored tensor is written even on a dispatched module.
-    update_offload_parameter(module, "weight", int8_absmax_roundtrip(original))
+    update_offload_parameter(module, "weight", image)
     module.__class__ = Int8MixedLinear
     module.outlier_threshold = float(threshold)
     module.reset_counters()
@@ -144,6 +161,9 @@ class LLMInt8Quantize:
     data_free = True  # no calibration pass: apply_stage calls apply_to instead of llm-compressor's oneshot
     # Its activation quantization lives in this process's modules; a saved checkpoint does not carry it.
     in_process_only = True
+    # It keeps the original of every compressible weight in host RAM (the outlier columns' 16-bit values):
+    # counted by the preflight (jcexp/preflight.py, ``int8_fp_copy``).
+    host_weight_copy = True
 
     def __init__(self, outlier_threshold: float = DEFAULT_THRESHOLD):
         self.outlier_threshold = float(outlier_threshold)

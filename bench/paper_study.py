@@ -379,7 +379,8 @@ def claims_markdown(root: Path, margin: float = verdicts.DEFAULT_MARGIN) -> str:
     level = next((j.result.get("adjusted_level") for j in judged if j.result.get("adjusted_level")), None)
     notes = [
         "",
-        f"Equivalence margin {verdicts.margin_text(margin)}. The paper's {family} claims form one family: their "
+        f"Equivalence margin {verdicts.margin_text(margin)}. The paper's {family} claims measured here form one "
+        "family: their "
         "adjusted intervals hold all together with 95% probability (simultaneous percentile bootstrap, one draw "
         "of items shared by every run"
         + (f"; each adjusted interval is a {100 * level:.2f}% percentile interval" if level else "")

@@ -60,6 +60,7 @@ def _write_run(
                 "sr": sr,
                 "srcr": metrics.srcr(sr, sparsity, bits),
             },
+            "measured": {"sparsity": {"pruned": sparsity / 100, "pruned_still_zero": sparsity / 100}},
             "baseline": {"path": str(dense_dir / "baseline.json"), "key": dense_dir.name},
         },
     )
@@ -124,6 +125,7 @@ def test_claims_markdown_prints_the_margin_and_both_verdicts(study_root):
     md = paper_study.claims_markdown(study_root, margin=0.05)
     assert "Equivalence margin ±5 points of Sr" in md and "family-wise 95% CI" in md
     assert "| **holds** |" in md and "not measured" in md
+    assert "| 25% + 4 bit | B (the paper's tool, default) |" in md and "| A | " in md
 
 
 def test_family_intervals_cover_jointly_and_are_wider():

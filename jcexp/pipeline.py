@@ -23,7 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 from jcexp import items, measure, metrics, paired, placement, preflight
 from jcexp.cache import KeyedCache
 from jcexp.compress import compression_device
-from jcexp.config import ConfigError, check_values, effective_case
+from jcexp.config import SEQUENTIAL_KEYS, ConfigError, check_values, effective_case
 from jcexp.files import key_hash
 from jcexp.observers import RunState, default_observers
 from jcexp.results import (
@@ -143,10 +143,6 @@ class Plan:
     @property
     def stages(self):
         return [s for s in (self.pruner, self.quant) if s.active]
-
-
-# benchmark keys that say how many items a sequential run scores, not what an item's score is.
-SEQUENTIAL_KEYS = ("ci_target", "ci_chunk", "ci_min_items", "ci_min_discordant")
 
 
 def _baseline_key(plan: Plan) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.jcexp_launcher.launcher import JcexpLocalLauncher, _as_current, _SweepJob
 from jcexp import pipeline
-from jcexp.results import effective_config, task_config_hash
+from jcexp.config import effective_config
+from jcexp.results import task_config_hash
 
 from .conftest import ROOT, TINY
 
@@ -199,7 +200,7 @@ def test_the_none_choices_keep_their_hash(compose, group):
 
 def test_nm_layout_and_sweep_revisions_in_the_hash(compose):
     """`exact` (what earlier masks ran) keeps earlier hashes; `paper` is another experiment; Case B and one-pass
-    results of the earlier sweeps are not reused (results.SWEEP_REVISIONS)."""
+    results of the earlier sweeps are not reused (config.SWEEP_REVISIONS)."""
     assert chash(compose, "pruner.mask=2:6") == chash(compose, "pruner.mask=2:6", "pruner.nm_layout=exact")
     assert chash(compose, "pruner.mask=2:6") != chash(compose, "pruner.mask=2:6", "pruner.nm_layout=paper")
     assert chash(compose, "pruner.sparsity=25") == chash(

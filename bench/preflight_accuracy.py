@@ -45,7 +45,7 @@ def compose(overrides: list[str], cache: Path):
 
 
 def estimate(overrides: list[str], cache: Path) -> dict[str, Any]:
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
     from jcexp.preflight import estimate_for
 
     return estimate_for(Plan(compose(overrides, cache)))

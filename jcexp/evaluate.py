@@ -312,7 +312,7 @@ def evaluate(
     # threads, the children deadlocked inside submitit workers. 1000 draws in process take well under a second.
     os.environ["DISABLE_MULTIPROC"] = "1"
     start = time.perf_counter()
-    # HFLM takes its device from the model object (wherever the pipeline placed it).
+    # HFLM takes its device from the model object (wherever the run placed it).
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bench.batch_size, max_length=bench.max_length)
     spec = make_spec(
         bench,

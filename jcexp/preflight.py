@@ -5,7 +5,7 @@ Two layers:
 
 - :func:`estimate` is pure: :class:`ModelShapes` and :class:`Workload` (numbers) in, an :class:`Estimate`
   (bytes per component, per phase, per resource) out. Nothing is imported, read or allocated.
-- :func:`estimate_for` gathers those numbers from a :class:`jcexp.pipeline.Plan` (the meta-device skeleton,
+- :func:`estimate_for` gathers those numbers from a :class:`jcexp.plan.Plan` (the meta-device skeleton,
   the config, the benchmark's requests measured in tokens) and returns the estimate as a dict for result.json;
   :func:`check` compares it with what the node has and raises :class:`jcexp.config.ConfigError` naming the
   numbers and the setting to change.
@@ -102,7 +102,7 @@ VLLM_DEFAULT_UTILIZATION = 0.9  # vLLM's own default, when model_args do not set
 LM_EVAL_MAX_BATCH = 64
 LM_EVAL_MAX_GEN_TOKS = 256
 LM_EVAL_DEFAULT_MAX_LENGTH = 2048
-# result.json, logs and the W&B offline run (pipeline._check_free_space's margin).
+# result.json, logs and the W&B offline run (the disk check's margin, _disk_problems).
 DISK_HEADROOM_BYTES = 64 * MiB
 # How many of the longest requests are kept, in tokens, per request type (enough for 2 batches of 64).
 TOP_REQUESTS = 2 * LM_EVAL_MAX_BATCH + 1
@@ -848,7 +848,7 @@ def _evaluator_fields(cfg) -> dict[str, Any]:
 
 
 def estimate_for(plan, tokenizer=None) -> dict[str, Any]:
-    """The estimate of a planned run (jcexp.pipeline.Plan), as a dict for result.json. Reads the config, the
+    """The estimate of a planned run (jcexp.plan.Plan), as a dict for result.json. Reads the config, the
     meta-device skeleton, the tokenizer and the benchmark's documents; never a weight."""
     source = plan.source
     hf_config = source.hf_config()
@@ -1093,7 +1093,7 @@ def _vllm_problems(estimate: dict[str, Any], room: float, where: str) -> list[st
 
 
 def _disk_problems(estimate: dict[str, Any], cfg, out: Path) -> list[str]:
-    """As pipeline._check_free_space: both checkpoints, summed per file system."""
+    """Free space for both checkpoints, the pruned-model cache and the hub snapshot, summed per file system."""
     disk = estimate.get("disk") or {}
     needs: dict[int, int] = {}
     problems = []

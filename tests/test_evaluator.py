@@ -16,7 +16,8 @@ from lm_eval.api.model import LM
 from jcexp import lm_eval_worker as worker
 from jcexp.config import ConfigError, check_values
 from jcexp.evaluate import EvalResult, EvaluatorError, SubprocessEvaluator, evaluate, task_manager
-from jcexp.pipeline import Plan, run
+from jcexp.plan import Plan
+from jcexp.run import run
 
 from .bad_inputs import python_with, python_without
 from .conftest import TINY

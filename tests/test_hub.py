@@ -116,7 +116,7 @@ def test_the_disk_preflight_counts_the_snapshot_less_what_is_cached(hub, compose
     snapshot's files that the hub cache lacks, on the hub cache's disk, and a node short of it is refused."""
     from transformers import LlamaConfig
 
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     config = LlamaConfig(
         hidden_size=4096,
@@ -152,7 +152,7 @@ def test_the_disk_preflight_counts_the_snapshot_less_what_is_cached(hub, compose
 
 
 def test_other_sources_download_nothing(compose):
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     est = preflight.estimate_for(Plan(compose(*TINY)))
     assert est["disk"].get("hub_download", 0) == 0 and "hub_snapshot" not in est

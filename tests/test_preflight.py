@@ -372,7 +372,7 @@ def no_weights(monkeypatch):
 
 
 def test_tiny_plan_measures_its_requests_and_is_refused_on_a_small_node(compose, tmp_path, no_weights):
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     cfg = compose(*TINY, "resources.host_ram_gb=0.1")
     est = preflight.estimate_for(Plan(cfg))
@@ -390,7 +390,7 @@ def test_tiny_plan_measures_its_requests_and_is_refused_on_a_small_node(compose,
 
 
 def test_without_tokenizer_or_requests_the_lengths_fall_back(compose, monkeypatch):
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     plan = Plan(compose(*TINY))
     measured = preflight.estimate_for(plan)["inputs"]["workload"]["eval"]
@@ -409,16 +409,14 @@ def test_without_tokenizer_or_requests_the_lengths_fall_back(compose, monkeypatc
 
 
 def _pipeline_calls_preflight() -> bool:
-    import jcexp.pipeline
+    import jcexp.run
 
-    return "preflight" in inspect.getsource(jcexp.pipeline)
+    return "preflight" in inspect.getsource(jcexp.run)
 
 
-@pytest.mark.skipif(
-    not _pipeline_calls_preflight(), reason="jcexp.pipeline.run does not call the preflight yet"
-)
+@pytest.mark.skipif(not _pipeline_calls_preflight(), reason="jcexp.run.run does not call the preflight yet")
 def test_run_refuses_before_reading_weights(compose, no_weights, tmp_path):
-    from jcexp.pipeline import run
+    from jcexp.run import run
 
     with pytest.raises(ConfigError, match="not enough host RAM"):
         # Its own cache: a result stored by another test would be returned before any preflight (no work to do).
@@ -427,7 +425,7 @@ def test_run_refuses_before_reading_weights(compose, no_weights, tmp_path):
 
 def test_tiny_estimate_is_within_25_percent_of_the_measured_peak(compose, tmp_path):
     """One real tiny run in its own process: result.json's peak_rss_mb (ru_maxrss) against the estimate."""
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     # Its own cache: a result reused from another test would carry that process's peak, not this run's.
     cfg = compose(*TINY, f"paths.cache_dir={tmp_path / 'cache'}")

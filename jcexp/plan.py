@@ -1,7 +1,8 @@
 """Plan: every check a run makes before a weight is read, and the parts of the run it instantiates.
 
 The first step of the flow plan -> run -> scoring -> record (jcexp/run.py drives it): the config's values, the
-model's shapes, the task names and their data, group sizes and N:M, the GPTQ seam guard, the evaluator's
+model's shapes, the task names and their data (lm-eval's tasks are built here, once per process, and
+handed to the preflight and the in-process evaluator), group sizes and N:M, the GPTQ seam guard, the evaluator's
 environment and the device. What a config means (which stages act, what the hash covers) is decided beside the
 schema, in jcexp/config.py; this module applies it. Nothing here imports the later steps.
 """
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from jcexp.compress import check_stages
 from jcexp.config import ConfigError, check_values, effective_case
-from jcexp.evaluate import check_documents, check_tasks
+from jcexp.evaluate import build_tasks, check_tasks
 from jcexp.results import config_hash
 
 VERSIONED = (
@@ -80,7 +81,8 @@ class Plan:
         check_tasks(cfg.benchmark)
         # A subprocess evaluator's environment must import lm-eval and what these tasks load (not jcexp).
         self.evaluator.check(cfg.benchmark)
-        self.documents = check_documents(cfg.benchmark)
+        # lm-eval's tasks, built once per process: the preflight and the in-process evaluator use copies.
+        self.tasks = build_tasks(cfg.benchmark)
         self.layer_widths = self.source.layer_widths()
         check_stages([self.pruner, self.quant], self.layer_widths)
         self.device = _pick_device(cfg.device)

@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from jcexp import lm_eval_worker as worker
 from jcexp.config import ConfigError
 
 log = logging.getLogger("jcexp")
@@ -634,15 +635,16 @@ def _cap(n: int, max_length: int) -> int:
     return max(1, min(n, max_length))
 
 
-def eval_load(bench, tokenizer, max_length: int, seed: int = 0, batch_size: Any = None) -> EvalLoad:
-    """The benchmark's requests, built by lm-eval as the evaluation builds them, measured in tokens: the
-    longest requests of each type (the first batches, as lm-eval sorts longest first). Only the longest by
-    characters are tokenized; without a tokenizer, 3 characters count as a token (English BPE averages about
-    4). Falls back to ``max_length`` for every request when the requests cannot be built."""
+def eval_load(bench, tasks, tokenizer, max_length: int, seed: int = 0, batch_size: Any = None) -> EvalLoad:
+    """The benchmark's requests, built by lm-eval as the evaluation builds them (on a copy of ``tasks``, the
+    plan's jcexp.evaluate.BuiltTasks), measured in tokens: the longest requests of each type (the first
+    batches, as lm-eval sorts longest first). Only the longest by characters are tokenized; without a
+    tokenizer, 3 characters count as a token (English BPE averages about 4). Falls back to ``max_length`` for
+    every request when the requests cannot be built."""
     batch_size = bench.batch_size if batch_size is None else batch_size
     batch = None if str(batch_size).startswith("auto") else int(batch_size)
     try:
-        texts = _request_texts(bench, seed)
+        texts = _request_texts(bench, tasks, seed)
     except Exception as exc:  # noqa: BLE001 - any failure here falls back to the conservative bound
         why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return EvalLoad(
@@ -683,49 +685,9 @@ def eval_load(bench, tokenizer, max_length: int, seed: int = 0, batch_size: Any 
     )
 
 
-def _leaves(tasks: dict[Any, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in tasks.items():
-        if isinstance(value, dict):  # a group: its subtasks
-            out.update(_leaves(value))
-        else:
-            out[str(key)] = value
-    return out
-
-
-def _plain(node: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
-
-
-def _build_tasks(bench) -> dict[str, Any]:
-    """The benchmark's leaf tasks with their generation settings, as the evaluation builds them (through
-    jcexp.lm_eval_worker where it exists, so that benchmark.generation applies as in the run)."""
-    from jcexp.evaluate import task_manager, task_names
-
-    names, manager = task_names(bench), task_manager(bench)
-    gen_kwargs = _plain(bench.get("gen_kwargs")) or None
-    per_task = {str(k): dict(v) for k, v in (_plain(bench.get("generation")) or {}).items()}
-    try:
-        from jcexp import lm_eval_worker as worker
-    except ImportError:
-        worker = None
-    if worker is not None and hasattr(worker, "apply_generation"):
-        items = worker.load_tasks(names, manager)
-        worker.apply_generation(items, gen_kwargs, per_task)
-        return worker.leaf_tasks(items)
-    from lm_eval.tasks import get_task_dict
-
-    tasks = _leaves(get_task_dict(names, manager))
-    for task in tasks.values():
-        if gen_kwargs and task.get_config("output_type") == "generate_until":
-            task.set_config(key="generation_kwargs", value=dict(gen_kwargs), update=True)
-    return tasks
-
-
-def _request_texts(bench, seed: int) -> dict[str, list[tuple[str, int]]]:
-    """Every request's text (and max_gen_toks for generation), by lm-eval request type."""
+def _request_texts(bench, tasks, seed: int) -> dict[str, list[tuple[str, int]]]:
+    """Every request's text (and max_gen_toks for generation), by lm-eval request type, from a fresh copy of
+    the built tasks (building requests changes them)."""
     from lm_eval.evaluator_utils import get_sample_size
 
     out: dict[str, list[tuple[str, int]]] = {
@@ -733,7 +695,7 @@ def _request_texts(bench, seed: int) -> dict[str, list[tuple[str, int]]]:
         "loglikelihood_rolling": [],
         "generate_until": [],
     }
-    for task in _build_tasks(bench).values():
+    for task in worker.leaf_tasks(tasks.fresh()).values():
         # Shots as simple_evaluate sets them (lm_eval/evaluator.py).
         if bench.num_fewshot is not None:
             if task.get_config("num_fewshot") != 0:
@@ -849,7 +811,7 @@ def _evaluator_fields(cfg) -> dict[str, Any]:
 
 def estimate_for(plan, tokenizer=None) -> dict[str, Any]:
     """The estimate of a planned run (jcexp.plan.Plan), as a dict for result.json. Reads the config, the
-    meta-device skeleton, the tokenizer and the benchmark's documents; never a weight."""
+    meta-device skeleton, the tokenizer and the requests of the tasks the plan built; never a weight."""
     source = plan.source
     hf_config = source.hf_config()
     shapes = ModelShapes.from_skeleton(source._skeleton(), hf_config, source.dtype)
@@ -862,7 +824,8 @@ def estimate_for(plan, tokenizer=None) -> dict[str, Any]:
             log.warning("preflight: no tokenizer (%s); 3 characters count as a token", exc)
     evaluator = cfg.get("evaluator") or {}
     batch = evaluator.get("batch_size") if evaluator.get("batch_size") is not None else bench.batch_size
-    ev = eval_load(bench, tokenizer, effective_max_length(bench, hf_config, tokenizer), int(cfg.seed), batch)
+    max_length = effective_max_length(bench, hf_config, tokenizer)
+    ev = eval_load(bench, plan.tasks, tokenizer, max_length, int(cfg.seed), batch)
     hub_bytes, hub = _hub_snapshot(source, shapes)
     est = estimate(shapes, workload_for(plan, ev, hub_bytes)).to_dict()
     if hub is not None:  # the files the snapshot fetches (bytes), those already cached, those skipped

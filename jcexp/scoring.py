@@ -81,6 +81,7 @@ def evaluate_model(
                 tokenizer=tokenizer,
                 device=plan.device,
                 resume=str(responses),
+                tasks=plan.tasks,
                 **chosen,
             )
     for done in responses.parent.glob(f"{responses.name}_rank*.db"):  # complete: its scores are cached now

@@ -107,12 +107,12 @@ def test_an_impossible_target_uses_every_item_and_matches_a_full_evaluation(comp
 
 def test_recomputed_scores_equal_lm_evals_aggregate(compose):
     """sequential.aggregate on a plain evaluation's items gives lm-eval's own scores and stderrs."""
-    from jcexp.evaluate import check_documents
+    from jcexp.evaluate import build_tasks
     from jcexp.run import run
 
     cfg = compose(*TINY, "save_model=false", "benchmark.limit=24")
     result = run(cfg)
-    lay = sequential.layout(cfg.benchmark, check_documents(cfg.benchmark))
+    lay = sequential.layout(cfg.benchmark, build_tasks(cfg.benchmark))
     vals = sequential.from_sidecar(items.read(result["run_dir"]), lay)
     for task, row in result["tasks"].items():
         per_leaf = {leaf: list(d.values()) for leaf, d in vals[task].items()}

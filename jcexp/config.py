@@ -157,7 +157,7 @@ class ErrorAnalysisConfig:
 
 @dataclass
 class ResourcesConfig:
-    """The resource preflight (jcexp/preflight.py): estimated peak host RAM, GPU memory and disk, checked
+    """The resource preflight: estimated peak host RAM, GPU memory and disk (jcexp/memory.py), checked
     against the node before any weight is read."""
 
     enforce: bool = True  # false: log what does not fit and run anyway

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from jcexp import items, measure, metrics, paired, preflight, scoring
+from jcexp import items, measure, memory, metrics, paired, scoring
 from jcexp.observers import RunState
 from jcexp.plan import Plan, library_versions
 from jcexp.results import RESULT_FILE, SCHEMA_VERSION, atomic_write_json, index_result
@@ -174,7 +174,7 @@ def build_record(
         "stages": state.timings,
         "peak_rss_mb": peak_rss,
         # The preflight's estimate beside the measured peaks.
-        "resources": {"estimate": resources, "measured": preflight.compare(resources, peak_rss, peak_cuda)},
+        "resources": {"estimate": resources, "measured": memory.compare(resources, peak_rss, peak_cuda)},
         "saved_model": saved,
         "versions": library_versions(),
         "task_versions": compressed.task_versions,

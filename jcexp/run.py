@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from jcexp import checkpoints, measure, placement, preflight, record, scoring
+from jcexp import checkpoints, measure, memory, placement, preflight, record, scoring
 from jcexp.cache import KeyedCache
 from jcexp.compress import apply_stage, compression_device, seed_everything
 from jcexp.config import ConfigError
@@ -45,8 +45,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if done:
         log.info("result for config %s was computed in %s: reusing it", plan.hash, done["run_dir"])
         return done if done["run_dir"] == str(out) else reuse_result(done, out)
-    resources = preflight.estimate_for(plan)  # host RAM, GPU memory, disk: refused here if they cannot fit
-    log.info(preflight.summary(resources))
+    resources = memory.estimate_for(plan)  # host RAM, GPU memory, disk: refused here if they cannot fit
+    log.info(memory.summary(resources))
     preflight.check(resources, cfg, out)
 
     if cfg.threads:

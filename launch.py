@@ -19,7 +19,7 @@ from jcexp.models import ModelSourceError  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from jcexp.pipeline import run
+    from jcexp.run import run
 
     try:
         result = run(cfg)

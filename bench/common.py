@@ -27,7 +27,7 @@ LAUNCH = ROOT / "launch.py"
 def machine() -> dict[str, Any]:
     import torch
 
-    from jcexp.pipeline import library_versions
+    from jcexp.plan import library_versions
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -12,7 +12,7 @@ suites, with the settings of conf/benchmark/paper.yaml (batch, max_length, max_g
 as prefill FLOPs at the effective rate plus decode steps that read the weights and the KV cache at the GPU's
 memory bandwidth, for lm-eval's HF backend (static batches that wait for their longest answer) and for its
 vLLM backend (continuous batching as deep as the KV cache allows). vLLM's KV cache is what jcexp's preflight
-budgets (jcexp/preflight.py: vllm_budget): gpu_memory_utilization x the card's memory, less the checkpoint's
+budgets (jcexp/memory.py: vllm_budget): gpu_memory_utilization x the card's memory, less the checkpoint's
 weights (bf16 for the dense baseline and the 2-, 3- and 16-bit points, packed W4A16/W8A16 for the 4- and 8-bit
 ones), the profile's activations and CUDA graphs, after this process's and vLLM's CUDA contexts are left
 outside. With prefix caching (on by default in vLLM) each task's few-shot prefix is computed and held once per
@@ -130,7 +130,7 @@ FORMATS = {"dense": 16, "w4a16": 4, "w8a16": 8}
 
 def llama_8b_shapes():
     """Llama-3.1-8B as jcexp's preflight sees it (from its config; nothing built)."""
-    from jcexp.preflight import ModelShapes
+    from jcexp.memory import ModelShapes
 
     layer, n = LLAMA_8B
     linear = sum(i * o for i, o in layer)
@@ -152,12 +152,12 @@ def llama_8b_shapes():
 
 
 def vllm_memory(gpu: dict, fmt: str, utilization: float, max_length: int) -> dict:
-    """jcexp's preflight budget for the vLLM child on this GPU (jcexp/preflight.py: vllm_budget), in bytes."""
-    from jcexp import preflight
+    """jcexp's preflight budget for the vLLM child on this GPU (jcexp/memory.py: vllm_budget), in bytes."""
+    from jcexp import memory
 
     shapes = llama_8b_shapes()
     bits = FORMATS[fmt]
-    work = preflight.Workload(
+    work = memory.Workload(
         eval_device="cuda",
         compress_device="cuda",
         prune=False,
@@ -165,7 +165,7 @@ def vllm_memory(gpu: dict, fmt: str, utilization: float, max_length: int) -> dic
         quant_calibrated=bits < 16,
         calib_samples=1,
         calib_seq_len=1,
-        eval=preflight.EvalLoad(batch=None, max_length=max_length),
+        eval=memory.EvalLoad(batch=None, max_length=max_length),
         save_packed=bits < 16,
         bits=bits,
         group_size=128,
@@ -174,9 +174,9 @@ def vllm_memory(gpu: dict, fmt: str, utilization: float, max_length: int) -> dic
         vllm_gpu_fraction=utilization,
         gpu_total_bytes=gpu["total_bytes"],
     )
-    budget = preflight.vllm_budget(shapes, work, packed=bits < 16)
+    budget = memory.vllm_budget(shapes, work, packed=bits < 16)
     outside = budget["parent_cuda_context"] + budget["vllm_cuda_context"]
-    _, max_seqs = preflight.vllm_defaults(gpu["total_bytes"])
+    _, max_seqs = memory.vllm_defaults(gpu["total_bytes"])
     return {
         **budget,
         "free_needed_at_start": int(utilization * gpu["total_bytes"]) + outside,
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{settings['max_gen_toks']}; HF batch_size {settings['batch_size']} (A10), 16 on 80 GB; vLLM "
         f"gpu_memory_utilization {args.utilization}, its default max_num_batched_tokens / max_num_seqs "
         "(8192 / 256 below 70 GiB, 16384 / 1024 above)\n\n"
-        "vLLM's memory (jcexp/preflight.py: vllm_budget):\n\n"
+        "vLLM's memory (jcexp/memory.py: vllm_budget):\n\n"
     )
     md += table(mem_rows, cols)
     md += "\n\nhours:\n\n" + table(time_rows, cols)

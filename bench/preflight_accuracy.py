@@ -8,7 +8,7 @@ the paper's setup (Llama-3.1-8B, bf16, C4 512 x 2048, benchmark=paper) on a 24 G
     python -m bench.preflight_accuracy --paper-8b           # the 8B estimate only (no run)
 
 Each run is `launch.py` in its own process (result.json's ``peak_rss_mb`` is that process's ru_maxrss); the
-estimate is jcexp.preflight.estimate_for on the same composed config, computed before the run. The SmolLM2
+estimate is jcexp.memory.estimate_for on the same composed config, computed before the run. The SmolLM2
 default run takes about 10 minutes on 2 cores.
 """
 
@@ -45,8 +45,8 @@ def compose(overrides: list[str], cache: Path):
 
 
 def estimate(overrides: list[str], cache: Path) -> dict[str, Any]:
-    from jcexp.pipeline import Plan
-    from jcexp.preflight import estimate_for
+    from jcexp.memory import estimate_for
+    from jcexp.plan import Plan
 
     return estimate_for(Plan(compose(overrides, cache)))
 
@@ -65,7 +65,7 @@ def paper_8b(gpu_gb: float = 24.0, batch: int | None = 4, prompt: int = 4096) ->
     lm-eval truncates prompts to max_length - max_gen_toks = 6144 tokens."""
     from transformers import LlamaConfig
 
-    from jcexp.preflight import EvalLoad, ModelShapes, Workload, estimate
+    from jcexp.memory import EvalLoad, ModelShapes, Workload, estimate
 
     config = LlamaConfig(
         hidden_size=4096,

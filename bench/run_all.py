@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import estimate, eval_throughput, grid, overhead, render, stages, task_index
+from bench import estimate, eval_throughput, grid, overhead, render, stages, task_builds, task_index
 
 
 def main() -> None:
-    for bench in (task_index, overhead, stages, eval_throughput, grid, estimate):
+    for bench in (task_index, task_builds, overhead, stages, eval_throughput, grid, estimate):
         print(f"\n== bench.{bench.__name__.rpartition('.')[2]}", flush=True)
         bench.main([])
     render.main()

@@ -28,7 +28,7 @@ def _side(root: Path, model: str, benchmark: str, extra: list[str]) -> list[dict
     from hydra import compose, initialize_config_dir
 
     import jcexp.config  # noqa: F401  (schema + resolvers)
-    from jcexp.pipeline import run
+    from jcexp.run import run
 
     out = []
     for s, b in itertools.product(SPARSITIES, BITS):

@@ -1,9 +1,16 @@
-"""Structured config schema (Hydra ConfigStore) and value validation that runs before any compute.
+"""What a config is and what it means: the schema, its meaning, its resolvers and its value checks.
 
-The dataclasses type every group, so a misspelled key or a wrong type fails when Hydra composes the config.
-Value checks that need more than a type (ranges, N:M syntax, agreement between fields) live in
-:func:`check_values`; checks that need the model's layer shapes or lm-eval's task registry live with the
-stage that owns them and are run by the pipeline before the first forward pass.
+- schema: the dataclasses (Hydra ConfigStore) type every group, so a misspelled key or a wrong type fails when
+  Hydra composes the config.
+- meaning: what a config computes, decided here and nowhere else: whether a stage acts (``prunes``,
+  ``quantizes``, ``pruner_active``, ``quant_active``, ``effective_case``) and the one canonical form the config
+  hash covers (``effective_config``: off spellings, inactive stages, sweep revisions, the N:M layout and
+  sequential-evaluation rules). The stages (jcexp.compress), the resolvers below and the hash
+  (jcexp.results.config_hash) all ask these functions.
+- resolvers: the ``${jc.*:...}`` interpolations of conf/.
+- validation: :func:`check_values` checks what needs more than a type (ranges, N:M syntax, agreement between
+  fields); checks that need the model's layer shapes or lm-eval's task registry live with the stage that owns
+  them and run in jcexp.plan.Plan, before any weight is read.
 """
 
 from __future__ import annotations
@@ -150,7 +157,7 @@ class ErrorAnalysisConfig:
 
 @dataclass
 class ResourcesConfig:
-    """The resource preflight (jcexp/preflight.py): estimated peak host RAM, GPU memory and disk, checked
+    """The resource preflight: estimated peak host RAM, GPU memory and disk (jcexp/memory.py), checked
     against the node before any weight is read."""
 
     enforce: bool = True  # false: log what does not fit and run anyway
@@ -190,7 +197,7 @@ def register_configs() -> None:
     cs.store(name="jcexp_schema", node=RunConfig)
 
 
-# -------------------------------------------------------------------------------------------- resolvers
+# ---------------------------------------------------------------------- meaning: what a config computes
 def parse_mask(mask: str | None) -> tuple[int, int] | None:
     """'2:8' -> (2, 8): N pruned of every M. None for unstructured. Raises ConfigError when malformed."""
     if mask is None or str(mask).strip().lower() in ("", "none", "null", "0:0"):
@@ -206,7 +213,7 @@ def parse_mask(mask: str | None) -> tuple[int, int] | None:
 
 def prunes(modifier: Any, sparsity: float, nm: tuple[int, int] | None) -> bool:
     """The one rule for a pruner that does something: a modifier, and a sparsity or an N:M mask. Shared by the
-    stage (jcexp.compress.Pruner) and the config hash (jcexp.results), which sees only the config."""
+    stage (jcexp.compress.Pruner) and the config hash (pruner_active), which sees only the config."""
     return modifier is not None and (float(sparsity or 0) > 0 or nm is not None)
 
 
@@ -215,6 +222,156 @@ def quantizes(modifier: Any, bits: int) -> bool:
     return modifier is not None and int(bits) < 16
 
 
+# The three ways GPTQ can treat the weights pruning removed (README, "GPTQ after pruning"):
+#   A:     llm-compressor 0.14's GPTQ as it stands; its updates also land on pruned positions (the paper's Case A).
+#   B:     llm-compressor <= 0.12's GPTQ, which the paper ran: updates masked to the kept weights, pruned weights
+#          stay exactly 0, errors come from kept weights only (the paper's Case B, eqs. 4 and 6).
+#   joint: SparseGPT's joint mode: pruned positions collect compensation, then pass (w - 0)/d on.
+GPTQ_CASES = {
+    "A": "llmcompressor.modifiers.quantization.GPTQModifier",
+    "B": "jcexp.compress.case_b.CaseBGPTQModifier",
+    "joint": "jcexp.compress.joint_mode.JointModeGPTQModifier",
+}
+
+
+def pruning_requested(sparsity: Any, mask: Any) -> bool:
+    """What a pruner node asks for, read from its values alone (the stage adds: and has a modifier)."""
+    try:
+        nm = parse_mask(mask)
+    except ConfigError:
+        return True
+    return float(sparsity or 0) > 0 or nm is not None
+
+
+def effective_case(case: str | None, pruning: bool) -> str | None:
+    """quant.case as it acts: the case when something is pruned, else None (every case is stock GPTQ then).
+    The one spelling that the modifier choice, the stage, the config hash and result.json share."""
+    return case if pruning and case is not None else None
+
+
+def pruner_active(pruner: dict[str, Any]) -> bool:
+    """A resolved pruner node that prunes: as jcexp.compress.Pruner (the same rule, ``prunes``), or fused into
+    the quantizer's sweep."""
+    if pruner.get("fused"):
+        return True
+    try:
+        nm = parse_mask(pruner.get("mask"))
+    except ConfigError:  # refused by check_values; hashed as written
+        return pruner.get("modifier") is not None
+    return prunes(pruner.get("modifier"), pruner.get("sparsity") or 0, nm)
+
+
+def quant_active(quant: dict[str, Any]) -> bool:
+    """A resolved quantizer node that quantizes: as jcexp.compress.Quantizer (the same rule, ``quantizes``)."""
+    return quantizes(quant.get("modifier"), quant.get("bits", 16))
+
+
+def _masked(pruner: dict[str, Any]) -> bool:
+    """The pruner node names an N:M mask (a malformed one counts: check_values refuses it)."""
+    try:
+        return parse_mask(pruner.get("mask")) is not None
+    except ConfigError:
+        return True
+
+
+# Keys that name or place a run, or check it before it starts, but do not change what it computes.
+NOT_IN_HASH = (
+    "paths",
+    "logger",
+    "run_name",
+    "tags",
+    "threads",
+    "hydra",
+    "cache_pruned",
+    "resources",
+    "equivalence_margin",
+)
+# benchmark keys that say how many items a sequential run scores (jcexp/sequential.py), not what an item's
+# score is.
+SEQUENTIAL_KEYS = ("ci_target", "ci_chunk", "ci_min_items", "ci_min_discordant")
+
+# What an inactive stage contributes to the hash: exactly what `pruner=none` / `quant=none` compose to, so that
+# every way of saying "this stage does nothing" is one experiment with one hash, and results of the `none`
+# choices keep the hash they had before this canonical form existed (tests/test_experiments.py checks both).
+NO_PRUNER = {
+    "_target_": "jcexp.compress.Pruner",
+    "name": "none",
+    "sparsity": 0.0,
+    "mask": None,
+    "modifier": None,
+    "fused": False,
+}
+NO_QUANT = {
+    "_target_": "jcexp.compress.Quantizer",
+    "name": "none",
+    "bits": 16,
+    "group_size": None,
+    "symmetric": True,
+    "case": None,
+    "modifier": None,
+}
+
+# jcexp's own GPTQ sweeps (jcexp/compress/): bumped when the algorithm changes, so that results of the earlier
+# one are recomputed rather than reused. 2: Case B propagates the error of pruned weights (SparseGPT's joint
+# mode) and one-pass picks each N:M group's mask when its sweep reaches it (issue 11).
+# 1 for Case B as llm-compressor <= 0.12 ran it (quant.case=B, issue 18); 3 for the joint mode, whose groups
+# now follow static act-order as stock GPTQ's do (issue 18).
+SWEEP_REVISIONS = {
+    "jcexp.compress.case_b.CaseBGPTQModifier": 1,
+    "jcexp.compress.joint_mode.JointModeGPTQModifier": 3,
+    "jcexp.compress.one_pass.OnePassSparseGPTQModifier": 2,
+}
+
+
+def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the config hash covers (jcexp.results.config_hash): the resolved config, less what does not change
+    the computation.
+
+    Equal experiments hash equal: `quant=none` and `quant.bits=16` (no quantization either way), `pruner=none`
+    and `pruner.sparsity=0` (no mask) are the same run, and so is any calibration setting of a run that
+    compresses nothing. This canonical form changed the hash of stored results whose pruner or quantizer was
+    inactive without being `none` (e.g. `quant.bits=16` points), of runs that compress nothing, and of NF4 runs
+    (their backend is now resolved, conf/quant/nf4.yaml): those are recomputed once, not reused."""
+    out = {k: v for k, v in cfg.items() if k not in NOT_IN_HASH}
+    # evaluator.request_chunk says what a killed evaluation keeps (its response cache), not what is computed.
+    if isinstance(out.get("evaluator"), dict):
+        out["evaluator"] = {k: v for k, v in out["evaluator"].items() if k != "request_chunk"}
+    # The opt-in error analysis adds measurements, not a different model: while it is off, results keep the
+    # hash they had before it existed, so stored results stay reusable.
+    if not (out.get("errors") or {}).get("enabled"):
+        out.pop("errors", None)
+    # Sequential evaluation off (benchmark.ci_target unset) is the full suite every earlier result ran: those
+    # keep their hash (jcexp/sequential.py).
+    bench = out.get("benchmark")
+    if isinstance(bench, dict) and bench.get("ci_target") is None:
+        out["benchmark"] = {k: v for k, v in bench.items() if k not in SEQUENTIAL_KEYS}
+    pruning = "pruner" in out and pruner_active(out["pruner"])
+    quantizing = "quant" in out and quant_active(out["quant"])
+    if "pruner" in out and (
+        not pruning or out["pruner"].get("nm_layout") == "exact" or not _masked(out["pruner"])
+    ):
+        # The layout changes nothing without a mask, and "exact" is what every earlier mask ran with: those
+        # results keep their hash (pruner.nm_layout, jcexp/nm.py).
+        out["pruner"] = {k: v for k, v in out["pruner"].items() if k != "nm_layout"}
+    if "quant" in out:
+        # quant.case means nothing without pruning (stock GPTQ runs): one spelling, None (effective_case).
+        out["quant"] = {**out["quant"], "case": effective_case(out["quant"].get("case"), pruning)}
+    if "quant" in out and quant_active(out["quant"]):
+        target = (out["quant"].get("modifier") or {}).get("_target_")
+        if target in SWEEP_REVISIONS:
+            out["quant"] = {**out["quant"], "sweep_revision": SWEEP_REVISIONS[target]}
+    if "pruner" in out and not pruning:
+        out["pruner"] = dict(NO_PRUNER)
+    if "quant" in out and not quantizing:
+        out["quant"] = dict(NO_QUANT)
+    # No stage runs: calibration data is never built (the scores are the dense model's). Error analysis reads
+    # calibration windows, so with it on they stay.
+    if "pruner" in out and "quant" in out and not (pruning or quantizing or "errors" in out):
+        out.pop("calibration", None)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- resolvers
 def _mask_sparsity(mask: str | None, default: float) -> float:
     # Resolvers must not raise (the error would surface as an opaque interpolation failure):
     # a malformed mask falls back here and check_values names it.
@@ -285,33 +442,6 @@ def _sweep_group() -> str | None:
         return None
     sweep_dir = Path(str(hc.sweep.dir))
     return f"{sweep_dir.parent.name}_{sweep_dir.name}"
-
-
-# The three ways GPTQ can treat the weights pruning removed (README, "GPTQ after pruning"):
-#   A:     llm-compressor 0.14's GPTQ as it stands; its updates also land on pruned positions (the paper's Case A).
-#   B:     llm-compressor <= 0.12's GPTQ, which the paper ran: updates masked to the kept weights, pruned weights
-#          stay exactly 0, errors come from kept weights only (the paper's Case B, eqs. 4 and 6).
-#   joint: SparseGPT's joint mode: pruned positions collect compensation, then pass (w - 0)/d on.
-GPTQ_CASES = {
-    "A": "llmcompressor.modifiers.quantization.GPTQModifier",
-    "B": "jcexp.compress.case_b.CaseBGPTQModifier",
-    "joint": "jcexp.compress.joint_mode.JointModeGPTQModifier",
-}
-
-
-def pruning_requested(sparsity: Any, mask: Any) -> bool:
-    """What a pruner node asks for, read from its values alone (the stage adds: and has a modifier)."""
-    try:
-        nm = parse_mask(mask)
-    except ConfigError:
-        return True
-    return float(sparsity or 0) > 0 or nm is not None
-
-
-def effective_case(case: str | None, pruning: bool) -> str | None:
-    """quant.case as it acts: the case when something is pruned, else None (every case is stock GPTQ then).
-    The one spelling that the modifier choice, the stage, the config hash and result.json share."""
-    return case if pruning and case is not None else None
 
 
 def _gptq_modifier(case: str | None, sparsity: Any = 0, mask: Any = None) -> str:

@@ -9,8 +9,10 @@ Evaluators (the ``evaluator`` config group) share one task-building and result-p
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
+import logging
 import math
 import os
 import re
@@ -29,6 +31,8 @@ from typing import Any
 
 from jcexp import lm_eval_worker as worker
 from jcexp.config import ConfigError
+
+log = logging.getLogger("jcexp")
 
 BUILTIN_TASKS = Path(__file__).parent / "tasks"
 WORKER = Path(worker.__file__).resolve()
@@ -178,15 +182,13 @@ def task_modules(bench) -> dict[str, list[str]]:
     return found
 
 
-def check_documents(bench) -> dict[str, int]:
-    """Build the tasks (their data sets load here, not mid-run), apply benchmark.generation (a key that reaches
-    no generative task is refused) and refuse any task with no documents to score. lm-eval itself fails on an
-    empty data set with an exception that names neither the task nor the file.
-    Returns the documents each leaf task will score (after benchmark.limit)."""
-    items, failed = [], {}
+def _load(bench) -> dict[str, list[Any]]:
+    """Each benchmark task's lm-eval Task or Group objects (their data sets load here), benchmark.generation
+    applied. ConfigError when a task's data cannot be loaded or a generation key reaches no generative task."""
+    by_name, failed = {}, {}
     for name in task_names(bench):
         try:
-            items += worker.load_tasks([name], task_manager(bench))
+            by_name[name] = worker.load_tasks([name], task_manager(bench))
         except Exception as exc:  # noqa: BLE001 - datasets/lm-eval raise anything from StopIteration to HTTP errors
             failed[name] = exc
     if failed:
@@ -197,18 +199,55 @@ def check_documents(bench) -> dict[str, int]:
             "unreachable hub?"
         ) from exc
     try:
-        worker.apply_generation(items, _plain(bench.gen_kwargs) or None, generation(bench))
+        worker.apply_generation(_flat(by_name), _plain(bench.gen_kwargs) or None, generation(bench))
     except KeyError as exc:
         raise ConfigError(f"benchmark.generation: {exc.args[0]}") from exc
+    return by_name
+
+
+def _flat(by_name: dict[str, list[Any]]) -> list[Any]:
+    """The tasks in benchmark order, as lm_eval_worker.load_tasks returns them for all names at once."""
+    return [item for items in by_name.values() for item in items]
+
+
+@dataclass
+class BuiltTasks:
+    """The benchmark's lm-eval tasks, built once per process (jcexp.plan.Plan) and handed to the preflight and
+    the in-process evaluator. ``by_name``: each benchmark task's Task or Group objects, benchmark.generation
+    applied; ``documents``: the documents each leaf task scores (after benchmark.limit).
+
+    Nothing changes these: whoever does works on ``fresh()`` copies. The preflight builds requests on them, and
+    every evaluation's simple_evaluate sets their shots, seeds and requests; a sequential round also cuts groups
+    down to its chosen leaves (lm_eval_worker.restrict). A subprocess evaluator's child builds its own."""
+
+    bench: Any
+    by_name: dict[str, list[Any]]
+    documents: dict[str, int]
+
+    def fresh(self) -> list[Any]:
+        """A deep copy of every task, in benchmark order, as a fresh build gives them: copying shares the data
+        sets' Arrow tables. A task that cannot be copied is built again."""
+        try:
+            return copy.deepcopy(_flat(self.by_name))
+        except TypeError as exc:  # an object deepcopy cannot handle (a lock, a generator)
+            log.warning("lm-eval tasks could not be copied (%s): building them again", exc)
+            return _flat(_load(self.bench))
+
+
+def build_tasks(bench) -> BuiltTasks:
+    """Build the tasks once (their data sets load here, not mid-run), apply benchmark.generation (a key that
+    reaches no generative task is refused) and refuse any task with no documents to score. lm-eval itself fails
+    on an empty data set with an exception that names neither the task nor the file."""
+    by_name = _load(bench)
     counts = {}
-    for name, task in worker.leaf_tasks(items).items():
+    for name, task in worker.leaf_tasks(_flat(by_name)).items():
         n = len(task.eval_docs)
         limit = bench.limit
         counts[name] = n if limit is None else min(n, math.ceil(n * limit) if limit < 1 else int(limit))
     empty = sorted(n for n, c in counts.items() if c == 0)
     if empty:
         raise ConfigError(f"benchmark={bench.name}: task(s) {empty} have no documents to evaluate")
-    return counts
+    return BuiltTasks(bench, by_name, counts)
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -302,17 +341,19 @@ def evaluate(
     resume: str | None = None,
     samples: dict[str, list[int]] | None = None,
     request_chunk: int | None = None,
+    tasks: BuiltTasks | None = None,
 ) -> EvalResult:
     """Score the in-memory model on the benchmark's tasks with lm-eval's HFLM, in this process. ``resume``: a
     path prefix for lm-eval's response cache (see make_spec); ``samples``: only these documents (make_spec);
-    ``request_chunk``: requests per call to HFLM, the cache committed after each (worker.chunk_requests)."""
+    ``request_chunk``: requests per call to HFLM, the cache committed after each (worker.chunk_requests);
+    ``tasks``: the tasks the plan built (evaluated on a fresh copy), else built here."""
     from lm_eval.models.huggingface import HFLM
 
     # lm-eval bootstraps stderr in a fork()ed multiprocessing Pool; forked from a process that holds torch's
     # threads, the children deadlocked inside submitit workers. 1000 draws in process take well under a second.
     os.environ["DISABLE_MULTIPROC"] = "1"
     start = time.perf_counter()
-    # HFLM takes its device from the model object (wherever the pipeline placed it).
+    # HFLM takes its device from the model object (wherever the run placed it).
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bench.batch_size, max_length=bench.max_length)
     spec = make_spec(
         bench,
@@ -324,7 +365,7 @@ def evaluate(
         use_cache=resume,
         request_chunk=request_chunk,
     )
-    out = worker.evaluate_lm(lm, spec, task_manager(bench))
+    out = worker.evaluate_lm(lm, spec, task_manager(bench), None if tasks is None else tasks.fresh())
     result = parse_results(out, bench, "hf") if samples is None else partial_result(out, bench, "hf")
     result.seconds = time.perf_counter() - start
     return result
@@ -482,11 +523,14 @@ class Evaluator:
         device: str = "cpu",
         resume: str | None = None,
         samples: dict[str, list[int]] | None = None,
+        tasks: BuiltTasks | None = None,
     ) -> EvalResult:
         """``resume``: lm-eval's response cache for this evaluation (a path prefix), so that an evaluation
         cut off by a timeout or a kill continues from the last answered request when the run is retried.
         ``samples``: only these documents of these leaf tasks; the result then has per-leaf items and no scores
-        (partial_result; jcexp/sequential.py merges the chunks and scores them)."""
+        (partial_result; jcexp/sequential.py merges the chunks and scores them). ``tasks``: the tasks the plan
+        built, which an in-process evaluator scores on instead of building them again (a subprocess
+        evaluator's child builds its own)."""
         raise NotImplementedError
 
 
@@ -512,6 +556,7 @@ class InProcessEvaluator(Evaluator):
         device="cpu",
         resume=None,
         samples=None,
+        tasks=None,
     ):
         if model is None or tokenizer is None:
             raise ValueError(f"evaluator={self.name} evaluates the in-memory model: pass model and tokenizer")
@@ -519,11 +564,13 @@ class InProcessEvaluator(Evaluator):
             from omegaconf import OmegaConf
 
             bench = OmegaConf.merge(bench, {"batch_size": self.batch_size})
-        # The module function (tests spy on it); samples and request_chunk passed only when set, so older spies
-        # keep working.
+        # The module function (tests spy on it); samples, request_chunk and tasks passed only when set, so older
+        # spies keep working.
         chosen = {} if samples is None else {"samples": samples}
         if self.request_chunk:
             chosen["request_chunk"] = self.request_chunk
+        if tasks is not None:
+            chosen["tasks"] = tasks
         result = evaluate(model, tokenizer, bench, seed, resume=resume, **chosen)
         result.settings["evaluator"] = self.name
         return result
@@ -678,6 +725,7 @@ class SubprocessEvaluator(Evaluator):
         device="cpu",
         resume=None,
         samples=None,
+        tasks=None,  # the child builds its own
     ):
         if checkpoint is None or not Path(checkpoint).is_dir():
             raise ValueError(f"evaluator={self.name} evaluates a saved checkpoint; got {checkpoint!r}")

@@ -196,14 +196,19 @@ def chunk_requests(lm: Any, size: int | None) -> None:
         setattr(lm, attr, chunked(attr, getattr(lm, attr)))
 
 
-def evaluate_lm(lm: Any, spec: dict[str, Any], task_manager) -> dict[str, Any]:
-    """simple_evaluate on the spec's tasks with per-task generation settings; returns a JSON-able dict."""
+def evaluate_lm(
+    lm: Any, spec: dict[str, Any], task_manager, items: list[Any] | None = None
+) -> dict[str, Any]:
+    """simple_evaluate on the spec's tasks with per-task generation settings; returns a JSON-able dict.
+    ``items``: the spec's tasks already built, generation settings applied (jcexp's in-process evaluation hands
+    a fresh copy of those its plan built), used as they are; else built here (this script's run)."""
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
     chunk_requests(lm, spec.get("request_chunk"))
-    items = load_tasks(list(spec["tasks"]), task_manager)
-    apply_generation(items, spec.get("gen_kwargs"), spec.get("generation") or {})
+    if items is None:
+        items = load_tasks(list(spec["tasks"]), task_manager)
+        apply_generation(items, spec.get("gen_kwargs"), spec.get("generation") or {})
     samples = spec.get("samples")
     if samples is not None:
         items = restrict(items, samples)

@@ -4,7 +4,7 @@ In the spirit of llm-compressor's modifier lifecycle, each observer is called at
 before any stage), ``before(stage)``, ``after(stage)`` and ``finish`` (the compressed model, before its
 evaluation). ``before`` runs in list order and ``after`` in reverse, so the first observer wraps the others and
 the timer, last, measures the stage alone. Adding a measurement is adding an observer here and one line to
-:func:`default_observers`; the run loop (jcexp/pipeline.py) does not change.
+:func:`default_observers`; the run loop (jcexp/run.py) does not change.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from jcexp import measure, placement, reconstruction
 
 if TYPE_CHECKING:
     from jcexp.compress import Stage
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
 
 @dataclass

@@ -119,7 +119,7 @@ def release_accelerator(model: torch.nn.Module) -> PlacementState:
     plain in host RAM, nothing of it on an accelerator, and PyTorch's cached GPU blocks given back to the driver
     (garbage collected first, so that freed tensors' blocks are in the cache), as llm-compressor's own vLLM tests
     do. vLLM requires ``gpu_memory_utilization`` of the card free when it starts; what this process still holds
-    is its CUDA context (jcexp.preflight.PARENT_CUDA_BYTES). ``torch.cuda.empty_cache`` does nothing where CUDA
+    is its CUDA context (jcexp.memory.PARENT_CUDA_BYTES). ``torch.cuda.empty_cache`` does nothing where CUDA
     was never initialized. Raises PlacementError if a tensor of the model is still on an accelerator."""
     import gc
 

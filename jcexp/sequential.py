@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from jcexp import anytime, items
+from jcexp import lm_eval_worker as worker
+from jcexp.evaluate import BuiltTasks, EvalResult, Score
 from jcexp.files import atomic_write_json, file_lock, read_json
 
 log = logging.getLogger("jcexp")
@@ -52,22 +54,20 @@ class Layout:
     pooled: dict[str, bool]  # benchmark task -> its leaves' items pooled (one leaf, or weight_by_size)
 
 
-def layout(bench, sizes: dict[str, int]) -> Layout:
-    """Leaves and group weighting of each benchmark task; ``sizes`` from jcexp.evaluate.check_documents."""
-    from jcexp import lm_eval_worker as worker
-    from jcexp.evaluate import task_manager
-
+def layout(bench, tasks: BuiltTasks) -> Layout:
+    """Leaves and group weighting of each benchmark task, read from the tasks the plan built
+    (jcexp.evaluate.build_tasks: documents per leaf task, counted there)."""
     leaves, pooled = {}, {}
     metrics = {**dict(bench.scores), **dict(bench.perplexity)}
     for name, metric in metrics.items():
-        loaded = worker.load_tasks([name], task_manager(bench))
+        loaded = tasks.by_name[name]
         leaves[name] = sorted(worker.leaf_tasks(loaded))
         pooled[name] = True
         group = loaded[0] if len(loaded) == 1 and worker._is_group(loaded[0]) else None
         for agg in (group.aggregate_metric_list or []) if group is not None else []:
             if agg.metric == metric.partition(",")[0]:
                 pooled[name] = bool(agg.weight_by_size)
-    return Layout(leaves, metrics, set(bench.perplexity), dict(sizes), pooled)
+    return Layout(leaves, metrics, set(bench.perplexity), dict(tasks.documents), pooled)
 
 
 def orders(lay: Layout, seed: int) -> dict[str, list[int]]:
@@ -221,8 +221,6 @@ def aggregate(per_leaf: dict[str, list[Any]], metric: str, pooled: bool = True) 
 def rescore(result, vals: Values, lay: Layout, chance: dict[str, float | None]):
     """``result`` (an EvalResult) with its scores and perplexities recomputed from ``vals``, its items and
     n_samples set to them."""
-    from jcexp.evaluate import Score
-
     result.scores, result.perplexity = {}, {}
     for task, metric in lay.metrics.items():
         value, stderr = aggregate(
@@ -285,8 +283,6 @@ class DenseStore:
 
     def result(self, docs: dict[str, set[str]]):
         """The dense EvalResult on ``docs`` (scores recomputed from the cached items)."""
-        from jcexp.evaluate import EvalResult
-
         stored = self.baseline()
         result = EvalResult.from_dict(stored["eval"])
         result.settings.pop("samples", None)  # the first dense evaluation's chunk
@@ -311,7 +307,7 @@ class Sequential:
         found = getattr(plan, "_sequential", None)  # the task layout is built once per run
         if found is None:
             bench = plan.cfg.benchmark
-            lay = layout(bench, plan.documents)
+            lay = layout(bench, plan.tasks)
             found = cls(
                 float(bench.ci_target),
                 int(bench.ci_chunk),

@@ -2,7 +2,7 @@
 `python -m tests.bad_inputs` writes the table of docs/reliability.md from the messages the cases really raise.
 
 A case names the overrides (and any files it needs), where it must fail ("compose": Hydra's composition,
-"plan": the checks before any weight is read, "run": the checks before compute in jcexp.pipeline.run), and a
+"plan": the checks before any weight is read, "run": the checks before compute in jcexp.run.run), and a
 regex the message must match. No case may reach a compression or evaluation stage.
 """
 
@@ -510,7 +510,8 @@ def trigger(case: Case, tmp: Path) -> BaseException:
     from hydra import compose, initialize_config_dir
 
     import jcexp.config  # noqa: F401  (schema + resolvers)
-    from jcexp.pipeline import Plan, run
+    from jcexp.plan import Plan
+    from jcexp.run import run
 
     extra = case.setup(tmp) if case.setup else ()
     overrides = [

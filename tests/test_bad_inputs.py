@@ -25,13 +25,14 @@ def test_bad_input_fails_before_compute_with_its_message(case, tmp_path, monkeyp
     reason = _skip_reason(case)
     if reason:
         pytest.skip(reason)
-    from jcexp import pipeline
+    from jcexp import run as run_module
+    from jcexp import scoring
 
     def no_compute(*_a, **_k):  # any stage reached means the check came too late
         raise AssertionError(f"{case.id}: reached a compression or evaluation stage")
 
-    monkeypatch.setattr(pipeline, "dense_baseline", no_compute)
-    monkeypatch.setattr(pipeline, "run_stage", no_compute)
+    monkeypatch.setattr(scoring, "dense_baseline", no_compute)
+    monkeypatch.setattr(run_module, "run_stage", no_compute)
     try:
         exc = trigger(case, tmp_path)
     finally:

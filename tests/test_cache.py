@@ -112,7 +112,7 @@ def test_seam_guard_names_a_changed_sweep_signature(monkeypatch):
 def test_case_b_is_refused_before_compute_when_the_seam_moved(compose, monkeypatch):
     from jcexp.compress import seam
     from jcexp.config import ConfigError
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     from .conftest import TINY
 

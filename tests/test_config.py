@@ -7,7 +7,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from jcexp.config import ConfigError, check_values, parse_mask
 from jcexp.models import ModelSourceError
-from jcexp.pipeline import Plan
+from jcexp.plan import Plan
 
 from .conftest import ROOT, TINY
 

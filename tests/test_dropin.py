@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from jcexp.pipeline import run
+from jcexp.run import run
 
 from .conftest import ROOT, TINY
 

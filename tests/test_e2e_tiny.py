@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from jcexp.pipeline import run
 from jcexp.results import RESULT_FILE
+from jcexp.run import run
 
 from .conftest import ROOT, TINY, launch
 

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hydra.utils import instantiate
@@ -16,7 +17,8 @@ from lm_eval.api.model import LM
 from jcexp import lm_eval_worker as worker
 from jcexp.config import ConfigError, check_values
 from jcexp.evaluate import EvalResult, EvaluatorError, SubprocessEvaluator, evaluate, task_manager
-from jcexp.pipeline import Plan, run
+from jcexp.plan import Plan
+from jcexp.run import run
 
 from .bad_inputs import python_with, python_without
 from .conftest import TINY
@@ -125,14 +127,69 @@ def test_per_task_generation_settings_reach_the_leaf_tasks_of_a_group(compose, t
     )
 
 
+def test_the_plans_tasks_score_as_tasks_built_for_the_evaluation(compose, tmp_path):
+    """lm-eval's tasks are built once (build_tasks, in Plan); an evaluation on a fresh copy gives what an
+    evaluation that builds its own gives, round after round: simple_evaluate setting shots, seeds and requests,
+    or a sequential round cutting a group down to its chosen leaves, changes only the copy."""
+    from jcexp.evaluate import build_tasks, make_spec
+
+    cfg = compose(
+        *TINY,
+        f"benchmark.include_paths=[{_group(tmp_path)}]",
+        "+benchmark.generation.jc_gen_group.max_gen_toks=3",
+        "benchmark.limit=null",  # lm-eval takes a limit or chosen documents, not both
+    )
+    bench = cfg.benchmark
+    bench.scores = {"jc_gen_group": "exact_match,first_word", "jc_nextsentence": "acc_norm,none"}
+    built = build_tasks(bench)
+    for samples in (None, {"jc_nextsentence": [3, 1]}, None):  # the round drops the group, the next has it
+        spec = make_spec(bench, 0, samples, backend="hf", model_args=None, batch_size=1)
+        ours = worker.evaluate_lm(RecordingLM(), spec, task_manager(bench), built.fresh())
+        assert ours == worker.evaluate_lm(RecordingLM(), spec, task_manager(bench))
+        assert ("jc_gen_group" in ours["groups"]) == (samples is None)
+
+
+def test_tasks_that_cannot_be_copied_are_built_again(compose, monkeypatch):
+    import jcexp.evaluate
+
+    built = jcexp.evaluate.build_tasks(compose(*TINY).benchmark)
+
+    def uncopyable(*_a, **_k):
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+    monkeypatch.setattr(jcexp.evaluate, "copy", SimpleNamespace(deepcopy=uncopyable))  # ours, not lm-eval's
+    fresh = worker.leaf_tasks(built.fresh())
+    original = worker.leaf_tasks([t for items in built.by_name.values() for t in items])
+    assert list(fresh) == list(original) and not set(map(id, fresh.values())) & set(
+        map(id, original.values())
+    )
+
+
+def test_a_run_builds_its_tasks_once(compose, tmp_path, monkeypatch):
+    """Plan builds lm-eval's tasks; the preflight's request sizing and both evaluations (dense, compressed) use
+    copies of them."""
+    built, real = [], worker.load_tasks
+
+    def spy(names, manager):
+        built.extend(names)
+        return real(names, manager)
+
+    monkeypatch.setattr(worker, "load_tasks", spy)
+    # Its own cache: a dense baseline cached by another test would not be evaluated.
+    cfg = compose(*TINY, "save_model=false", f"paths.cache_dir={tmp_path / 'cache'}")
+    result = run(cfg)
+    assert result["baseline"]["reused"] is False and result["stages"]["eval"]
+    assert sorted(built) == sorted([*cfg.benchmark.scores, *cfg.benchmark.perplexity])
+
+
 def test_generation_setting_for_no_generative_task_is_refused(compose):
-    from jcexp.evaluate import check_documents, check_tasks
+    from jcexp.evaluate import build_tasks, check_tasks
 
     with pytest.raises(ConfigError, match="unknown lm-eval task.*jc_lastwrod_gen"):
         check_tasks(compose(*TINY, "+benchmark.generation.jc_lastwrod_gen.max_gen_toks=3").benchmark)
     bench = compose(*TINY, "+benchmark.generation.jc_lastword.max_gen_toks=3").benchmark  # loglikelihood
     with pytest.raises(ConfigError, match="benchmark.generation.*'jc_lastword'.*no generate_until task"):
-        check_documents(bench)
+        build_tasks(bench)
 
 
 def test_paper_benchmark_limits_generation_and_length(compose):

@@ -15,8 +15,10 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.jcexp_launcher.launcher import JcexpLocalLauncher, _as_current, _SweepJob
-from jcexp import pipeline
-from jcexp.results import effective_config, task_config_hash
+from jcexp import run as run_module
+from jcexp import scoring
+from jcexp.config import effective_config
+from jcexp.results import task_config_hash
 
 from .conftest import ROOT, TINY
 
@@ -199,7 +201,7 @@ def test_the_none_choices_keep_their_hash(compose, group):
 
 def test_nm_layout_and_sweep_revisions_in_the_hash(compose):
     """`exact` (what earlier masks ran) keeps earlier hashes; `paper` is another experiment; Case B and one-pass
-    results of the earlier sweeps are not reused (results.SWEEP_REVISIONS)."""
+    results of the earlier sweeps are not reused (config.SWEEP_REVISIONS)."""
     assert chash(compose, "pruner.mask=2:6") == chash(compose, "pruner.mask=2:6", "pruner.nm_layout=exact")
     assert chash(compose, "pruner.mask=2:6") != chash(compose, "pruner.mask=2:6", "pruner.nm_layout=paper")
     assert chash(compose, "pruner.sparsity=25") == chash(
@@ -221,14 +223,14 @@ def test_nm_layout_and_sweep_revisions_in_the_hash(compose):
     ],
 )
 def test_an_equal_experiment_reuses_the_stored_result(compose, monkeypatch, first, second):
-    done = pipeline.run(compose(*TINY, "save_model=false", *first))
+    done = run_module.run(compose(*TINY, "save_model=false", *first))
 
     def recompute(*_, **__):
         raise AssertionError("an equal experiment was computed again")
 
-    monkeypatch.setattr(pipeline, "dense_baseline", recompute)
-    monkeypatch.setattr(pipeline, "run_stage", recompute)
-    again = pipeline.run(compose(*TINY, "save_model=false", *second))
+    monkeypatch.setattr(scoring, "dense_baseline", recompute)
+    monkeypatch.setattr(run_module, "run_stage", recompute)
+    again = run_module.run(compose(*TINY, "save_model=false", *second))
     assert again["config_hash"] == done["config_hash"]
     assert again["tasks"] == done["tasks"] and again["measured"] == done["measured"]
 
@@ -268,7 +270,7 @@ def test_experiment_tags_reach_the_wandb_run(compose, tmp_path):
         "logger=wandb",
         "logger.tags=[mine]",
     )
-    result = pipeline.run(cfg)
+    result = run_module.run(cfg)
     tracking = result["tracking"]
     assert tracking["status"] == "logged", tracking
     assert tracking["tags"] == ["pruning_only", "mine"]  # the experiment's, then logger.tags

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from jcexp.pipeline import run
 from jcexp.results import atomic_write_json, index_path
+from jcexp.run import run
 
 from .conftest import TINY, launch
 

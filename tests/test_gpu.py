@@ -10,7 +10,7 @@ few pruning or rounding decisions near ties may differ: that, not a bug, is what
 import pytest
 import torch
 
-from jcexp.pipeline import run
+from jcexp.run import run
 
 from .conftest import TINY
 

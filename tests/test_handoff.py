@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from jcexp import placement
 from jcexp.models import tokenizer_files
-from jcexp.pipeline import run
+from jcexp.run import run
 
 from .conftest import TINY
 
@@ -34,11 +34,11 @@ def test_the_child_starts_with_nothing_of_the_model_on_an_accelerator_and_the_ca
     from compressed_tensors.offload import set_onload_device
 
     import jcexp.evaluate
-    import jcexp.pipeline
+    import jcexp.scoring
 
     events: list[tuple[str, list[str]]] = []
     handed: list[torch.nn.Module] = []
-    real_handoff, real_spawn = jcexp.pipeline.evaluate_model, jcexp.evaluate.run_worker
+    real_handoff, real_spawn = jcexp.scoring.evaluate_model, jcexp.evaluate.run_worker
 
     resident: set[int] = set()  # models "resident on the GPU": until their .to() moves them to host RAM
 
@@ -67,7 +67,7 @@ def test_the_child_starts_with_nothing_of_the_model_on_an_accelerator_and_the_ca
         events.append(("spawn", devices()))
         return real_spawn(*args, **kwargs)
 
-    monkeypatch.setattr(jcexp.pipeline, "evaluate_model", handoff)
+    monkeypatch.setattr(jcexp.scoring, "evaluate_model", handoff)
     monkeypatch.setattr(jcexp.evaluate, "run_worker", spawn)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append(("empty_cache", devices())))
     monkeypatch.setattr(torch.nn.Module, "to", to)

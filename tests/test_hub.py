@@ -9,9 +9,9 @@ import re
 import pytest
 from huggingface_hub.utils import filter_repo_objects
 
-from jcexp import models, preflight
+from jcexp import memory, models, preflight
 from jcexp.config import ConfigError
-from jcexp.preflight import MiB
+from jcexp.memory import MiB
 
 from .conftest import TINY
 
@@ -116,7 +116,7 @@ def test_the_disk_preflight_counts_the_snapshot_less_what_is_cached(hub, compose
     snapshot's files that the hub cache lacks, on the hub cache's disk, and a node short of it is refused."""
     from transformers import LlamaConfig
 
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     config = LlamaConfig(
         hidden_size=4096,
@@ -128,10 +128,10 @@ def test_the_disk_preflight_counts_the_snapshot_less_what_is_cached(hub, compose
         max_position_embeddings=131072,
     )
     monkeypatch.setattr(models.HubModel, "hf_config", lambda self: config)
-    monkeypatch.setattr(preflight, "_tokenizer", lambda _s: (_ for _ in ()).throw(OSError("no hub")))
+    monkeypatch.setattr(memory, "_tokenizer", lambda _s: (_ for _ in ()).throw(OSError("no hub")))
     hub["cached"] = {"config.json", "model-00001-of-00004.safetensors"}
     plan = Plan(compose("model=llama3_1_8b", "benchmark=tiny", "save_model=false", "pruner=none"))
-    est = preflight.estimate_for(plan)
+    est = memory.estimate_for(plan)
 
     needed = models.hub_files(LLAMA_3_1_8B)
     missing = sum(n for f, n in needed.items() if f not in hub["cached"])
@@ -152,7 +152,7 @@ def test_the_disk_preflight_counts_the_snapshot_less_what_is_cached(hub, compose
 
 
 def test_other_sources_download_nothing(compose):
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
-    est = preflight.estimate_for(Plan(compose(*TINY)))
+    est = memory.estimate_for(Plan(compose(*TINY)))
     assert est["disk"].get("hub_download", 0) == 0 and "hub_snapshot" not in est

@@ -7,7 +7,7 @@ from compressed_tensors.quantization import QuantizationArgs
 from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 
 from jcexp.compress.joint_mode import quantize_kept_weights
-from jcexp.pipeline import run
+from jcexp.run import run
 
 from .conftest import TINY
 
@@ -157,7 +157,7 @@ def test_simple_quantizers_end_to_end(compose, quant):
 
 def test_nf4_is_4_bit_only(compose):
     from jcexp.config import ConfigError
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     with pytest.raises(ConfigError, match="4-bit only"):
         Plan(compose(*TINY, "quant=nf4", "quant.bits=3"))
@@ -179,7 +179,7 @@ def test_one_pass_prunes_and_quantizes_in_one_sweep(compose, mask):
 
 def test_one_pass_needs_both_halves(compose):
     from jcexp.config import ConfigError
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     with pytest.raises(ConfigError, match="one-pass"):
         Plan(compose(*TINY, "pruner=onepass"))

@@ -7,7 +7,8 @@ import torch
 from jcexp import placement
 from jcexp.compress.llm_int8 import Int8MixedLinear, LLMInt8Quantize, to_int8_mixed
 from jcexp.config import ConfigError
-from jcexp.pipeline import Plan, run
+from jcexp.plan import Plan
+from jcexp.run import run
 
 from .conftest import TINY
 

@@ -7,7 +7,8 @@ from jcexp import placement
 from jcexp.compress import Pruner
 from jcexp.compress.magnitude import MagnitudePruning, magnitude_mask, nm_magnitude_mask
 from jcexp.models import ModelSource
-from jcexp.pipeline import Plan, run
+from jcexp.plan import Plan
+from jcexp.run import run
 
 from .conftest import TINY
 

@@ -9,7 +9,8 @@ from jcexp import nm
 from jcexp.compress import Pruner
 from jcexp.compress.one_pass import prune_and_quantize
 from jcexp.config import ConfigError
-from jcexp.pipeline import Plan, run
+from jcexp.plan import Plan
+from jcexp.run import run
 
 from .conftest import TINY
 

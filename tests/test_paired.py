@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from jcexp import items, paired, verdicts
-from jcexp.pipeline import run
+from jcexp.run import run
 
 from .conftest import TINY
 

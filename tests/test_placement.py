@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from jcexp import placement
-from jcexp.pipeline import Plan, run
+from jcexp.plan import Plan
+from jcexp.run import run
 
 from .conftest import TINY
 

@@ -1,6 +1,6 @@
-"""The resource preflight (jcexp/preflight.py): its terms scale as the memory they model, a run that cannot fit
-is refused before any weight is read with the setting to change, and the tiny run's measured peak RSS falls
-within 25% of the host-RAM estimate."""
+"""The resource preflight (the memory model, jcexp/memory.py; the decision, jcexp/preflight.py): its terms
+scale as the memory they model, a run that cannot fit is refused before any weight is read with the setting to
+change, and the tiny run's measured peak RSS falls within 25% of the host-RAM estimate."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from dataclasses import replace
 import pytest
 from omegaconf import OmegaConf
 
-from jcexp import preflight
+from jcexp import memory, preflight
 from jcexp.config import ConfigError
-from jcexp.preflight import EvalLoad, MiB, ModelShapes, Workload, estimate
+from jcexp.memory import EvalLoad, MiB, ModelShapes, Workload, estimate
 from tests.conftest import TINY, launch
 
 # A small Llama-like model, by its numbers only (nothing built).
@@ -162,7 +162,7 @@ def test_subprocess_evaluator_counts_a_second_process_with_its_own_model():
     child = estimate(SHAPES, work(eval_process="subprocess"))
     grow = sum(child.phases[1].host.values()) - sum(inproc.phases[1].host.values())
     assert child.phases[1].name == "eval_dense"
-    assert grow == SHAPES.params * 4 + preflight.CHILD_RUNTIME_BYTES
+    assert grow == SHAPES.params * 4 + memory.CHILD_RUNTIME_BYTES
     assert child.disk["eval_checkpoint"] == SHAPES.params * 4 and not inproc.disk.get("eval_checkpoint")
 
 
@@ -301,8 +301,8 @@ def test_vllm_phase_counts_the_parents_context_and_splits_its_share():
     est = estimate(s, vllm_work(vllm_packed=True))
     dense, packed = (next(p for p in est.phases if p.name == n).gpu for n in ("eval_dense", "eval"))
     for gpu in (dense, packed):
-        assert gpu["parent_cuda_context"] == preflight.PARENT_CUDA_BYTES
-        assert gpu["vllm_cuda_context"] == preflight.VLLM_CONTEXT_BYTES
+        assert gpu["parent_cuda_context"] == memory.PARENT_CUDA_BYTES
+        assert gpu["vllm_cuda_context"] == memory.VLLM_CONTEXT_BYTES
         inside = sum(v for k, v in gpu.items() if not k.endswith("cuda_context"))
         assert inside == int(0.85 * A10_TOTAL)  # the share, exactly
     assert dense["vllm_weights"] == s.weight_bytes
@@ -372,10 +372,10 @@ def no_weights(monkeypatch):
 
 
 def test_tiny_plan_measures_its_requests_and_is_refused_on_a_small_node(compose, tmp_path, no_weights):
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     cfg = compose(*TINY, "resources.host_ram_gb=0.1")
-    est = preflight.estimate_for(Plan(cfg))
+    est = memory.estimate_for(Plan(cfg))
     ev = est["inputs"]["workload"]["eval"]
     assert ev["source"] == "requests" and ev["max_length"] == 512
     assert ev["loglikelihood_count"] == 16 + 16 * 4  # benchmark.limit=16: cloze + 4-way choice
@@ -390,35 +390,31 @@ def test_tiny_plan_measures_its_requests_and_is_refused_on_a_small_node(compose,
 
 
 def test_without_tokenizer_or_requests_the_lengths_fall_back(compose, monkeypatch):
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     plan = Plan(compose(*TINY))
-    measured = preflight.estimate_for(plan)["inputs"]["workload"]["eval"]
-    monkeypatch.setattr(preflight, "_tokenizer", lambda _s: (_ for _ in ()).throw(OSError("offline")))
-    chars = preflight.estimate_for(plan)["inputs"]["workload"]["eval"]
+    measured = memory.estimate_for(plan)["inputs"]["workload"]["eval"]
+    monkeypatch.setattr(memory, "_tokenizer", lambda _s: (_ for _ in ()).throw(OSError("offline")))
+    chars = memory.estimate_for(plan)["inputs"]["workload"]["eval"]
     assert "3 characters per token" in chars["source"]
     assert chars["loglikelihood_count"] == measured["loglikelihood_count"]
     assert chars["loglikelihood"][0] != measured["loglikelihood"][0]  # counted, not tokenized
-    monkeypatch.setattr(
-        preflight, "_request_texts", lambda *_a: (_ for _ in ()).throw(RuntimeError("no data"))
-    )
-    est = preflight.estimate_for(plan)
+    monkeypatch.setattr(memory, "_request_texts", lambda *_a: (_ for _ in ()).throw(RuntimeError("no data")))
+    est = memory.estimate_for(plan)
     ev = est["inputs"]["workload"]["eval"]
     assert ev["loglikelihood"] == [512] and "max_length=512 for every request" in ev["source"]
     assert any("no data" in n for n in est["notes"])
 
 
 def _pipeline_calls_preflight() -> bool:
-    import jcexp.pipeline
+    import jcexp.run
 
-    return "preflight" in inspect.getsource(jcexp.pipeline)
+    return "preflight" in inspect.getsource(jcexp.run)
 
 
-@pytest.mark.skipif(
-    not _pipeline_calls_preflight(), reason="jcexp.pipeline.run does not call the preflight yet"
-)
+@pytest.mark.skipif(not _pipeline_calls_preflight(), reason="jcexp.run.run does not call the preflight yet")
 def test_run_refuses_before_reading_weights(compose, no_weights, tmp_path):
-    from jcexp.pipeline import run
+    from jcexp.run import run
 
     with pytest.raises(ConfigError, match="not enough host RAM"):
         # Its own cache: a result stored by another test would be returned before any preflight (no work to do).
@@ -427,15 +423,15 @@ def test_run_refuses_before_reading_weights(compose, no_weights, tmp_path):
 
 def test_tiny_estimate_is_within_25_percent_of_the_measured_peak(compose, tmp_path):
     """One real tiny run in its own process: result.json's peak_rss_mb (ru_maxrss) against the estimate."""
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     # Its own cache: a result reused from another test would carry that process's peak, not this run's.
     cfg = compose(*TINY, f"paths.cache_dir={tmp_path / 'cache'}")
-    est = preflight.estimate_for(Plan(cfg))
+    est = memory.estimate_for(Plan(cfg))
     proc = launch(*TINY, "logger=none", f"paths.cache_dir={cfg.paths.cache_dir}", outputs=tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(next((tmp_path / "run").rglob("result.json")).read_text())
-    cmp = preflight.compare(est, result["peak_rss_mb"])["host_ram"]
+    cmp = memory.compare(est, result["peak_rss_mb"])["host_ram"]
     assert 0.75 <= cmp["measured_over_estimated"] <= 1.25, cmp
 
 

@@ -7,7 +7,8 @@ import torch
 from jcexp import reconstruction as errors
 from jcexp.config import ConfigError
 from jcexp.measure import compressible_linears
-from jcexp.pipeline import Plan, run
+from jcexp.plan import Plan
+from jcexp.run import run
 
 from .conftest import TINY
 

@@ -27,7 +27,7 @@ JCEXP = Path(__file__).resolve().parents[1] / "jcexp"
 
 
 def run(sparsity=0.0, bits=16, mask=None, pruner="sparsegpt", quant="gptq", case=None, fused=False, **extra):
-    """A result dict as jcexp.pipeline writes it, reduced to what records reads."""
+    """A result dict as jcexp.record writes it, reduced to what records reads."""
     return {
         "model": {"name": extra.get("model", "m")},
         "compression": {

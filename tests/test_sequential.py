@@ -41,7 +41,7 @@ def test_a_loose_target_stops_after_one_round_on_an_interval_that_did_not_collap
     """With the floors off, one round meets a loose target, but the interval is the stop rule's: at the spent
     level and never of width zero, though the two models agree on every item (the percentile bootstrap gave
     [1, 1] here)."""
-    from jcexp.pipeline import run
+    from jcexp.run import run
 
     result = run(compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16"))
     seq = result["benchmark"]["sequential"]
@@ -60,7 +60,7 @@ def test_the_issues_tiny_run_never_stops_on_a_zero_width_interval(compose):
     """pruner=none quant.bits=8, ci_target=0.2, ci_chunk=4: the 8-bit model agrees with the dense one on every
     item, so no round has a discordant item and the run never stops by ci_target; what it reports at the end is
     a real interval, not [1, 1]."""
-    from jcexp.pipeline import run
+    from jcexp.run import run
 
     result = run(
         # seed=1: its own dense baseline entry (the session's cache is shared; the next test counts dense items).
@@ -84,7 +84,7 @@ def test_the_issues_tiny_run_never_stops_on_a_zero_width_interval(compose):
 
 
 def test_an_impossible_target_uses_every_item_and_matches_a_full_evaluation(compose):
-    from jcexp.pipeline import run
+    from jcexp.run import run
 
     seq_run = run(compose(*SEQ, *LAST, "benchmark.ci_target=1e-6", "benchmark.ci_chunk=100"))
     full = run(compose(*SEQ, *LAST))
@@ -107,12 +107,12 @@ def test_an_impossible_target_uses_every_item_and_matches_a_full_evaluation(comp
 
 def test_recomputed_scores_equal_lm_evals_aggregate(compose):
     """sequential.aggregate on a plain evaluation's items gives lm-eval's own scores and stderrs."""
-    from jcexp.evaluate import check_documents
-    from jcexp.pipeline import run
+    from jcexp.evaluate import build_tasks
+    from jcexp.run import run
 
     cfg = compose(*TINY, "save_model=false", "benchmark.limit=24")
     result = run(cfg)
-    lay = sequential.layout(cfg.benchmark, check_documents(cfg.benchmark))
+    lay = sequential.layout(cfg.benchmark, build_tasks(cfg.benchmark))
     vals = sequential.from_sidecar(items.read(result["run_dir"]), lay)
     for task, row in result["tasks"].items():
         per_leaf = {leaf: list(d.values()) for leaf, d in vals[task].items()}
@@ -126,7 +126,7 @@ def test_recomputed_scores_equal_lm_evals_aggregate(compose):
 
 
 def test_the_dense_baseline_grows_by_the_new_items_only(compose, monkeypatch):
-    from jcexp.pipeline import run
+    from jcexp.run import run
 
     first = run(
         compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16", "quant.bits=4")
@@ -162,15 +162,16 @@ def test_the_dense_baseline_grows_by_the_new_items_only(compose, monkeypatch):
     ],
 )
 def test_bad_sequential_settings_fail_before_compute(compose, monkeypatch, overrides, message):
-    import jcexp.pipeline as pipeline
+    from jcexp import scoring
+    from jcexp.run import run
 
     def no_compute(*a, **k):
         raise AssertionError("computed before the config was checked")
 
-    monkeypatch.setattr(pipeline, "dense_baseline", no_compute)
+    monkeypatch.setattr(scoring, "dense_baseline", no_compute)
     base = SEQ if "benchmark.limit=16" not in overrides else (*TINY, "save_model=false")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        pipeline.run(compose(*base, *overrides))
+        run(compose(*base, *overrides))
 
 
 def test_item_order_is_seeded_and_chunks_cover_every_item_once():

@@ -3,7 +3,7 @@ benchmark so that it stays within a few minutes on 2 CPU cores."""
 
 import pytest
 
-from jcexp.pipeline import run
+from jcexp.run import run
 
 
 @pytest.mark.slow

@@ -359,7 +359,7 @@ def _write_checkpoints(cache: Path, out: Path) -> dict[str, Path]:
 
     from jcexp import checkpoints
     from jcexp.compress.stages import apply_stage
-    from jcexp.pipeline import Plan
+    from jcexp.plan import Plan
 
     written = {}
     for name, (overrides, scheme) in CHECKPOINTS.items():

@@ -21,7 +21,7 @@ method, not the kernel, as the rest of the paper's comparison is.
 
 The activation path exists only in this process's modules: a saved checkpoint holds the int8 weights (dense,
 as ``quant=int8_weight`` saves them) and no activation quantization, so evaluators that score a saved
-checkpoint are refused for this quantizer (``in_process_only``; jcexp.pipeline.Plan).
+checkpoint are refused for this quantizer (``in_process_only``; jcexp.plan.Plan).
 """
 
 from __future__ import annotations

@@ -34,9 +34,8 @@ from llmcompressor.modifiers.gptq.helpers import (
     column_scale_window,
     factorize_hessian,
 )
-from llmcompressor.modifiers.quantization import GPTQModifier
 
-from jcexp.compress.seam import sweep_replaced_by
+from jcexp.compress.seam import SweepGPTQModifier
 
 # llm-compressor <= 0.12: llmcompressor/modifiers/utils/constants.py, SPARSITY_THRESHOLD = 0.05. A weight with at
 # least this fraction of exact zeros is taken as pruned and its zeros are preserved; below it, stock GPTQ (a few
@@ -163,13 +162,8 @@ def quantize_kept_only(
     return W.to(final_dtype), losses.sum(dim=1), used_rtn_fallback
 
 
-class CaseBGPTQModifier(GPTQModifier):
+class CaseBGPTQModifier(SweepGPTQModifier):
     """GPTQModifier with 0.12's zero-preserving sweep: ``quant.case=B`` selects it (conf/quant/gptq.yaml)."""
 
-    # What jcexp's stages read instead of guessing from class names or attributes.
     preserves_sparsity: ClassVar[bool] = True
-    replaces_gptq_sweep: ClassVar[bool] = True
-
-    def compress_module_list(self, module_list):
-        with sweep_replaced_by(quantize_kept_only):
-            return super().compress_module_list(module_list)
+    sweep: ClassVar = staticmethod(quantize_kept_only)

@@ -30,9 +30,8 @@ from llmcompressor.modifiers.gptq.helpers import (
     column_scale_window,
     factorize_hessian,
 )
-from llmcompressor.modifiers.quantization import GPTQModifier
 
-from jcexp.compress.seam import sweep_replaced_by
+from jcexp.compress.seam import SweepGPTQModifier
 
 
 def qdq_column(
@@ -109,13 +108,8 @@ def quantize_kept_weights(
     return W.to(out_dtype), losses.sum(dim=1), fallback
 
 
-class JointModeGPTQModifier(GPTQModifier):
+class JointModeGPTQModifier(SweepGPTQModifier):
     """GPTQModifier in SparseGPT's joint mode: ``quant.case=joint`` selects it (conf/quant/gptq.yaml)."""
 
-    # What jcexp's stages read instead of guessing from class names or attributes.
     preserves_sparsity: ClassVar[bool] = True
-    replaces_gptq_sweep: ClassVar[bool] = True
-
-    def compress_module_list(self, module_list):
-        with sweep_replaced_by(quantize_kept_weights):
-            return super().compress_module_list(module_list)
+    sweep: ClassVar = staticmethod(quantize_kept_weights)

@@ -14,7 +14,10 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import version
+from typing import ClassVar
 from unittest import mock
+
+from llmcompressor.modifiers.quantization import GPTQModifier
 
 PINNED_LLMCOMPRESSOR = "0.14.0.1"
 SWEEP_PARAMETERS = (
@@ -47,6 +50,19 @@ def seam_problem() -> str | None:
     if params != SWEEP_PARAMETERS:
         return f"llmcompressor's quantize_weight takes {params}, jcexp's sweep expects {SWEEP_PARAMETERS}"
     return None
+
+
+class SweepGPTQModifier(GPTQModifier):
+    """Stock GPTQModifier whose column sweep is ``sweep`` (a drop-in for 0.14's ``quantize_weight``) for the
+    duration of ``compress_module_list``: Case B's and the joint mode's modifiers are this with their sweep."""
+
+    # What jcexp's stages read instead of guessing from class names or attributes.
+    replaces_gptq_sweep: ClassVar[bool] = True
+    sweep: ClassVar[Callable]
+
+    def compress_module_list(self, module_list):
+        with sweep_replaced_by(type(self).sweep):
+            return super().compress_module_list(module_list)
 
 
 @contextmanager

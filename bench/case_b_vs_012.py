@@ -28,7 +28,6 @@ import argparse
 import itertools
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -136,7 +135,7 @@ def quantized_linear(weight: torch.Tensor, args_dict: dict):
 @contextmanager
 def recording_losses(module, attr: str, sink: list):
     """Wrap ``module.attr`` (a GPTQ sweep) to keep the loss it returns: the modifiers only log it."""
-    original = getattr(module, attr)
+    original = getattr(module, attr)  # on a class, a staticmethod's plain function
 
     def wrapper(*args, **kwargs):
         out = original(*args, **kwargs)
@@ -167,10 +166,9 @@ def gptq_through_modifier(cls, layer: dict, args_dict: dict, forced: dict | None
     modifier._num_samples[linear] = torch.tensor(layer["num_samples"])
     modifier._module_names[linear] = "layer"
     losses: list[float] = []
-    # Case B's modifier hands seam.py the sweep its module global names; stock calls base.quantize_weight.
-    own_module = sys.modules[cls.__module__]
-    if hasattr(own_module, "quantize_kept_only"):
-        target, attr = own_module, "quantize_kept_only"
+    # Case B's modifier hands seam.py its class's sweep; stock calls base.quantize_weight.
+    if "sweep" in vars(cls):
+        target, attr = cls, "sweep"
     else:
         target, attr = base, "quantize_weight"
     with recording_losses(target, attr, losses):

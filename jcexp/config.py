@@ -524,11 +524,7 @@ def check_values(cfg: DictConfig) -> None:
         errors.append(
             f"quant.case={case!r} is not one of {list(GPTQ_CASES)} (see README, GPTQ after pruning)"
         )
-    elif case is not None and q.modifier is not None and not gptq:
-        errors.append(
-            f"quant.case={case} (what GPTQ does after pruning) is not available with quant={q.name}: "
-            "only GPTQ has cases (quant=gptq)"
-        )
+
     if q.group_size is not None and q.group_size <= 0:
         errors.append(f"quant.group_size={q.group_size} must be positive (or null for per-channel)")
 

@@ -334,7 +334,7 @@ CASES: list[Case] = [
         "Case B with a quantizer that has none",
         ("quant=rtn", "quant.case=B"),
         "plan",
-        r"quant.case=B \(what GPTQ does after pruning\) is not available with quant=rtn",
+        r"quant.case=B \(GPTQ after pruning\) is not available with QuantizationModifier: only GPTQ has cases",
     ),
     Case(
         "nf4-3bit",

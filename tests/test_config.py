@@ -127,6 +127,11 @@ def test_quant_case_is_refused_when_unknown_or_not_gptq(compose):
         Plan(compose(*TINY, "quant.case=C"))
     with pytest.raises(ConfigError, match="only GPTQ has cases"):
         Plan(compose(*TINY, "quant=rtn", "quant.case=B"))
+    # An overridden modifier decides the case: B recorded while stock GPTQ runs would mislabel the result.
+    stock = "llmcompressor.modifiers.quantization.GPTQModifier"
+    with pytest.raises(ConfigError, match="which runs case A: set quant.case=A"):
+        Plan(compose(*TINY, "quant.case=B", f"quant.modifier._target_={stock}"))
+    assert Plan(compose(*TINY, "quant.case=A", f"quant.modifier._target_={stock}")).quant.case == "A"
 
 
 @pytest.mark.parametrize("experiment", choices("experiment"))

@@ -100,6 +100,7 @@ def test_failed_points_are_recorded_and_the_rest_finish(tmp_path):
         "logger=none",
         "pruner.sparsity=25",
         "quant.bits=4",
+        "quant.case=A",  # the _target_ override below runs stock GPTQ after pruning: case A
         "quant.group_size=32,48",
         f"quant.modifier._target_={stock},{killer}",
         f"paths.cache_dir={tmp_path / 'cache'}",

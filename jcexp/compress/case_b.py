@@ -166,4 +166,5 @@ class CaseBGPTQModifier(SweepGPTQModifier):
     """GPTQModifier with 0.12's zero-preserving sweep: ``quant.case=B`` selects it (conf/quant/gptq.yaml)."""
 
     preserves_sparsity: ClassVar[bool] = True
+    gptq_case: ClassVar[str] = "B"
     sweep: ClassVar = staticmethod(quantize_kept_only)

@@ -112,4 +112,5 @@ class JointModeGPTQModifier(SweepGPTQModifier):
     """GPTQModifier in SparseGPT's joint mode: ``quant.case=joint`` selects it (conf/quant/gptq.yaml)."""
 
     preserves_sparsity: ClassVar[bool] = True
+    gptq_case: ClassVar[str] = "joint"
     sweep: ClassVar = staticmethod(quantize_kept_weights)

@@ -169,6 +169,13 @@ class Quantizer(Stage):
                 f"quant.case={self.case} (GPTQ after pruning) is not available with "
                 f"{type(self.modifier).__name__}: only GPTQ has cases (quant=gptq)"
             )
+        elif self.case is not None and (runs := getattr(type(self.modifier), "gptq_case", "A")) != self.case:
+            # A drop-in or overridden GPTQ modifier (quant.modifier._target_) decides the case, not the setting:
+            # recording one and running another would mislabel every result.
+            errors.append(
+                f"quant.case={self.case}, but quant.modifier._target_ is {type(self.modifier).__name__}, which "
+                f"runs case {runs}: set quant.case={runs}, or drop the _target_ override"
+            )
         return errors
 
     def describe(self) -> dict[str, Any]:

@@ -114,19 +114,11 @@ def test_the_snapshot_fetches_exactly_those_files(hub, listing):
 def test_the_disk_preflight_counts_the_snapshot_less_what_is_cached(hub, compose, monkeypatch, tmp_path):
     """A plan of the paper's Llama-3.1-8B (its config given here, as the hub would): the disk estimate has the
     snapshot's files that the hub cache lacks, on the hub cache's disk, and a node short of it is refused."""
-    from transformers import LlamaConfig
-
     from jcexp.plan import Plan
 
-    config = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=131072,
-    )
+    from .test_preflight import llama_8b_config
+
+    config = llama_8b_config()
     monkeypatch.setattr(models.HubModel, "hf_config", lambda self: config)
     monkeypatch.setattr(memory, "_tokenizer", lambda _s: (_ for _ in ()).throw(OSError("no hub")))
     hub["cached"] = {"config.json", "model-00001-of-00004.safetensors"}

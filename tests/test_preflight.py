@@ -167,10 +167,11 @@ def test_subprocess_evaluator_counts_a_second_process_with_its_own_model():
 
 
 # ------------------------------------------------------------------------------------------ refusal
-def llama_8b() -> ModelShapes:
+def llama_8b_config():
+    """Llama-3.1-8B's shapes, as its hub config gives them (the hub cannot be reached here)."""
     from transformers import LlamaConfig
 
-    config = LlamaConfig(
+    return LlamaConfig(
         hidden_size=4096,
         intermediate_size=14336,
         num_hidden_layers=32,
@@ -179,7 +180,10 @@ def llama_8b() -> ModelShapes:
         vocab_size=128256,
         max_position_embeddings=131072,
     )
-    return ModelShapes.from_config(config, "bfloat16")
+
+
+def llama_8b() -> ModelShapes:
+    return ModelShapes.from_config(llama_8b_config(), "bfloat16")
 
 
 def node(tmp_path, **resources):

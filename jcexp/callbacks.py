@@ -43,6 +43,13 @@ class FailureRecorder(Callback):
         log.error("job failed; traceback in %s", path)
 
 
+BUDGET_STATE = "budget.json"  # jcexp.budget.STATE_FILE (not imported here: the callback stays light)
+
+
+class _Skip(Exception):
+    pass
+
+
 class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from jcexp.records import collect_failures
@@ -50,9 +57,13 @@ class ReportCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
+            if (sweep_dir / BUDGET_STATE).exists():  # a budget race wrote its own report (budget.md)
+                raise _Skip
             report = write_report(sweep_dir)
             log.info("sweep report: %s", report.markdown)
             self._track(config, report)
+        except _Skip:
+            pass
         except Exception as exc:  # noqa: BLE001 - a report failure must not hide the sweep's own outcome
             log.error("writing the sweep report failed: %s: %s", type(exc).__name__, exc)
         failures = collect_failures(sweep_dir)

@@ -110,6 +110,9 @@ class BenchmarkConfig:
     # on which the dense and the compressed model disagree, over all tasks.
     ci_min_items: int = 64
     ci_min_discordant: int = 10
+    # Exactly this many rounds, no stop rule: the budget race's jobs (jcexp/race.py), which the race's sweeper
+    # stops instead. Rounds a candidate already scored are read back from its item store, never re-scored.
+    ci_rounds: int | None = None
 
 
 @dataclass
@@ -167,6 +170,32 @@ class ResourcesConfig:
 
 
 @dataclass
+class BudgetSpace:
+    """The recipes a budget race may try: the cross product of these, kept where its TCr (or bits per weight)
+    lies in the band and its config passes every check (jcexp/race.py, hydra_plugins/jcexp_budget)."""
+
+    pruners: list[str] = field(default_factory=lambda: ["sparsegpt"])  # conf/pruner choices
+    sparsity: list[float] = field(default_factory=lambda: [0.0, 12.5, 25.0, 33.333, 50.0, 62.5, 75.0])
+    masks: list[str] = field(default_factory=lambda: ["2:4", "1:4", "2:8", "1:3", "2:6"])  # N:M
+    nm_layouts: list[str] = field(default_factory=lambda: ["exact"])
+    quantizers: list[str] = field(default_factory=lambda: ["gptq", "rtn", "nf4", "llm_int8"])  # conf/quant
+    bits: list[int] = field(default_factory=lambda: [2, 3, 4, 8, 16])
+    group_sizes: list[Any] = field(default_factory=lambda: [None])  # None: the model's model.group_size
+    cases: list[str] = field(default_factory=lambda: ["B"])  # GPTQ after pruning (quant.case)
+    onepass: bool = True  # also variant=onepass for every pruned + GPTQ recipe
+
+
+@dataclass
+class BudgetConfig:
+    tcr: float | None = None  # target TCr (a fraction, eq. 1), or
+    bits_per_weight: float | None = None  # target bits per weight (values, scales, zero points, mask)
+    tolerance: float | None = None  # the band: ±this around the target; null: 0.02 TCr or 0.25 bits
+    margin: float | None = None  # equivalence margin of the race's stop; null: equivalence_margin
+    level: float = 0.95  # family-wise: over every candidate, pair and round
+    space: BudgetSpace = field(default_factory=BudgetSpace)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = MISSING
     pruner: PrunerConfig = MISSING
@@ -190,6 +219,8 @@ class RunConfig:
     equivalence_margin: float = 0.05
     errors: ErrorAnalysisConfig = field(default_factory=ErrorAnalysisConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    # The budget race's settings (experiment=budget, hydra/sweeper=jcexp_budget); read by the sweeper only.
+    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig())
 
 
 def register_configs() -> None:
@@ -285,10 +316,17 @@ NOT_IN_HASH = (
     "cache_pruned",
     "resources",
     "equivalence_margin",
+    "budget",
 )
 # benchmark keys that say how many items a sequential run scores (jcexp/sequential.py), not what an item's
 # score is.
-SEQUENTIAL_KEYS = ("ci_target", "ci_chunk", "ci_min_items", "ci_min_discordant")
+SEQUENTIAL_KEYS = ("ci_target", "ci_chunk", "ci_min_items", "ci_min_discordant", "ci_rounds")
+
+
+def sequential_on(bench: Any) -> bool:
+    """Items are scored in seeded rounds (jcexp/sequential.py): with a stop target, or a fixed number of rounds."""
+    return bench.get("ci_target") is not None or bench.get("ci_rounds") is not None
+
 
 # What an inactive stage contributes to the hash: exactly what `pruner=none` / `quant=none` compose to, so that
 # every way of saying "this stage does nothing" is one experiment with one hash, and results of the `none`
@@ -343,7 +381,7 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
     # Sequential evaluation off (benchmark.ci_target unset) is the full suite every earlier result ran: those
     # keep their hash (jcexp/sequential.py).
     bench = out.get("benchmark")
-    if isinstance(bench, dict) and bench.get("ci_target") is None:
+    if isinstance(bench, dict) and not sequential_on(bench):
         out["benchmark"] = {k: v for k, v in bench.items() if k not in SEQUENTIAL_KEYS}
     pruning = "pruner" in out and pruner_active(out["pruner"])
     quantizing = "quant" in out and quant_active(out["quant"])
@@ -544,8 +582,11 @@ def check_values(cfg: DictConfig) -> None:
     if not re.fullmatch(r"[1-9]\d*|auto(:\d+)?", str(b.batch_size)):
         errors.append(f"benchmark.batch_size={b.batch_size} must be a positive integer, 'auto' or 'auto:N'")
     target = b.get("ci_target")
-    if target is not None:
-        if not 0 < target < 1:
+    rounds = b.get("ci_rounds")
+    if rounds is not None and rounds < 1:
+        errors.append(f"benchmark.ci_rounds={rounds} must be at least 1 (rounds of ci_chunk items per task)")
+    if sequential_on(b):
+        if target is not None and not 0 < target < 1:
             errors.append(
                 f"benchmark.ci_target={target} must be in (0, 1): a half-width of Sr's 95% interval"
             )
@@ -556,12 +597,16 @@ def check_values(cfg: DictConfig) -> None:
                 errors.append(f"benchmark.{floor}={b[floor]} must be at least 0")
         if b.limit is not None:
             errors.append(
-                f"benchmark.ci_target={target} with benchmark.limit={b.limit}: sequential evaluation picks its "
+                f"sequential evaluation (benchmark.ci_target={target}, ci_rounds={rounds}) with "
+                f"benchmark.limit={b.limit}: it picks its "
                 "own items (a seeded order over all of them) and lm-eval takes a limit or chosen items, not "
                 "both; set benchmark.limit=null"
             )
         if not b.scores:
-            errors.append(f"benchmark.ci_target={target} needs scored tasks (benchmark.scores): it bounds Sr")
+            errors.append(
+                f"sequential evaluation (benchmark.ci_target={target}, ci_rounds={rounds}) needs scored tasks "
+                "(benchmark.scores): it bounds Sr"
+            )
 
     if not 0 < cfg.get("equivalence_margin", 0.05) < 1:
         errors.append(

@@ -14,13 +14,13 @@ from typing import Any
 
 from jcexp import items, measure, placement, sequential
 from jcexp.cache import KeyedCache
-from jcexp.config import SEQUENTIAL_KEYS
+from jcexp.config import SEQUENTIAL_KEYS, sequential_on
 from jcexp.data import fingerprint, prose_split
 from jcexp.evaluate import EvalResult
 from jcexp.files import key_hash
 from jcexp.observers import RunState
 from jcexp.plan import Plan, library_versions
-from jcexp.results import atomic_write_json, read_json
+from jcexp.results import atomic_write_json, config_hash, read_json
 
 BASELINE_FILE = sequential.BASELINE_FILE
 
@@ -39,7 +39,7 @@ def _baseline_key(plan: Plan) -> dict[str, Any]:
         "offline_data": fingerprint(prose_split("eval")),
         "evaluator": plan.evaluator.identity(),
     }
-    if plan.cfg.benchmark.ci_target is not None:  # a partial sidecar: never the entry of a full evaluation
+    if sequential_on(plan.cfg.benchmark):  # a partial sidecar: never the entry of a full evaluation
         key["items"] = "sequential"
     return key
 
@@ -92,7 +92,7 @@ def evaluate_model(
 def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
     """The dense model's scores, evaluated once per (model, benchmark settings, seed, data, versions) and
     cached with the placement they were evaluated in. Returns (scores, record for result.json, placement)."""
-    if plan.cfg.benchmark.ci_target is not None:
+    if sequential_on(plan.cfg.benchmark):
         return _sequential_baseline(plan, model, tokenizer, timings)
 
     def build(tmp: Path) -> None:
@@ -123,7 +123,7 @@ def dense_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):
 def score_compressed(plan: Plan, state: RunState, timings: dict[str, Any], checkpoint=None):
     """The compressed model's scores: all items, or with benchmark.ci_target chunk by chunk until Sr's interval
     is narrow enough, the dense model scored alongside on the items its cached baseline lacks."""
-    if plan.cfg.benchmark.ci_target is None:
+    if not sequential_on(plan.cfg.benchmark):
         return evaluate_model(plan, state.model, state.tokenizer, timings, "eval", plan.hash, checkpoint)
     seq, store, dense_key = sequential_store(plan)
     placed: dict[str, Any] = {}
@@ -150,7 +150,10 @@ def score_compressed(plan: Plan, state: RunState, timings: dict[str, Any], check
         placement.for_compression(dense[0])
         return scores
 
-    result = seq.run(compressed, store, dense_eval)
+    if seq.fixed is not None:
+        result = seq.run_rounds(own_store(plan, seq), compressed, store, dense_eval)
+    else:
+        result = seq.run(compressed, store, dense_eval)
     dense.clear()
     # Each round re-times the "eval" stage; the stage's seconds are those of all rounds together.
     timings["eval"]["seconds"] = round(result.seconds, 3)
@@ -158,7 +161,7 @@ def score_compressed(plan: Plan, state: RunState, timings: dict[str, Any], check
 
 
 def sequential_store(plan: Plan):
-    """(Sequential, the dense baseline's DenseStore, its response-cache key), for benchmark.ci_target."""
+    """(Sequential, the dense baseline's ItemStore, its response-cache key), for benchmark.ci_target."""
     key = _baseline_key(plan)
     cache = KeyedCache(Path(plan.cfg.paths.cache_dir) / "baselines")
     # An empty entry at first: the rounds fill its items.json (and baseline.json's "eval") under its lock.
@@ -168,7 +171,28 @@ def sequential_store(plan: Plan):
         check=lambda e: None if read_json(e / BASELINE_FILE) else f"{BASELINE_FILE} unreadable",
     )
     seq = sequential.Sequential.for_plan(plan)
-    return seq, sequential.DenseStore(entry, seq.layout), f"dense-{key_hash(key)}"
+    return seq, sequential.ItemStore(entry, seq.layout), f"dense-{key_hash(key)}"
+
+
+def rounds_key(plan: Plan) -> dict[str, Any]:
+    """What a model scored round by round is (benchmark.ci_rounds): this config at any number of rounds, on the
+    same evaluation setup as its dense baseline."""
+    resolved = dict(plan.resolved)
+    resolved["benchmark"] = {k: v for k, v in resolved["benchmark"].items() if k != "ci_rounds"}
+    key = {k: v for k, v in _baseline_key(plan).items() if k not in ("benchmark", "items")}
+    return {**key, "config": config_hash(resolved), "llmcompressor": library_versions()["llmcompressor"]}
+
+
+def own_store(plan: Plan, seq: sequential.Sequential) -> sequential.ItemStore:
+    """The compressed model's items across its runs at 1, 2, ... rounds (cache/rounds/): a later round scores
+    only the items no earlier one did."""
+    cache = KeyedCache(Path(plan.cfg.paths.cache_dir) / "rounds")
+    entry, _ = cache.get_or_build(
+        rounds_key(plan),
+        lambda tmp: atomic_write_json(tmp / BASELINE_FILE, {"sequential": True}),
+        check=lambda e: None if read_json(e / BASELINE_FILE) else f"{BASELINE_FILE} unreadable",
+    )
+    return sequential.ItemStore(entry, seq.layout)
 
 
 def _sequential_baseline(plan: Plan, model, tokenizer, timings: dict[str, Any]):

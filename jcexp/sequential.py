@@ -248,12 +248,14 @@ def look(dense: Values, compressed: Values, lay: Layout, rule: anytime.StopRule,
 Evaluate = Callable[[Samples], Any]  # samples -> EvalResult with leaf_items (evaluate.partial_result)
 
 
-class DenseStore:
-    """The dense baseline's cache entry (baseline.json + items.json), extended in place under its lock."""
+class ItemStore:
+    """A model's per-item cache entry (baseline.json + items.json), extended in place under its lock: the dense
+    baseline's, or a budget-race candidate's (benchmark.ci_rounds)."""
 
     def __init__(self, entry: Path, lay: Layout):
         self.entry, self.layout = Path(entry), lay
         self.lock = self.entry.with_name(self.entry.name + ".lock")  # the one KeyedCache builds under
+        self.seconds = 0.0  # evaluation time spent extending it, in this process
 
     def values(self) -> Values:
         return from_sidecar(items.read(self.entry), self.layout)
@@ -273,6 +275,7 @@ class DenseStore:
             if not missing:
                 return 0
             result = evaluate(missing)
+            self.seconds += result.seconds
             vals = merge(vals, from_worker(result.leaf_items["items"], self.layout))
             items.write(self.entry, to_sidecar(vals, self.layout))
             stored = self.baseline()
@@ -294,13 +297,14 @@ class DenseStore:
 class Sequential:
     """One run's sequential evaluation: stop rule, chunk, task layout and item order."""
 
-    target: float
+    target: float | None  # None: no stop rule (a fixed number of rounds, ``fixed``)
     size: int
     layout: Layout
     order: dict[str, list[int]]
     seed: int
     min_items: int = 64
     min_discordant: int = 10
+    fixed: int | None = None  # benchmark.ci_rounds: exactly this many rounds (at most ``rounds``)
 
     @classmethod
     def for_plan(cls, plan) -> Sequential:
@@ -309,13 +313,14 @@ class Sequential:
             bench = plan.cfg.benchmark
             lay = layout(bench, plan.tasks)
             found = cls(
-                float(bench.ci_target),
+                None if bench.get("ci_target") is None else float(bench.ci_target),
                 int(bench.ci_chunk),
                 lay,
                 orders(lay, plan.cfg.seed),
                 plan.cfg.seed,
                 int(bench.get("ci_min_items", 64)),
                 int(bench.get("ci_min_discordant", 10)),
+                None if bench.get("ci_rounds") is None else int(bench.ci_rounds),
             )
             plan._sequential = found
         return found
@@ -330,8 +335,10 @@ class Sequential:
 
     @property
     def rule(self) -> anytime.StopRule:
+        # Without a target the rule only supplies each look's interval (its "stop" is not read).
+        target = math.inf if self.target is None else self.target
         return anytime.StopRule(
-            self.target, self.rounds, min_items=self.min_items, min_discordant=self.min_discordant
+            target, self.rounds, min_items=self.min_items, min_discordant=self.min_discordant
         )
 
     def chunk(self, k: int) -> Samples:
@@ -361,7 +368,7 @@ class Sequential:
             out["sr_interval"]["family_level"] = last["family_level"]
         return out
 
-    def run(self, evaluate: Evaluate, store: DenseStore, evaluate_dense: Evaluate):
+    def run(self, evaluate: Evaluate, store: ItemStore, evaluate_dense: Evaluate):
         """Rounds until the stop rule stops (Sr's half-width at most the target, the floors met) or the items
         run out. Returns the compressed EvalResult; its settings carry the record under "sequential", with the
         interval of the last look (the dense result on the same items: ``store.result``)."""
@@ -395,4 +402,27 @@ class Sequential:
         compressed.leaf_items = None
         compressed.settings.pop("samples", None)  # the first round's; items_used says what was scored
         compressed.settings["sequential"] = self.record(k, why, count(vals, self.layout), dense_new, last)
+        return compressed
+
+    def run_rounds(self, own: ItemStore, evaluate: Evaluate, store: ItemStore, evaluate_dense: Evaluate):
+        """Exactly ``fixed`` rounds (at most ``rounds``), no stop rule: the budget race's jobs, which the race
+        stops instead (jcexp/race.py). ``own`` keeps this model's items across runs (the same model at a later
+        round), so a round already scored is read back, not scored again. Returns as ``run`` does, with the
+        interval at this look and the items scored anew in ``items_evaluated``."""
+        rounds = min(int(self.fixed or 1), self.rounds)
+        new = dense_new = 0
+        for k in range(rounds):
+            samples = self.chunk(k)
+            new += own.ensure(samples, evaluate)
+            dense_new += store.ensure(samples, evaluate_dense)
+        docs = self.prefix(rounds)
+        vals = restrict(own.values(), docs)
+        last = look(restrict(store.values(), docs), vals, self.layout, self.rule, rounds)
+        compressed = own.result(docs)
+        compressed.seconds = own.seconds
+        why = "items exhausted" if rounds == self.rounds else "ci_rounds"
+        record = self.record(rounds, why, count(vals, self.layout), dense_new, last)
+        record["items_evaluated"] = new
+        record["store"] = str(own.entry)
+        compressed.settings["sequential"] = record
         return compressed

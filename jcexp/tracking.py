@@ -40,6 +40,9 @@ class NullTracker:
     def log_sweep(self, report: Any, name: str, tags: list[str] | None = None) -> dict[str, Any]:
         return {"backend": self.name, "status": "disabled"}
 
+    def log_budget(self, state: dict[str, Any], plot: Path, name: str, tags: list[str] | None = None):
+        return {"backend": self.name, "status": "disabled"}
+
 
 class WandbTracker:
     def __init__(
@@ -70,6 +73,74 @@ class WandbTracker:
         except Exception as exc:  # noqa: BLE001 - the report files are written already; W&B is a copy
             log.error("W&B sweep summary failed (report.md is intact): %s: %s", type(exc).__name__, exc)
             return {"backend": self.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+    def log_budget(
+        self, state: dict[str, Any], plot: Path, name: str, tags: list[str] | None = None
+    ) -> dict[str, Any]:
+        """One run per budget race (jcexp/budget.py): the winner (or the unseparated survivors), every
+        candidate's Sr and interval, the Pareto frontier and the plot."""
+        try:
+            return self._log_budget(state, plot, name, tags)
+        except Exception as exc:  # noqa: BLE001 - budget.md is written already; W&B is a copy
+            log.error("W&B budget summary failed (budget.md is intact): %s: %s", type(exc).__name__, exc)
+            return {"backend": self.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+    def _log_budget(self, state: dict[str, Any], plot: Path, name: str, tags: list[str] | None):
+        import wandb
+
+        r = state["race"]
+        run = self._init(
+            tags=tags,
+            name=name,
+            job_type="budget-race",
+            config={"target": state["target"], "space": state["space"], "margin": r["margin"]},
+        )
+        columns = [
+            "candidate",
+            "tcr",
+            "bits_per_weight",
+            "sr",
+            "sr_lo",
+            "sr_hi",
+            "rounds",
+            "items",
+            "alive",
+            "why",
+        ]
+        rows = []
+        for c in state["candidates"]:
+            s = r["standings"][c["name"]]
+            ci = s["sr_ci"] or [None, None]
+            rows.append(
+                [
+                    c["name"],
+                    c["tcr"],
+                    c.get("bits_per_weight"),
+                    s["sr"],
+                    *ci,
+                    s["rounds"],
+                    s["items"],
+                    s["alive"],
+                    s["why"],
+                ]
+            )
+        payload: dict[str, Any] = {
+            "candidates": wandb.Table(columns=columns, data=rows),
+            "frontier": wandb.Table(columns=["candidate"], data=[[n] for n in state.get("frontier") or []]),
+        }
+        if Path(plot).is_file():
+            payload["plots/budget"] = wandb.Image(str(plot))
+        run.log(payload)
+        run.summary.update(
+            {
+                "outcome": r["outcome"],
+                "winner": r["winner"],
+                "unseparated": ", ".join(r["unseparated"]),
+                "frontier": ", ".join(state.get("frontier") or []),
+                "items_share": state["items"]["share"],
+            }
+        )
+        return self._finish(run)
 
     def run_tags(self, tags: list[str] | None) -> list[str]:
         """The W&B run's tags: the config's top-level ``tags`` (every experiment sets them), then logger.tags;

@@ -1,0 +1,188 @@
+"""The budget race end to end (experiment=budget): the real sweeper, launcher, llm-compressor and lm-eval on the
+tiny random Llama, scored on a benchmark whose answers are the dense model's own choices (tests/dense_choice.py),
+so that compression has something to lose. Nothing is mocked; W&B is offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import dense_choice
+from tests.conftest import ROOT, TINY
+
+CALIB = ("calibration.num_samples=16", "calibration.seq_len=64")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """(outputs root, benchmark overrides): the tiny model built once, its dense-choice task beside it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    import jcexp.config  # noqa: F401
+
+    root = tmp_path_factory.mktemp("budget")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, f"paths.cache_dir={root / 'cache'}", "logger=none"])
+    model_dir = instantiate(cfg.model.source).hf_dir()
+    tasks = root / "dense_choice"
+    assert dense_choice.build(tasks, model_dir) >= 256
+    return root, dense_choice.overrides(tasks)
+
+
+def _race(root: Path, extra: list[str], sweep: Path, cache: Path | None = None, **popen):
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "-m",
+        "experiment=budget",
+        "model=tiny_random",
+        *CALIB,
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={cache or root / 'cache'}",
+        *extra,
+    ]
+    env = {**os.environ, "JCEXP_OUTPUTS": str(root / "outputs")}
+    env.pop("JCEXP_UID", None)
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, **popen)
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return json.loads((sweep / "budget.json").read_text())
+
+
+WORSE = [
+    "budget.tcr=0.8125",
+    "budget.tolerance=0.07",
+    "budget.space.pruners=[]",
+    "budget.space.quantizers=[rtn]",
+    "budget.space.bits=[2,4]",
+    "budget.space.group_sizes=[64]",
+    "save_model=false",
+]
+SAME = [
+    "budget.tcr=0.75",
+    "budget.tolerance=0.01",
+    "budget.space.pruners=[]",
+    "budget.space.quantizers=[rtn,gptq]",
+    "budget.space.bits=[4]",
+]
+
+
+def test_a_clearly_worse_candidate_is_dropped_in_an_early_round(bench):
+    root, benchmark = bench
+    sweep = root / "worse"
+    state = _race(root, [*WORSE, *benchmark], sweep)
+    r = state["race"]
+    assert [c["name"] for c in state["candidates"]] == ["rtn w2 g64", "rtn w4 g64"]
+    bad = r["standings"]["rtn w2 g64"]
+    assert not bad["alive"] and bad["dropped_round"] <= 3 < r["looks"], bad
+    assert bad["diff_ci"][1] < 0 and "below rtn w4 g64" in bad["why"]
+    assert r["outcome"] == "winner" and r["winner"] == "rtn w4 g64"
+    text = (sweep / "budget.md").read_text()
+    assert "**Winner: rtn w4 g64**" in text and "below rtn w4 g64 at round" in text
+    assert (sweep / "budget.png").stat().st_size > 0
+    # Fewer items than the grid: the dropped candidate stopped early, and nothing past the winner's last round.
+    assert state["items"]["race"] < state["items"]["grid"]
+    # Every round's job went through the launcher, each in its own directory with its result.
+    assert len(list(sweep.glob("*/result.json"))) == r["standings"]["rtn w4 g64"]["rounds"] + bad["rounds"]
+
+
+def test_identical_candidates_end_equivalent_without_a_winner(bench):
+    root, benchmark = bench
+    sweep = root / "same"
+    state = _race(root, [*SAME, *benchmark], sweep)
+    r = state["race"]
+    assert sorted(c["name"] for c in state["candidates"]) == ["gptq w4", "rtn w4"]
+    # On these items the two 4-bit models answer alike, item for item.
+    assert r["standings"]["gptq w4"]["sr"] == r["standings"]["rtn w4"]["sr"]
+    assert r["outcome"] == "equivalent" and r["winner"] is None
+    assert sorted(r["unseparated"]) == ["gptq w4", "rtn w4"]
+    assert "**No winner: " in (sweep / "budget.md").read_text()
+
+
+def test_a_race_killed_after_its_first_round_resumes_without_recomputing(bench, tmp_path):
+    root, benchmark = bench
+    sweep, cache = tmp_path / "killed", tmp_path / "cache"
+    args = [*SAME, *benchmark, "save_model=false"]
+    proc = _race(
+        root, args, sweep, cache, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    state_file = sweep / "budget.json"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if state_file.exists() and 1 in json.loads(state_file.read_text()).get("rounds_run", []):
+            break
+        assert proc.poll() is None, "the race ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
+    assert {"0", "1"} <= set(first)  # round 1's two jobs finished before the kill
+
+    state = _race(root, args, sweep, cache)
+    assert state["race"]["outcome"] == "equivalent"
+    results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
+    for job, result in results.items():
+        rounds = result["benchmark"]["sequential"]["rounds"]
+        if rounds == 1:  # round 1: reused whole, by config hash
+            assert result.get("resumed_from"), job
+            continue
+        if result.get("resumed_from"):
+            continue
+        # A later round that ran after the resume: the compressed model came from the cache, and only the
+        # new round's items were scored.
+        stages = result["stages"]
+        assert "load_compressed" in stages, (job, sorted(stages))
+        assert all(stages[k].get("from_cache") for k in ("quantize",) if k in stages), stages
+        assert result["benchmark"]["sequential"]["items_evaluated"] <= 64, result["benchmark"]  # one chunk
+    compressed = [p for p in (cache / "compressed").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(compressed) == 2  # one entry per candidate, built once
+
+
+def test_fixed_rounds_reuse_the_compressed_model_and_the_items_already_scored(compose):
+    from jcexp.run import run
+
+    base = (*TINY, "benchmark.limit=null", "pruner.sparsity=25", "quant.bits=4")
+    one = run(compose(*base, "benchmark.ci_rounds=1"))
+    two = run(compose(*base, "benchmark.ci_rounds=2"))
+    s1, s2 = one["benchmark"]["sequential"], two["benchmark"]["sequential"]
+    assert (s1["rounds"], s2["rounds"]) == (1, 2) and s2["stopped_because"] == "ci_rounds"
+    assert "load_compressed" not in one["stages"]
+    assert "load_compressed" in two["stages"]
+    assert two["stages"]["prune"]["from_cache"] and two["stages"]["quantize"]["from_cache"]
+    # Round 2 scored only its own chunk: what it used minus what round 1 had.
+    used1, used2 = sum(s1["items_used"].values()), sum(s2["items_used"].values())
+    assert s2["items_evaluated"] == used2 - used1 > 0
+    assert two["measured"] == one["measured"]  # the first run's measurements stand for the model
+    assert two["config_hash"] != one["config_hash"]
+
+
+def test_a_budget_without_one_target_is_refused_before_any_job(bench, tmp_path):
+    root, benchmark = bench
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "-m",
+        "experiment=budget",
+        "model=tiny_random",
+        "logger=none",
+    ]
+    env = {**os.environ, "JCEXP_OUTPUTS": str(tmp_path)}
+    for extra, message in (
+        ([], "needs exactly one target"),
+        (["budget.tcr=0.8125", "budget.bits_per_weight=3"], "needs exactly one target"),
+        (["budget.tcr=1.5"], "must be in (0, 1)"),
+        (["budget.tcr=0.8125", "pruner.sparsity=0,25"], "is a sweep"),
+    ):
+        out = subprocess.run([*cmd, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and message in out.stdout + out.stderr, (extra, out.stderr[-2000:])
+        assert not list(tmp_path.rglob("result.json"))

@@ -23,22 +23,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import launch, machine, table, write
+from bench.common import launch, machine, table, warm_models, write
 
 # Narrowed as a user would (budget.space.*): GPTQ and RTN, the paper's Case B, one N:M mask per target.
 SPACES = {
     0.8125: [
         "budget.space.quantizers=[gptq,rtn]",
-        "budget.space.sparsity=[25,62.5]",
+        "budget.space.sparsity=[25]",
         "budget.space.masks=['2:8']",
-        "budget.space.bits=[3,4,8]",
+        "budget.space.bits=[3,4]",
         "budget.space.onepass=false",
     ],
     0.875: [
         "budget.space.quantizers=[gptq,rtn]",
-        "budget.space.sparsity=[33.333,50,75]",
-        "budget.space.masks=['2:6']",
-        "budget.space.bits=[2,3,4,8]",
+        "budget.space.sparsity=[33.333,50]",
+        "budget.space.masks=[]",
+        "budget.space.bits=[2,3,4]",
         "budget.space.onepass=false",
     ],
 }
@@ -132,15 +132,19 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2_135m")
     parser.add_argument("--tcr", type=float, nargs="+", default=[0.8125, 0.875])
     parser.add_argument("--root", type=Path, default=None, help="outputs (default: a temp dir)")
+    parser.add_argument("--shared-models", type=Path, default=None, help="converted models to reuse")
     parser.add_argument("--num-samples", type=int, default=16, help="calibration windows (the study's 16)")
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="jcexp-budget-"))
+    if args.shared_models:  # the GGUF conversion is set-up, not part of either side
+        warm_models(root / "cache", args.shared_models)
     common = [
         f"model={args.model}",
         "benchmark=offline",
         f"calibration.num_samples={args.num_samples}",
         "logger=none",
         f"paths.root={root}",
+        f"paths.cache_dir={root / 'cache'}",
     ]
     if args.model == "tiny_random":
         common += ["benchmark=tiny", "benchmark.limit=null", "calibration.seq_len=64"]

@@ -145,7 +145,10 @@ def markdown(state: dict[str, Any]) -> str:
         f"the interval of its Sr minus the leader's lies below 0 (and they disagree on at least "
         f"{r['min_discordant']} items). Intervals: {r['method']}; each difference at level "
         f"{r['difference_level']:.6f}, each Sr at {r['sr_level']:.6f}, so all of them hold together at "
-        f"{r['level']:.0%} whatever round the race stopped at. Dropped candidates' Sr is read on the items they "
+        f"{r['level']:.0%} whatever round the race stopped at. The race also stops, not separated, once no "
+        f"survivor's difference from the leader is at least half the half-width all the items could reach and none "
+        f"could come within the margin (futility: a stop that claims nothing). Dropped candidates' Sr is read on "
+        f"the items they "
         f"were scored on. Bits per weight: the kept weights' value bits, the scale (and zero-point) bits measured "
         f"from the saved checkpoint (est.: 16 per group), and the mask (1 bit per weight unstructured, "
         f"log2 C(M, N) / M for N:M).",

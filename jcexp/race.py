@@ -14,7 +14,10 @@ are valid however the race ran. A candidate is dropped once the interval of (its
 entirely below 0 and the two disagree on at least ``min_discordant`` items (a normal approximation from fewer
 is not trusted). The race stops when one candidate is left, when every survivor's interval against the leader
 lies inside ±margin (equivalent: no winner is named), or when the items run out (the survivors are reported as
-not separated).
+not separated). It also stops, not separated, when the remaining items could not decide: every survivor's
+observed difference from the leader is under half the half-width that all the items could reach, and none could
+come within the margin (futility). A stop without a claim cannot make any interval wrong, so the futility stop
+keeps the family-wise guarantee; it gives up power that the remaining items would hardly have bought.
 
 Pure: the enumeration, the race's decisions and the Pareto frontier use the standard library, numpy (through
 jcexp.anytime) and jcexp.metrics; no torch, no Hydra, no I/O. hydra_plugins/jcexp_budget runs the rounds.
@@ -190,6 +193,7 @@ class Race:
     level: float = 0.95
     margin: float = verdicts.DEFAULT_MARGIN
     min_discordant: int = 10
+    futility: bool = True  # stop, not separated, once the remaining items could not decide (``_decidable``)
     standings: dict[str, Standing] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     outcome: str | None = None  # "winner", "equivalent", "not separated", "none left"
@@ -262,7 +266,7 @@ class Race:
             self.rounds.append(record)
             return record
         leader = self.leader = record["leader"] = ranked[0]
-        inside_margin = True
+        inside_margin, open_question = True, False
         for name in live:
             if name == leader:
                 continue
@@ -272,14 +276,16 @@ class Race:
             )
             s.versus, s.diff, s.diff_ci = leader, d["point"], d["ci"]
             if d["ci"] is None:
-                inside_margin = False
+                inside_margin, open_question = False, True
                 continue
             if d["ci"][1] < 0 and d["discordant"] >= self.min_discordant:
                 s.alive, s.dropped_round = False, round_
                 s.why = f"below {leader} at round {round_}: Sr difference {verdicts.points(d['ci'])}"
                 record["dropped"][name] = s.why
-            elif not verdicts.inside(d["ci"], self.margin):
+                continue
+            if not verdicts.inside(d["ci"], self.margin):
                 inside_margin = False
+            open_question |= self._decidable(d, round_)
         self.standings[leader].versus = self.standings[leader].diff = self.standings[leader].diff_ci = None
         left = self.alive
         if len(left) == 1:
@@ -289,8 +295,27 @@ class Race:
             record["stop"] = f"every survivor within {verdicts.margin_text(self.margin)} of {leader}"
         elif round_ == self.looks:
             self.outcome, record["stop"] = "not separated", "items exhausted"
+        elif self.futility and not open_question:
+            self.outcome = "not separated"
+            record["stop"] = (
+                "futile: with every item, no survivor's difference from the leader would be resolved "
+                "(each observed difference is under half the half-width all the items could reach) and "
+                f"none could come within {verdicts.margin_text(self.margin)}"
+            )
         self.rounds.append(record)
         return record
+
+    def _decidable(self, d: dict[str, Any], round_: int) -> bool:
+        """Could the rest of the items still decide this survivor against the leader? Every look's interval is
+        at the same level, and the rounds hand out items in proportion to the tasks' sizes, so with all items
+        its half-width would be about the current one divided by sqrt(looks / round). The question stays open while the observed difference is at least half that
+        final half-width (a drop is within reach) or the difference could still fit inside ±margin. Stopping
+        when no question is open makes no claim, so the intervals stay valid; it only gives up power that the
+        remaining items would hardly have bought."""
+        if round_ >= self.looks:
+            return True
+        final = d["half_width"] / math.sqrt(self.looks / round_)
+        return abs(d["point"]) >= final / 2 or abs(d["point"]) + final <= self.margin
 
     @property
     def winner(self) -> str | None:
@@ -309,6 +334,7 @@ class Race:
             "sr_level": self.sr_level,
             "margin": self.margin,
             "min_discordant": self.min_discordant,
+            "futility": self.futility,
             "outcome": self.outcome,
             "winner": self.winner,
             "unseparated": self.unseparated,

@@ -186,3 +186,86 @@ def test_a_budget_without_one_target_is_refused_before_any_job(bench, tmp_path):
         out = subprocess.run([*cmd, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode != 0 and message in out.stdout + out.stderr, (extra, out.stderr[-2000:])
         assert not list(tmp_path.rglob("result.json"))
+
+
+def test_the_candidates_are_every_expressible_recipe_in_the_band(tmp_path):
+    """The default space at TCr 81.25% on the tiny model, listed without running anything (max_rounds=0)."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "launch.py"),
+        "-m",
+        "experiment=budget",
+        "budget.tcr=0.8125",
+        "model=tiny_random",
+        "logger=none",
+        "hydra.sweeper.max_rounds=0",
+        f"hydra.sweep.dir={tmp_path / 'list'}",
+    ]
+    out = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "JCEXP_OUTPUTS": str(tmp_path)}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = json.loads((tmp_path / "list" / "budget.json").read_text())
+    names = {c["name"] for c in state["candidates"]}
+    assert {
+        "gptq w3",
+        "rtn w3",
+        "sparsegpt 25% + gptq w4 case B",
+        "one-pass 25% + gptq w4",
+        "sparsegpt 25% + nf4 w4",
+        "sparsegpt 62.5% + llm_int8 w8",
+        "sparsegpt 2:8 + gptq w4 case B",
+        "sparsegpt 1:4 + rtn w4",
+    } <= names
+    assert all(abs(c["tcr"] - 0.8125) <= 0.02 + 1e-9 for c in state["candidates"])
+    why = {e["name"]: e["why"] for e in state["excluded"]}
+    assert "NF4Quantize is 4-bit only" in why["nf4 w3"]  # refused by the same checks a run makes
+    assert "LLMInt8Quantize is 8-bit only" in why["sparsegpt 25% + llm_int8 w4"]
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def _synthetic_state() -> dict:
+    import numpy as np
+
+    from jcexp import race
+
+    rng = np.random.default_rng(0)
+    dense = (rng.random(128) < 0.8).astype(float)
+    models = {"a": dense.copy(), "b": np.where(rng.random(128) < 0.5, 1 - dense, dense)}
+    r = race.Race(["a", "b"], looks=2)
+    split = {"t": None}
+    items = lambda v: {"t": dict(enumerate(v[:64]))}  # noqa: E731
+    r.look(1, items(dense), {n: items(v) for n, v in models.items()}, list(split))
+    return {
+        "target": {"what": "TCr", "value": 0.8125, "tolerance": 0.02},
+        "model": "synthetic",
+        "benchmark": "made up",
+        "seed": 0,
+        "chunk": 64,
+        "space": {},
+        "candidates": [
+            {"name": "a", "tcr": 0.8125, "bits_per_weight": 4.3, "bits_source": "measured scales"},
+            {"name": "b", "tcr": 0.8125, "bits_per_weight": 3.2, "bits_source": "estimated"},
+        ],
+        "excluded": [{"name": "c", "why": "not expressible: nf4 is 4-bit only"}],
+        "race": r.to_dict(),
+        "items": {"race": 256, "grid": 512, "share": 0.5},
+        "seconds": {"compress": 1.0, "eval": 2.0},
+    }
+
+
+def test_budget_records_and_the_w_and_b_run(tmp_path):
+    """budget.md, the plot and the W&B run (offline: a W&B server cannot exist here) from a race's state."""
+    from jcexp import budget
+    from jcexp.tracking import WandbTracker
+
+    state = budget.write_outputs(tmp_path, _synthetic_state())
+    text = (tmp_path / "budget.md").read_text()
+    assert "**Winner: a**" in text and "below a at round 1" in text and "nf4 is 4-bit only" in text
+    assert state["frontier"] == ["b", "a"]  # b: fewer bits, lower Sr; a: more bits, higher Sr
+    assert (tmp_path / "budget.png").stat().st_size > 0
+    logged = WandbTracker(mode="offline", dir=str(tmp_path / "wandb"), group="g").log_budget(
+        state, tmp_path / "budget.png", name="budget_g"
+    )
+    assert logged["status"] == "logged", logged
+    assert json.loads((tmp_path / "budget.json").read_text())["race"]["winner"] == "a"

@@ -98,7 +98,9 @@ EXPECTED = {
 
 
 def test_every_experiment_has_its_expectation():
-    assert sorted(EXPECTED) == sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+    # experiment=budget has no fixed points: its sweeper races them (tests/test_budget.py).
+    named = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml") if p.stem != "budget")
+    assert sorted(EXPECTED) == named
 
 
 @pytest.mark.parametrize("experiment", sorted(EXPECTED))

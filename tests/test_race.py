@@ -160,3 +160,14 @@ def test_bits_per_weight_counts_values_scales_and_mask():
     assert race.bits_per_weight(nm, 64, measured_overhead=0.5) == pytest.approx(3 + 0.5 + np.log2(28) / 8)
     dense_w3 = race.Recipe("none", 0.0, None, "exact", "gptq", 3, None, None)
     assert race.bits_per_weight(dense_w3, 64) == pytest.approx(3.25)
+
+
+def test_the_race_stops_when_the_remaining_items_could_not_decide():
+    """Two near-identical candidates on few items: neither a drop nor equivalence within 5 points is within
+    reach of all the items, so the race stops early, not separated, instead of scoring them all."""
+    futile = _run({"p": 0.20, "q": 0.21}, n=256, chunk=32)
+    assert futile.outcome == "not separated" and futile.winner is None
+    assert len(futile.rounds) < 8 and futile.rounds[-1]["stop"].startswith("futile")
+    full = _run({"p": 0.20, "q": 0.21}, n=256, chunk=32, futility=False)
+    assert full.outcome == "not separated" and len(full.rounds) == 8
+    assert full.rounds[-1]["stop"] == "items exhausted"

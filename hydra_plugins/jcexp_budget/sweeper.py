@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class JcexpBudgetSweeperConf:
     _target_: str = "hydra_plugins.jcexp_budget.sweeper.BudgetSweeper"
-    # Stop after this many rounds (a test or a dry look at the first round); null: race to the end.
+    # Stop after this many rounds; 0 lists the candidates (budget.json) and runs nothing. null: to the end.
     max_rounds: Optional[int] = None
 
 
@@ -194,6 +194,14 @@ class BudgetSweeper(Sweeper):
             "excluded": excluded,
             "rounds_run": [],
         }
+        if self.max_rounds == 0:
+            from jcexp import budget as records
+
+            records.write_state(sweep_dir, state)
+            log.info(
+                "budget race: candidates listed in %s; nothing run (max_rounds=0)", sweep_dir / "budget.json"
+            )
+            return state
         by_name = {c.name: c for c in candidates}
         rce: Optional[Race] = None
         job_idx, k = 0, 0
@@ -313,4 +321,3 @@ def _job_dir(ret: Any) -> Path:
     if hydra_cfg is not None:
         return Path(str(hydra_cfg.hydra.runtime.output_dir))
     return Path(str(ret.working_dir))
-

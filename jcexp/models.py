@@ -450,7 +450,8 @@ class PackagedGGUF(ModelSource):
         entry, _ = cache.get_or_build(key, self._convert, check=checkpoint_problem)
         return entry
 
-    def _load_tokenizer(self, gguf: Path):
+    def build_tokenizer(self, gguf: Path):
+        """The tokenizer the conversion saves: rebuilt from the GGUF (``gguf_scores``) or transformers'."""
         if self.tokenizer == "gguf_scores":
             from jcexp.gguf_tokenizer import hf_tokenizer
 
@@ -463,7 +464,7 @@ class PackagedGGUF(ModelSource):
         from transformers import AutoModelForCausalLM
 
         gguf = self.gguf_path()
-        tokenizer = self._load_tokenizer(gguf)
+        tokenizer = self.build_tokenizer(gguf)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(self.dtype)
         )

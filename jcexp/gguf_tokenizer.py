@@ -21,6 +21,8 @@ from pathlib import Path
 # llama.cpp's token types (gguf.TokenType), as stored in tokenizer.ggml.token_type.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPACE = "▁"  # U+2581, SentencePiece's visible space
+# In the converted checkpoint's cache key (jcexp.models.PackagedGGUF): bump it when the rebuild changes.
+VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -501,8 +501,10 @@ class PackagedGGUF(ModelSource):
             "fingerprint": self._fingerprint(),
         }
         # Only where they differ from the defaults: SmolLM2's keys (and its cached results) stay as they were.
-        if self.tokenizer != "transformers":
-            out["tokenizer"] = self.tokenizer
+        if self.tokenizer == "gguf_scores":
+            from jcexp.gguf_tokenizer import VERSION
+
+            out["tokenizer"] = f"{self.tokenizer}/v{VERSION}"
         if self.assemble:
             out["assemble"] = True
         return out

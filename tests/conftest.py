@@ -19,7 +19,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The longest files (measured serially on 2 cores, 2026-12-04), started first so that neither xdist worker is
 # left with one of them at the end.
-LONGEST_FIRST = ("test_smollm2.py", "test_sweep.py", "test_evaluator.py", "test_bench.py", "test_e2e_tiny.py")
+LONGEST_FIRST = (
+    "test_smollm2.py",
+    "test_gemma3.py",
+    "test_sweep.py",
+    "test_evaluator.py",
+    "test_bench.py",
+    "test_e2e_tiny.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -92,9 +92,11 @@ def markdown(state: dict[str, Any]) -> str:
             f"{verdicts.margin_text(r['margin'])} of the leader, {r['leader']})."
         )
     elif r["outcome"] == "not separated":
+        stop = (r["rounds"][-1].get("stop") or "") if r["rounds"] else ""
+        why = "the items ran out" if stop == "items exhausted" else "the remaining items could not decide"
         lines.append(
-            f"**No winner: the items ran out with {', '.join(r['unseparated'])} not separated** "
-            f"(best point estimate: {r['leader']})."
+            f"**No winner: {why} with {', '.join(r['unseparated'])} not separated** "
+            f"(best point estimate: {r['leader']}; stopped at round {len(r['rounds'])} of {r['looks']})."
         )
     else:
         lines.append(f"**No result: {r['outcome']}.**")

@@ -22,6 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 LONGEST_FIRST = (
     "test_smollm2.py",
     "test_gemma3.py",
+    "test_budget.py",
     "test_sweep.py",
     "test_evaluator.py",
     "test_bench.py",

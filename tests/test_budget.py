@@ -158,7 +158,9 @@ def test_fixed_rounds_reuse_the_compressed_model_and_the_items_already_scored(co
     assert (s1["rounds"], s2["rounds"]) == (1, 2) and s2["stopped_because"] == "ci_rounds"
     assert "load_compressed" not in one["stages"]
     assert "load_compressed" in two["stages"]
-    assert two["stages"]["prune"]["from_cache"] and two["stages"]["quantize"]["from_cache"]
+    # The stage timings are round 1's (its pruning may itself have come from the shared pruned-model cache).
+    stages = [k for k in ("prune", "load_pruned", "quantize") if k in two["stages"]]
+    assert "quantize" in stages and all(two["stages"][k]["from_cache"] for k in stages), two["stages"]
     # Round 2 scored only its own chunk: what it used minus what round 1 had.
     used1, used2 = sum(s1["items_used"].values()), sum(s2["items_used"].values())
     assert s2["items_evaluated"] == used2 - used1 > 0

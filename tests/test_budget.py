@@ -37,19 +37,26 @@ def bench(tmp_path_factory):
     return root, dense_choice.overrides(tasks)
 
 
-def _race(root: Path, extra: list[str], sweep: Path, cache: Path | None = None, **popen):
-    cmd = [
+def _budget_cmd(*args: str) -> list[str]:
+    """`python launch.py -m experiment=budget model=tiny_random logger=none <args>`."""
+    return [
         sys.executable,
         str(ROOT / "launch.py"),
         "-m",
         "experiment=budget",
         "model=tiny_random",
-        *CALIB,
         "logger=none",
+        *args,
+    ]
+
+
+def _race(root: Path, extra: list[str], sweep: Path, cache: Path | None = None, **popen):
+    cmd = _budget_cmd(
+        *CALIB,
         f"hydra.sweep.dir={sweep}",
         f"paths.cache_dir={cache or root / 'cache'}",
         *extra,
-    ]
+    )
     env = {**os.environ, "JCEXP_OUTPUTS": str(root / "outputs")}
     env.pop("JCEXP_UID", None)
     if popen:
@@ -170,14 +177,7 @@ def test_fixed_rounds_reuse_the_compressed_model_and_the_items_already_scored(co
 
 def test_a_budget_without_one_target_is_refused_before_any_job(bench, tmp_path):
     root, benchmark = bench
-    cmd = [
-        sys.executable,
-        str(ROOT / "launch.py"),
-        "-m",
-        "experiment=budget",
-        "model=tiny_random",
-        "logger=none",
-    ]
+    cmd = _budget_cmd()
     env = {**os.environ, "JCEXP_OUTPUTS": str(tmp_path)}
     for extra, message in (
         ([], "needs exactly one target"),
@@ -192,17 +192,9 @@ def test_a_budget_without_one_target_is_refused_before_any_job(bench, tmp_path):
 
 def test_the_candidates_are_every_expressible_recipe_in_the_band(tmp_path):
     """The default space at TCr 81.25% on the tiny model, listed without running anything (max_rounds=0)."""
-    cmd = [
-        sys.executable,
-        str(ROOT / "launch.py"),
-        "-m",
-        "experiment=budget",
-        "budget.tcr=0.8125",
-        "model=tiny_random",
-        "logger=none",
-        "hydra.sweeper.max_rounds=0",
-        f"hydra.sweep.dir={tmp_path / 'list'}",
-    ]
+    cmd = _budget_cmd(
+        "budget.tcr=0.8125", "hydra.sweeper.max_rounds=0", f"hydra.sweep.dir={tmp_path / 'list'}"
+    )
     out = subprocess.run(
         cmd, cwd=ROOT, env={**os.environ, "JCEXP_OUTPUTS": str(tmp_path)}, capture_output=True, text=True
     )

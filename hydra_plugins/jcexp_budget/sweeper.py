@@ -208,6 +208,7 @@ class BudgetSweeper(Sweeper):
         seconds = {"compress": 0.0, "eval": 0.0}
         items_used: dict = {}
         last: dict = {}
+        measured: dict = {}  # each candidate's last result, as budget.measured reads it
         while rce is None or not rce.done:
             k += 1
             alive = [c.name for c in candidates] if rce is None else rce.alive
@@ -224,9 +225,9 @@ class BudgetSweeper(Sweeper):
                     continue
                 d, own = budget.scored_items(value)
                 dense, models[name], last[name] = d, own, value
-                got = budget.measured(value, by_name[name].recipe, by_name[name].group_size)
-                seconds["compress"] += got["compress_seconds"]
-                seconds["eval"] += got["eval_seconds"]
+                got = measured[name] = budget.measured(value, by_name[name].recipe, by_name[name].group_size)
+                seconds["compress"] += got.pop("compress_seconds")
+                seconds["eval"] += got.pop("eval_seconds")
                 items_used[name] = sum(v["effective"] for v in (value.get("n_samples") or {}).values())
             if rce is None:
                 looks = max((v["benchmark"]["sequential"]["looks_planned"] for v in last.values()), default=1)
@@ -252,13 +253,13 @@ class BudgetSweeper(Sweeper):
                     f"; stop: {record['stop']}" if "stop" in record else "",
                 )
             state["rounds_run"].append(k)
-            self._snapshot(state, rce, candidates, last, items_used, seconds, sweep_dir)
+            self._snapshot(state, rce, candidates, last, measured, items_used, seconds, sweep_dir)
             if self.max_rounds is not None and k >= self.max_rounds and not rce.done:
                 log.info("budget race: stopped after round %d (hydra.sweeper.max_rounds)", k)
                 break
         assert rce is not None
         state = budget.write_outputs(
-            sweep_dir, self._snapshot(state, rce, candidates, last, items_used, seconds, sweep_dir)
+            sweep_dir, self._snapshot(state, rce, candidates, last, measured, items_used, seconds, sweep_dir)
         )
         self._track(state, sweep_dir)
         winner = state["race"]["winner"]
@@ -270,15 +271,12 @@ class BudgetSweeper(Sweeper):
         log.info("budget race report: %s", sweep_dir / budget.MARKDOWN_FILE)
         return state
 
-    def _snapshot(self, state, rce, candidates, last, items_used, seconds, sweep_dir) -> dict:
+    def _snapshot(self, state, rce, candidates, last, measured, items_used, seconds, sweep_dir) -> dict:
         """The race so far, written after every round (budget.json)."""
         from jcexp import budget
 
         for entry, c in zip(state["candidates"], candidates, strict=True):
-            if c.name in last:
-                entry.update(budget.measured(last[c.name], c.recipe, c.group_size))
-                entry.pop("compress_seconds", None)
-                entry.pop("eval_seconds", None)
+            entry.update(measured.get(c.name) or {})
         # Every item, as a grid would score each candidate on them all.
         grid = max(
             (sum(v["original"] for v in (last[n].get("n_samples") or {}).values()) for n in last), default=0
@@ -297,6 +295,8 @@ class BudgetSweeper(Sweeper):
     def _track(self, state: dict, sweep_dir: Path) -> None:
         from hydra.utils import instantiate
 
+        from jcexp import budget
+
         assert self.config is not None
         tracker = instantiate(self.config.logger)
         log_budget = getattr(tracker, "log_budget", None)
@@ -304,12 +304,10 @@ class BudgetSweeper(Sweeper):
             return
         state["tracking"] = log_budget(
             state,
-            sweep_dir / "budget.png",
+            sweep_dir / budget.PLOT_FILE,
             name=f"budget_{self.config.logger.group or 'race'}",
             tags=list(self.config.get("tags") or []),
         )
-        from jcexp import budget
-
         budget.write_state(sweep_dir, state)
 
 

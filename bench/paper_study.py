@@ -51,9 +51,9 @@ EXPERIMENTS = (
 TIMING_FILE = "study_timing.json"
 
 
-def run_study(root: Path, overrides: list[str]) -> dict[str, Any]:
+def run_study(root: Path, overrides: list[str], experiments: tuple[str, ...] = EXPERIMENTS) -> dict[str, Any]:
     timings = {}
-    for exp in EXPERIMENTS:
+    for exp in experiments:
         start = time.time()
         cmd = [
             sys.executable,
@@ -468,12 +468,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=ROOT / "outputs" / "study")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every experiment (run only)")
     parser.add_argument(
+        "--experiments",
+        default=",".join(EXPERIMENTS),
+        help="comma-separated subset to run, in this order (run only)",
+    )
+    parser.add_argument(
         "--margin", type=float, default=verdicts.DEFAULT_MARGIN, help="equivalence margin in Sr"
     )
     # Intermixed: the README's form puts the overrides after --root, which plain parse_args refuses.
     args = parser.parse_intermixed_args(argv)
     if args.action == "run":
-        print(json.dumps(run_study(args.root.resolve(), args.overrides), indent=1))
+        chosen = tuple(e for e in args.experiments.split(",") if e)
+        unknown = sorted(set(chosen) - set(EXPERIMENTS))
+        if unknown:
+            parser.error(f"unknown experiments {unknown}; choose from {', '.join(EXPERIMENTS)}")
+        print(json.dumps(run_study(args.root.resolve(), args.overrides, chosen), indent=1))
     elif args.action == "timing":
         print(timing_markdown(args.root))
     else:

@@ -517,6 +517,7 @@ class TinyRandomLlama(ModelSource):
     """
 
     kind = "tiny_random"
+    dir_prefix = "tiny-random-llama"
 
     def __init__(
         self,
@@ -562,14 +563,15 @@ class TinyRandomLlama(ModelSource):
 
     def hf_dir(self) -> Path:
         key = {**self.params, "dtype": self.dtype}
-        cache = KeyedCache(self.cache_dir, name=lambda k: f"tiny-random-llama-{key_hash(k)[:12]}")
+        prefix = self.dir_prefix
+        cache = KeyedCache(self.cache_dir, name=lambda k: f"{prefix}-{key_hash(k)[:12]}")
         entry, _ = cache.get_or_build(key, self._build, check=checkpoint_problem)
         return entry
 
     def _build(self, tmp: Path) -> None:
         import torch
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
         from jcexp.data import prose_paragraphs
 
@@ -586,7 +588,7 @@ class TinyRandomLlama(ModelSource):
             tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
         )
         torch.manual_seed(self.params["seed"])
-        model = LlamaForCausalLM(self.hf_config()).to(_torch_dtype(self.dtype))
+        model = AutoModelForCausalLM.from_config(self.hf_config()).to(_torch_dtype(self.dtype))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
@@ -598,3 +600,55 @@ class TinyRandomLlama(ModelSource):
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.params, "dtype": self.dtype}
+
+
+class TinyRandomGemma3(TinyRandomLlama):
+    """A random-init Gemma 3 with gemma3_270m's Linear widths (hidden 640, intermediate 2048, 4 query heads of 256
+    to 1 KV head) and what sets it apart from a Llama: q/k norms, four norms per block, sliding-window layers
+    beside full-attention ones, tied embeddings. Two layers and a 512-token vocabulary, so every stage runs on it
+    in seconds; the sliding window is small enough (32) that calibration windows and prompts do slide."""
+
+    kind = "tiny_random_gemma3"
+    dir_prefix = "tiny-random-gemma3"
+
+    def __init__(
+        self,
+        cache_dir: str,
+        hidden_size: int = 640,
+        intermediate_size: int = 2048,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_kv_heads: int = 1,
+        head_dim: int = 256,
+        sliding_window: int = 32,
+        vocab_size: int = 512,
+        seed: int = 0,
+        dtype: str = "float32",
+    ):
+        super().__init__(cache_dir, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads,
+                         vocab_size, seed, dtype)  # fmt: skip
+        self.params.update(head_dim=head_dim, sliding_window=sliding_window)
+
+    def hf_config(self):
+        from transformers import Gemma3TextConfig
+
+        p = self.params
+        # The last layer is a full-attention one, the rest slide (gemma3_270m: 5 sliding to 1 full).
+        layers = ["sliding_attention"] * (p["num_layers"] - 1) + ["full_attention"]
+        return Gemma3TextConfig(
+            vocab_size=p["vocab_size"],
+            hidden_size=p["hidden_size"],
+            intermediate_size=p["intermediate_size"],
+            num_hidden_layers=p["num_layers"],
+            num_attention_heads=p["num_heads"],
+            num_key_value_heads=p["num_kv_heads"],
+            head_dim=p["head_dim"],
+            query_pre_attn_scalar=p["head_dim"],
+            sliding_window=p["sliding_window"],
+            layer_types=layers,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )

@@ -23,6 +23,7 @@ LONGEST_FIRST = (
     "test_smollm2.py",
     "test_gemma3.py",
     "test_budget.py",
+    "test_gemma3_stages.py",
     "test_sweep.py",
     "test_evaluator.py",
     "test_bench.py",

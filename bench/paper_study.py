@@ -325,30 +325,71 @@ class Judged:
 def judge(study: Study, margin: float, resamples: int = 10_000) -> tuple[list[Judged], int]:
     """Every claim's statistic on one paired draw of items; each verdict from its own 95% interval and, for the
     paper's claims, from the family-wise interval over all of them (jcexp.paired.family_intervals)."""
-    all_claims = claims(study)
-    runnable = [c for c in all_claims if None not in c.runs]
-    runs = {r["config_hash"]: r for c in runnable for r in c.runs}
-    anchor = next(iter(runs.values()), None)
-    judged: list[Judged] = []
-    if anchor is None:
-        return [Judged(c, {"undefined": "a point did not run"}, "not measured", None) for c in all_claims], 0
-    paired_runs = {h: r for h, r in runs.items() if same_baseline(r, anchor)}
-    models = {"dense": items.scores(dense_items_of(anchor))}
-    models.update({h: items.scores(items_of(r)) for h, r in paired_runs.items()})
-    ok = [c for c in runnable if all(r["config_hash"] in paired_runs for r in c.runs)]
-    papers = {str(i): c.statistic for i, c in enumerate(ok) if c.papers}
-    own = {str(i): c.statistic for i, c in enumerate(ok) if not c.papers}
+    judged, family = judge_models({"": study}, margin, resamples)
+    return judged[""], family
+
+
+def judge_models(
+    studies: dict[str, Study], margin: float, resamples: int = 10_000
+) -> tuple[dict[str, list[Judged]], int]:
+    """``judge`` for several models scored on the same suite: every claim on every model from one paired draw of
+    the shared items, and the paper's claims on all the models as one family, so that the adjusted verdicts of
+    "for both models" hold all together at 95% (the family is the claims times the models, not one model's)."""
+    models: dict[str, dict[str, dict[str, float]]] = {}
+    papers: dict[str, Callable[[Means], float]] = {}
+    own: dict[str, Callable[[Means], float]] = {}
+    plans: dict[str, tuple[list[Claim], list[Claim], list[Claim]]] = {}
+    for tag, study in studies.items():
+        all_claims = claims(study)
+        runnable = [c for c in all_claims if None not in c.runs]
+        runs = {r["config_hash"]: r for c in runnable for r in c.runs}
+        anchor = next(iter(runs.values()), None)
+        paired_runs = {h: r for h, r in runs.items() if anchor and same_baseline(r, anchor)}
+        if anchor is not None:
+            models[f"{tag}/dense"] = items.scores(dense_items_of(anchor))
+            models.update({f"{tag}/{h}": items.scores(items_of(r)) for h, r in paired_runs.items()})
+        ok = [c for c in runnable if all(r["config_hash"] in paired_runs for r in c.runs)]
+        plans[tag] = (all_claims, runnable, ok)
+        for i, c in enumerate(ok):
+            (papers if c.papers else own)[f"{tag}/{i}"] = _on_model(c.statistic, tag)
     found = paired.family_intervals(models, papers, resamples=resamples) if papers else {}
     found |= paired.family_intervals(models, own, resamples=resamples) if own else {}
-    for c in all_claims:
-        if c not in ok:
-            why = "a point did not run" if c not in runnable else "not scored against the same dense baseline"
-            judged.append(Judged(c, {"undefined": why}, "not measured", None))
-            continue
-        res = found[str(ok.index(c))]
-        adjusted = verdicts.claim_verdict(c.expect, res["ci_adjusted"], margin) if c.papers else None
-        judged.append(Judged(c, res, verdicts.claim_verdict(c.expect, res["ci"], margin), adjusted))
-    return judged, len(papers)
+    out: dict[str, list[Judged]] = {}
+    for tag, (all_claims, runnable, ok) in plans.items():
+        judged = out.setdefault(tag, [])
+        for c in all_claims:
+            if c not in ok:
+                why = (
+                    "a point did not run"
+                    if c not in runnable
+                    else "not scored against the same dense baseline"
+                )
+                judged.append(Judged(c, {"undefined": why}, "not measured", None))
+                continue
+            res = found[f"{tag}/{ok.index(c)}"]
+            adjusted = verdicts.claim_verdict(c.expect, res["ci_adjusted"], margin) if c.papers else None
+            judged.append(Judged(c, res, verdicts.claim_verdict(c.expect, res["ci"], margin), adjusted))
+    return out, len(papers)
+
+
+def _on_model(statistic: Callable[[Means], float], tag: str) -> Callable[[Means], float]:
+    """The statistic on one model's runs: its keys ("dense", config hashes) without the model's prefix."""
+    prefix = f"{tag}/"
+
+    def on(m: Means) -> float:
+        return statistic({k[len(prefix) :]: v for k, v in m.items() if k.startswith(prefix)})
+
+    return on
+
+
+def both_verdict(adjusted: list[str]) -> str:
+    """A claim made for every model: it holds when it holds on each, does not hold when it fails on one, and is
+    inconclusive otherwise (or not measured when a model lacks its points)."""
+    if "not measured" in adjusted:
+        return "not measured"
+    if all(v == verdicts.HOLDS for v in adjusted):
+        return verdicts.HOLDS
+    return verdicts.DOES_NOT_HOLD if verdicts.DOES_NOT_HOLD in adjusted else verdicts.INCONCLUSIVE
 
 
 def _ci_text(ci: list[float] | None) -> str:
@@ -388,6 +429,57 @@ def claims_markdown(root: Path, margin: float = verdicts.DEFAULT_MARGIN) -> str:
         "",
     ]
     return "\n".join([*md, *notes, *srcr_rows(study), "", *case_rows(study), ""])
+
+
+def models_markdown(roots: dict[str, Path], margin: float = verdicts.DEFAULT_MARGIN) -> str:
+    """The claims on several models, side by side: each model's estimate with its own interval and its
+    family-wise interval and verdict (one family over all the models' claims), and the verdict for all the
+    models together (``both_verdict``). Claims whose points a model did not run say "not measured"."""
+    studies = {tag: Study(root) for tag, root in roots.items()}
+    judged, family = judge_models(studies, margin)
+    tags = list(studies)
+    head = "| # | the paper's claim | where | expects |"
+    head += "".join(f" {t}: estimate [95% CI] | {t}: family-wise CI, verdict |" for t in tags)
+    md = [head + " all models |", "|---" * (4 + 2 * len(tags) + 1) + "|"]
+    counts: dict[str, int] = {}
+    rows = zip(*(judged[t] for t in tags), strict=True)
+    for i, per_model in enumerate(rows, 1):
+        c = per_model[0].claim
+        cells = []
+        for j in per_model:
+            res = j.result
+            est = (
+                "n/a" if res.get("point") is None else f"{100 * res['point']:+.1f} {_ci_text(res.get('ci'))}"
+            )
+            if j.verdict == "not measured":
+                cells.append(f"{est} | not measured |")
+            elif c.papers:
+                cells.append(f"{est} | {_ci_text(res.get('ci_adjusted'))} **{j.adjusted}** |")
+            else:
+                cells.append(f"{est} | {j.verdict} (own interval; not in the family) |")
+        together = both_verdict([j.adjusted or j.verdict for j in per_model]) if c.papers else "-"
+        if c.papers:
+            counts[together] = counts.get(together, 0) + 1
+        expects = f"{c.expect} {'±margin' if c.expect == '=' else '0'}"
+        md.append(f"| {i} | {c.text} | {c.where} | {expects} | " + " ".join(cells) + f" **{together}** |")
+    summary = ", ".join(f"{n} {word}" for word, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    level = next(
+        (j.result.get("adjusted_level") for t in tags for j in judged[t] if j.result.get("adjusted_level")),
+        None,
+    )
+    md += [
+        "",
+        f"Equivalence margin {verdicts.margin_text(margin)}. The paper's claims measured on {' and '.join(tags)} "
+        f"form one family of {family}: their adjusted intervals hold all together with 95% probability "
+        "(simultaneous percentile bootstrap, one draw of the shared items for every run of every model"
+        + (f"; each adjusted interval is a {100 * level:.2f}% percentile interval" if level else "")
+        + "). A claim holds for all models when its adjusted verdict holds on each, does not hold when it does "
+        f"not hold on one, and is inconclusive otherwise. All models: {summary}.",
+        "",
+    ]
+    for tag, study in studies.items():
+        md += [f"SrCr_j on {tag}:", "", *srcr_rows(study), ""]
+    return "\n".join(md)
 
 
 def case_rows(study: Study) -> list[str]:
@@ -466,6 +558,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["run", "claims", "timing"])
     parser.add_argument("--root", type=Path, default=ROOT / "outputs" / "study")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="LABEL=ROOT",
+        help="claims on several models, one family (repeat: --model SmolLM2=outputs/study --model Gemma=...)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every experiment (run only)")
     parser.add_argument(
         "--experiments",
@@ -485,6 +584,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_study(args.root.resolve(), args.overrides, chosen), indent=1))
     elif args.action == "timing":
         print(timing_markdown(args.root))
+    elif args.model:
+        roots = dict(m.split("=", 1) for m in args.model)
+        print(models_markdown({label: Path(root) for label, root in roots.items()}, args.margin))
     else:
         print(claims_markdown(args.root, args.margin))
 

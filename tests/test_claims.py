@@ -66,32 +66,39 @@ def _write_run(
     )
 
 
-@pytest.fixture
-def study_root(tmp_path) -> Path:
-    """The grid the claims read, with effects chosen so that each kind of verdict occurs."""
-    rng = np.random.default_rng(0)
+GRID = {
+    # name: (sparsity, bits, mask, quant, case, drop)
+    "p25": (25, 16, None, "gptq", None, 0.02),
+    "p33": (33.333, 16, None, "gptq", None, 0.03),
+    "p50": (50, 16, None, "gptq", None, 0.15),
+    "p75": (75, 16, None, "gptq", None, 0.6),
+    "q8": (0, 8, None, "gptq", None, 0.0),
+    "q4": (0, 4, None, "gptq", None, 0.03),
+    "q3": (0, 3, None, "gptq", None, 0.25),
+    "q2": (0, 2, None, "gptq", None, 0.7),
+    "j25_4": (25, 4, None, "gptq", "B", 0.06),
+    "j25_4A": (25, 4, None, "gptq", "A", 0.06),
+    "j33_3": (33.333, 3, None, "gptq", "B", 0.3),
+}
+
+
+def _study(root: Path, seed: int = 0, drops: dict[str, float] | None = None) -> Path:
+    """A grid the claims read, with effects chosen so that each kind of verdict occurs (``drops`` changes some)."""
+    rng = np.random.default_rng(seed)
     dense = _dense(rng)
-    dense_dir = tmp_path / "cache" / "baselines" / "k0"
+    dense_dir = root / "cache" / "baselines" / "k0"
     dense_dir.mkdir(parents=True)
     items.write(dense_dir, _sidecar(dense))
-    grid = {
-        # name: (sparsity, bits, mask, quant, case, drop)
-        "p25": (25, 16, None, "gptq", None, 0.02),
-        "p33": (33.333, 16, None, "gptq", None, 0.03),
-        "p50": (50, 16, None, "gptq", None, 0.15),
-        "p75": (75, 16, None, "gptq", None, 0.6),
-        "q8": (0, 8, None, "gptq", None, 0.0),
-        "q4": (0, 4, None, "gptq", None, 0.03),
-        "q3": (0, 3, None, "gptq", None, 0.25),
-        "q2": (0, 2, None, "gptq", None, 0.7),
-        "j25_4": (25, 4, None, "gptq", "B", 0.06),
-        "j25_4A": (25, 4, None, "gptq", "A", 0.06),
-        "j33_3": (33.333, 3, None, "gptq", "B", 0.3),
-    }
-    for name, (s, b, mask, quant, case, drop) in grid.items():
+    for name, (s, b, mask, quant, case, drop) in GRID.items():
+        drop = (drops or {}).get(name, drop)
         values = dense if drop == 0 else _flip(dense, rng, drop)
-        _write_run(tmp_path, dense_dir, name, values, s, b, mask, quant, case)
-    return tmp_path
+        _write_run(root, dense_dir, name, values, s, b, mask, quant, case)
+    return root
+
+
+@pytest.fixture
+def study_root(tmp_path) -> Path:
+    return _study(tmp_path)
 
 
 def _by_text(judged):
@@ -172,3 +179,28 @@ def test_timing_sums_each_distinct_result_once(study_root):
         atomic_write_json(path, data)
     md = paper_study.timing_markdown(study_root)
     assert "| eval | 11 | 110 |" in md and "| quantize | 5 | 25 |" in md
+
+
+def test_two_models_form_one_family_and_a_claim_for_both_needs_both(tmp_path):
+    """The second model's 25% + 4 bit loses as much as its 3 bit: the central claim holds on the first model and
+    does not hold on the second, so it does not hold for both; the family is both models' claims, so each
+    model's adjusted interval is wider than in its own family."""
+    first = _study(tmp_path / "first")
+    second = _study(tmp_path / "second", seed=1, drops={"j25_4": 0.45})
+    studies = {"first": paper_study.Study(first), "second": paper_study.Study(second)}
+    judged, family = paper_study.judge_models(studies, margin=0.05, resamples=2000)
+    alone, alone_family = paper_study.judge(studies["first"], margin=0.05, resamples=2000)
+    assert family == 2 * alone_family
+    central = "TCr 81.25%: 25% + 4 bit beats 3 bit alone (by about 20 points)"
+    a, b = (_by_text(judged[t])[central] for t in ("first", "second"))
+    assert a.adjusted == "holds" and b.adjusted == "does not hold"
+    assert paper_study.both_verdict([a.adjusted, b.adjusted]) == "does not hold"
+    mine = _by_text(alone)[central]
+    assert a.result["point"] == pytest.approx(mine.result["point"])  # the same statistic on the same items
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(a.result["ci_adjusted"]) > width(mine.result["ci_adjusted"])
+    md = paper_study.models_markdown({"first": first, "second": second}, margin=0.05)
+    assert f"form one family of {family}" in md and "first: family-wise CI, verdict" in md
+    assert paper_study.both_verdict(["holds", "holds"]) == "holds"
+    assert paper_study.both_verdict(["holds", "inconclusive"]) == "inconclusive"
+    assert paper_study.both_verdict(["holds", "not measured"]) == "not measured"

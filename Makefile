@@ -46,7 +46,7 @@ slurm-deps:
 
 test: $(DATA_STAMP) slurm-deps
 	$(PY) -m ruff check jcexp hydra_plugins tests bench launch.py
-	$(PY) -m pytest -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --durations=20 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Benchmarks on SmolLM2 (about 45 min on 2 CPU cores); figures in bench/results/, quoted in docs/performance.md.
 bench: $(DATA_STAMP)

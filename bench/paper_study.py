@@ -431,6 +431,46 @@ def claims_markdown(root: Path, margin: float = verdicts.DEFAULT_MARGIN) -> str:
     return "\n".join([*md, *notes, *srcr_rows(study), "", *case_rows(study), ""])
 
 
+# The points of pruning_only, quantization_only and joint_tcr: (sparsity, bits, variant).
+STUDY_POINTS = (
+    *((s, 16, "none") for s in (25, 33.333, 50, 75)),
+    *((0, b, "gptq") for b in (8, 4, 3, 2)),
+    (50, 8, "gptq"),
+    (25, 4, "gptq"),
+    (33.333, 3, "gptq"),
+)
+
+
+def points_rows(studies: dict[str, Study]) -> list[str]:
+    """One row per point of the three experiments, one column pair per model: Sr with its 95% interval, and
+    the held-out word perplexity (the dense model's first)."""
+    tags = list(studies)
+    head = "| point | TCr |" + "".join(f" {t}: Sr [95% CI] | {t}: perplexity |" for t in tags)
+    out = [head, "|---" * (2 + 2 * len(tags)) + "|"]
+    dense = ["| dense | 0% |"]
+    for study in studies.values():
+        any_run = next(iter(study.runs), None)
+        ppl = (any_run or {}).get("perplexity", {}).get("jc_prose_ppl", {}).get("baseline")
+        dense.append(" 1 | " + (f"{ppl:.1f} |" if ppl else "n/a |"))
+    out.append("".join(dense))
+    for s, b, variant in STUDY_POINTS:
+        cells = []
+        tcr = None
+        for study in studies.values():
+            r = study.find(s, b, variant)
+            if r is None:
+                cells.append(" not run | |")
+                continue
+            tcr = tcr_of(r)
+            ci = r["metrics"].get("sr_ci")
+            ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+            ppl = r.get("perplexity", {}).get("jc_prose_ppl", {}).get("value")
+            cells.append(f" {sr_of(r):.3f}{ci_text} | " + (f"{ppl:.1f} |" if ppl else "n/a |"))
+        name = f"{s:g}% + {b} bit" if s and b < 16 else (f"{s:g}%" if s else f"{b} bit")
+        out.append(f"| {name} | " + (f"{100 * tcr:.4g}%" if tcr is not None else "") + " |" + "".join(cells))
+    return out
+
+
 def models_markdown(roots: dict[str, Path], margin: float = verdicts.DEFAULT_MARGIN) -> str:
     """The claims on several models, side by side: each model's estimate with its own interval and its
     family-wise interval and verdict (one family over all the models' claims), and the verdict for all the
@@ -440,7 +480,7 @@ def models_markdown(roots: dict[str, Path], margin: float = verdicts.DEFAULT_MAR
     tags = list(studies)
     head = "| # | the paper's claim | where | expects |"
     head += "".join(f" {t}: estimate [95% CI] | {t}: family-wise CI, verdict |" for t in tags)
-    md = [head + " all models |", "|---" * (4 + 2 * len(tags) + 1) + "|"]
+    md = [*points_rows(studies), "", head + " all models |", "|---" * (4 + 2 * len(tags) + 1) + "|"]
     counts: dict[str, int] = {}
     rows = zip(*(judged[t] for t in tags), strict=True)
     for i, per_model in enumerate(rows, 1):

@@ -122,9 +122,8 @@ def test_every_stage_runs_on_gemma3_and_leaves_norms_embeddings_and_lm_head_alon
     cfg, result = _run(compose, cache, *STAGES[name])
     m, s = result["metrics"], result["measured"]["sparsity"]
     assert result["status"] == "complete" and result["model"]["linear_layers"] == LAYERS
-    assert s["pruned"] == pytest.approx(
-        0.25, abs=0.005
-    )  # every stage here prunes 25% (one-pass in its sweep)
+    # Every stage here prunes 25% (one-pass in its GPTQ sweep, so "pruned" and not "after_prune").
+    assert s["pruned"] == pytest.approx(0.25, abs=0.005)
     assert m["tcr"] == pytest.approx(1 - 0.75 * result["compression"]["quant"]["bits"] / 16)
     # Scored by lm-eval (a random-init model's Sr has no interval: its dense scores are near chance).
     assert set(result["tasks"]) == {"jc_lastword", "jc_nextsentence"} and m["mean_score"] is not None

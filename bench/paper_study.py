@@ -76,7 +76,10 @@ class Study:
 
     def __init__(self, root: Path):
         results, _ = collect(root / "multirun")
-        self.runs = list({r["config_hash"]: r for r in results}.values())
+        # The computed result wins over a copy a later experiment resumed from it (the copy has no stage timings
+        # of its own: keeping it would drop the point's compute from the timing table).
+        ordered = sorted(results, key=lambda r: r.get("resumed_from") is None)
+        self.runs = list({r["config_hash"]: r for r in ordered}.values())
 
     def find(
         self, sparsity: float, bits: int, variant: str, mask: str | None = None

@@ -54,6 +54,7 @@ def row(name: str, result: dict[str, Any], wall: float) -> dict[str, Any]:
         "checkpoint": saved.get("format"),
         "checkpoint MB": round(saved.get("bytes", 0) / 2**20, 1) if saved else None,
         "lm_head untouched": result["measured"]["lm_head_unchanged"],
+        "other params changed": len(result["measured"].get("uncompressed_changed", [])),
         "prune s": round(stages.get("prune", stages.get("load_pruned", {})).get("seconds", 0), 1),
         "quantize s": round(stages.get("quantize", {}).get("seconds", 0), 1),
         "eval s": round(stages["eval"]["seconds"], 1),

@@ -355,6 +355,7 @@ def judge_models(
         plans[tag] = (all_claims, runnable, ok)
         for i, c in enumerate(ok):
             (papers if c.papers else own)[f"{tag}/{i}"] = _on_model(c.statistic, tag)
+    _same_items(models, list(studies))
     found = paired.family_intervals(models, papers, resamples=resamples) if papers else {}
     found |= paired.family_intervals(models, own, resamples=resamples) if own else {}
     out: dict[str, list[Judged]] = {}
@@ -372,7 +373,21 @@ def judge_models(
             res = found[f"{tag}/{ok.index(c)}"]
             adjusted = verdicts.claim_verdict(c.expect, res["ci_adjusted"], margin) if c.papers else None
             judged.append(Judged(c, res, verdicts.claim_verdict(c.expect, res["ci"], margin), adjusted))
-    return out, len(papers)
+    family = max((found[k].get("family", 0) for k in papers), default=0)
+    return out, family
+
+
+def _same_items(models: dict[str, dict[str, dict[str, float]]], tags: list[str]) -> None:
+    """Several models are compared on the items they share; a model that answered other items would silently
+    move every model's estimates to the intersection, so the dense baselines must have the same item ids."""
+    dense = {t: models[f"{t}/dense"] for t in tags if f"{t}/dense" in models}
+    if len(dense) < 2:
+        return
+    first, *rest = dense
+    for tag in rest:
+        for task in set(dense[first]) | set(dense[tag]):
+            if set(dense[first].get(task, {})) != set(dense[tag].get(task, {})):
+                raise ValueError(f"{first} and {tag} were scored on different items of {task!r}")
 
 
 def _on_model(statistic: Callable[[Means], float], tag: str) -> Callable[[Means], float]:
@@ -388,11 +403,11 @@ def _on_model(statistic: Callable[[Means], float], tag: str) -> Callable[[Means]
 def both_verdict(adjusted: list[str]) -> str:
     """A claim made for every model: it holds when it holds on each, does not hold when it fails on one, and is
     inconclusive otherwise (or not measured when a model lacks its points)."""
+    if verdicts.DOES_NOT_HOLD in adjusted:
+        return verdicts.DOES_NOT_HOLD
     if "not measured" in adjusted:
         return "not measured"
-    if all(v == verdicts.HOLDS for v in adjusted):
-        return verdicts.HOLDS
-    return verdicts.DOES_NOT_HOLD if verdicts.DOES_NOT_HOLD in adjusted else verdicts.INCONCLUSIVE
+    return verdicts.HOLDS if all(v == verdicts.HOLDS for v in adjusted) else verdicts.INCONCLUSIVE
 
 
 def _ci_text(ci: list[float] | None) -> str:

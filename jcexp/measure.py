@@ -126,6 +126,20 @@ def lm_head_digest(model) -> str:
     return hashlib.sha256(head.weight.detach().cpu().float().numpy().tobytes()).hexdigest()[:16]
 
 
+def uncompressed_digests(model) -> dict[str, str]:
+    """Hash of every parameter outside the compressible Linear layers (norms, embeddings, lm_head, biases of
+    other modules), by name: none of them may change."""
+    linears = compressible_linears(model)
+    out = {}
+    for module_name, module in model.named_modules():
+        if module_name in linears:
+            continue
+        for name, param in module.named_parameters(recurse=False):
+            data = param.detach().cpu().float().numpy().tobytes()
+            out[f"{module_name}.{name}"] = hashlib.sha256(data).hexdigest()[:16]
+    return out
+
+
 def dir_bytes(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 

@@ -589,8 +589,12 @@ class TinyRandomLlama(ModelSource):
         )
         torch.manual_seed(self.params["seed"])
         model = AutoModelForCausalLM.from_config(self.hf_config()).to(_torch_dtype(self.dtype))
+        self._randomize(model)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+
+    def _randomize(self, model) -> None:
+        """Weights the init leaves constant, made random (none for the Llama: its init is random throughout)."""
 
     def load(self):
         return self._load_dir(self.hf_dir(), self.dtype)
@@ -627,7 +631,17 @@ class TinyRandomGemma3(TinyRandomLlama):
     ):
         super().__init__(cache_dir, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads,
                          vocab_size, seed, dtype)  # fmt: skip
-        self.params.update(head_dim=head_dim, sliding_window=sliding_window)
+        self.params.update(head_dim=head_dim, sliding_window=sliding_window, norm_std=0.1)
+
+    def _randomize(self, model) -> None:
+        # Gemma 3 initialises every norm weight to 0 (it scales by 1 + w): random ones make "the norms are left
+        # alone" a check that can fail, and the q/k norms do something.
+        import torch
+
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.normal_(0.0, self.params["norm_std"])
 
     def hf_config(self):
         from transformers import Gemma3TextConfig

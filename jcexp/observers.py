@@ -115,13 +115,17 @@ class SparsityMeter(Observer):
 
 
 class LmHeadGuard(Observer):
-    """lm_head (tied to the input embeddings in SmolLM2) is never compressed: its digest must not change."""
+    """lm_head (tied to the input embeddings in SmolLM2) is never compressed: its digest must not change; nor
+    may any other parameter outside the compressible Linears (norms, embeddings): those that did are named."""
 
     def start(self, run: RunState) -> None:
         self._digest = measure.lm_head_digest(run.model)
+        self._rest = measure.uncompressed_digests(run.model)
 
     def finish(self, run: RunState) -> None:
         run.measured["lm_head_unchanged"] = measure.lm_head_digest(run.model) == self._digest
+        now = measure.uncompressed_digests(run.model)
+        run.measured["uncompressed_changed"] = sorted(n for n, d in self._rest.items() if now.get(n) != d)
 
 
 class PlacementGuard(Observer):

@@ -204,3 +204,4 @@ def test_two_models_form_one_family_and_a_claim_for_both_needs_both(tmp_path):
     assert paper_study.both_verdict(["holds", "holds"]) == "holds"
     assert paper_study.both_verdict(["holds", "inconclusive"]) == "inconclusive"
     assert paper_study.both_verdict(["holds", "not measured"]) == "not measured"
+    assert paper_study.both_verdict(["does not hold", "not measured"]) == "does not hold"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 from jcexp import nm
 from jcexp.config import ConfigError, group_size_errors, parse_mask, prunes, quantizes
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -218,8 +221,11 @@ def apply_stage(stage: Stage, model, tokenizer, calibration, seed: int) -> None:
     in host RAM (llm-compressor onloads layer by layer) and leaves a plain model, with no offload wrappers and
     its quantization baked into the weights, whatever dispatch the stage used."""
     from jcexp import placement
+    from jcexp.compress import offset_norms
 
     seed_everything(seed)
+    # oneshot rounds Gemma-style norms through 1 + w (jcexp/compress/offset_norms.py); data-free stages do not.
+    norms = {} if stage.data_free else offset_norms.save(model)
     placement.for_compression(model)
     try:
         if stage.data_free:
@@ -239,6 +245,17 @@ def apply_stage(stage: Stage, model, tokenizer, calibration, seed: int) -> None:
         )
     finally:
         placement.release(model)
+    if norms:
+        done = offset_norms.restore(model, norms)
+        log.info(
+            "offset norms: %d of %d put back after oneshot's 1 + w round trip (it moved them by up to %.3g)%s",
+            done["restored"],
+            done["offset_norms"],
+            done["largest_round_trip_change"],
+            f"; changed by the stage and kept: {done['changed_by_the_stage']}"
+            if done["changed_by_the_stage"]
+            else "",
+        )
 
 
 def compression_device() -> str:

@@ -143,7 +143,7 @@ def test_gemma3_joint_25_percent_4_bit(compose, source, tokenizer):
             "calibration.num_samples=8",
             "calibration.seq_len=128",
             "benchmark.limit=8",
-            "save_model=true",
+            "save_model=false",  # the compressed-tensors checkpoint: tests/test_gemma3_stages.py, bench/gemma3_stages.py
         )
     )
     seconds = time.perf_counter() - start
@@ -164,7 +164,6 @@ def test_gemma3_joint_25_percent_4_bit(compose, source, tokenizer):
     assert result["model"]["linear_layers"] == 18 * 7  # q, k, v, o, gate, up, down; norms are not Linear
     # The dense baseline's held-out perplexity is in the tens, not the thousands.
     assert result["perplexity"]["jc_prose_ppl"]["baseline"] < 100
-    assert result["saved_model"]["format"] == "compressed-tensors"
 
     model, _ = source.load()
     names = measure.compressible_linears(model)

@@ -36,7 +36,8 @@ SHAPES = {
 
 # Every stage jcexp has, at its defaults (25% sparsity, 4 bit; NF4 in blocks of 64, LLM.int8() at 8 bit).
 STAGES = {
-    "sparsegpt+gptq_case_b": ("quant=gptq", "quant.case=B"),
+    # Saved as well: the checkpoint test below reloads this run's compressed-tensors checkpoint (one run, not two).
+    "sparsegpt+gptq_case_b": ("quant=gptq", "quant.case=B", "save_model=true"),
     "sparsegpt+gptq_case_a": ("quant=gptq", "quant.case=A"),
     "sparsegpt+gptq_joint": ("quant=gptq", "quant.case=joint"),
     "wanda+rtn": ("pruner=wanda", "quant=rtn"),
@@ -184,7 +185,8 @@ def test_2_6_and_1_3_on_widths_640_1024_and_2048(compose, cache, mask, layout):
 
 def test_the_compressed_tensors_checkpoint_reloads_as_gemma3(compose, cache):
     """save_model=true writes llm-compressor's compressed-tensors checkpoint; transformers reloads it as the same
-    architecture with the pruned zeros and the tied head intact."""
+    architecture with the pruned zeros and the tied head intact. (The Case B stage test above ran this config and
+    wrote the checkpoint; run alone, this test computes it.)"""
     from transformers import AutoModelForCausalLM
     from transformers.utils.quantization_config import CompressedTensorsConfig
 

@@ -143,7 +143,11 @@ def test_gemma3_joint_25_percent_4_bit(compose, source, tokenizer):
             "calibration.num_samples=8",
             "calibration.seq_len=128",
             "benchmark.limit=8",
-            "save_model=false",  # the compressed-tensors checkpoint: tests/test_gemma3_stages.py, bench/gemma3_stages.py
+            # Two costs CI's budget cannot carry twice (each covered elsewhere): the held-out perplexity through the
+            # 262k-token head (test_dense_perplexity_on_held_out_prose) and a 723 MB compressed-tensors checkpoint
+            # (tests/test_gemma3_stages.py, bench/gemma3_stages.py).
+            "~benchmark.perplexity.jc_prose_ppl",
+            "save_model=false",
         )
     )
     seconds = time.perf_counter() - start
@@ -162,8 +166,7 @@ def test_gemma3_joint_25_percent_4_bit(compose, source, tokenizer):
     # lm_head is tied to the 262k-token embedding table: neither is pruned nor quantized.
     assert result["measured"]["lm_head_unchanged"] is True
     assert result["model"]["linear_layers"] == 18 * 7  # q, k, v, o, gate, up, down; norms are not Linear
-    # The dense baseline's held-out perplexity is in the tens, not the thousands.
-    assert result["perplexity"]["jc_prose_ppl"]["baseline"] < 100
+    assert result["measured"]["uncompressed_changed"] == []  # norms, q/k norms, embeddings
 
     model, _ = source.load()
     names = measure.compressible_linears(model)

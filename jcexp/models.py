@@ -543,23 +543,27 @@ class TinyRandomLlama(ModelSource):
             "seed": seed,
         }
 
+    def _shape(self) -> dict[str, Any]:
+        """The transformers config fields every tiny model shares: sizes, tied embeddings, special token ids."""
+        p = self.params
+        return {
+            "vocab_size": p["vocab_size"],
+            "hidden_size": p["hidden_size"],
+            "intermediate_size": p["intermediate_size"],
+            "num_hidden_layers": p["num_layers"],
+            "num_attention_heads": p["num_heads"],
+            "num_key_value_heads": p["num_kv_heads"],
+            "max_position_embeddings": 2048,
+            "tie_word_embeddings": True,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        }
+
     def hf_config(self):
         from transformers import LlamaConfig
 
-        p = self.params
-        return LlamaConfig(
-            vocab_size=p["vocab_size"],
-            hidden_size=p["hidden_size"],
-            intermediate_size=p["intermediate_size"],
-            num_hidden_layers=p["num_layers"],
-            num_attention_heads=p["num_heads"],
-            num_key_value_heads=p["num_kv_heads"],
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        )
+        return LlamaConfig(**self._shape())
 
     def hf_dir(self) -> Path:
         key = {**self.params, "dtype": self.dtype}
@@ -629,8 +633,17 @@ class TinyRandomGemma3(TinyRandomLlama):
         seed: int = 0,
         dtype: str = "float32",
     ):
-        super().__init__(cache_dir, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads,
-                         vocab_size, seed, dtype)  # fmt: skip
+        super().__init__(
+            cache_dir,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            vocab_size,
+            seed,
+            dtype,
+        )
         self.params.update(head_dim=head_dim, sliding_window=sliding_window, norm_std=0.1)
 
     def _randomize(self, model) -> None:
@@ -650,19 +663,9 @@ class TinyRandomGemma3(TinyRandomLlama):
         # The last layer is a full-attention one, the rest slide (gemma3_270m: 5 sliding to 1 full).
         layers = ["sliding_attention"] * (p["num_layers"] - 1) + ["full_attention"]
         return Gemma3TextConfig(
-            vocab_size=p["vocab_size"],
-            hidden_size=p["hidden_size"],
-            intermediate_size=p["intermediate_size"],
-            num_hidden_layers=p["num_layers"],
-            num_attention_heads=p["num_heads"],
-            num_key_value_heads=p["num_kv_heads"],
+            **self._shape(),
             head_dim=p["head_dim"],
             query_pre_attn_scalar=p["head_dim"],
             sliding_window=p["sliding_window"],
             layer_types=layers,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
         )

@@ -120,24 +120,22 @@ def nm_structure(model, n: int, m: int, block: int | None = None) -> dict[str, A
     }
 
 
-def lm_head_digest(model) -> str:
-    """Hash of lm_head's weight (tied to the input embeddings in SmolLM2): it must not change."""
-    head = model.get_output_embeddings()
-    return hashlib.sha256(head.weight.detach().cpu().float().numpy().tobytes()).hexdigest()[:16]
-
-
 def uncompressed_digests(model) -> dict[str, str]:
     """Hash of every parameter outside the compressible Linear layers (norms, embeddings, lm_head, biases of
-    other modules), by name: none of them may change."""
+    other modules), by name: none of them may change. A tied lm_head is one tensor with the embeddings and is
+    hashed once, under the first name ``named_parameters`` gives it (see ``lm_head_key``)."""
     linears = compressible_linears(model)
-    out = {}
-    for module_name, module in model.named_modules():
-        if module_name in linears:
-            continue
-        for name, param in module.named_parameters(recurse=False):
-            data = param.detach().cpu().float().numpy().tobytes()
-            out[f"{module_name}.{name}"] = hashlib.sha256(data).hexdigest()[:16]
-    return out
+    return {
+        name: hashlib.sha256(param.detach().cpu().float().numpy().tobytes()).hexdigest()[:16]
+        for name, param in model.named_parameters()
+        if name.rpartition(".")[0] not in linears
+    }
+
+
+def lm_head_key(model) -> str:
+    """lm_head's weight in ``uncompressed_digests`` (``model.embed_tokens.weight`` when tied, as in SmolLM2)."""
+    head = model.get_output_embeddings().weight
+    return next(name for name, param in model.named_parameters() if param is head)
 
 
 def dir_bytes(path: str | Path) -> int:

@@ -119,13 +119,13 @@ class LmHeadGuard(Observer):
     may any other parameter outside the compressible Linears (norms, embeddings): those that did are named."""
 
     def start(self, run: RunState) -> None:
-        self._digest = measure.lm_head_digest(run.model)
-        self._rest = measure.uncompressed_digests(run.model)
+        self._head = measure.lm_head_key(run.model)
+        self._digests = measure.uncompressed_digests(run.model)
 
     def finish(self, run: RunState) -> None:
-        run.measured["lm_head_unchanged"] = measure.lm_head_digest(run.model) == self._digest
         now = measure.uncompressed_digests(run.model)
-        run.measured["uncompressed_changed"] = sorted(n for n, d in self._rest.items() if now.get(n) != d)
+        run.measured["lm_head_unchanged"] = now.get(self._head) == self._digests[self._head]
+        run.measured["uncompressed_changed"] = sorted(n for n, d in self._digests.items() if now.get(n) != d)
 
 
 class PlacementGuard(Observer):

@@ -86,6 +86,41 @@ def host_capacity() -> tuple[int, str]:
     return room + own, where
 
 
+def gpu_compute_mode() -> str | None:
+    """The compute mode of the GPU that ``cuda`` means here, as nvidia-smi names it ("Default",
+    "Exclusive_Process", "Prohibited"), or None without CUDA or where it cannot be read. torch has no API for
+    it (its device properties carry no compute mode): NVML's, through pynvml where it is installed, else
+    ``nvidia-smi --query-gpu=compute_mode``. The GPU is named by its UUID, so CUDA_VISIBLE_DEVICES'
+    renumbering cannot point the query at another card. Neither query opens a CUDA context."""
+    import subprocess
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            mode = pynvml.nvmlDeviceGetComputeMode(pynvml.nvmlDeviceGetHandleByUUID(uuid.encode()))
+        finally:
+            pynvml.nvmlShutdown()
+        return {0: "Default", 2: "Prohibited", 3: "Exclusive_Process"}.get(mode, f"mode {mode}")
+    except Exception as exc:  # noqa: BLE001 - no pynvml or no NVML: ask nvidia-smi
+        log.debug("preflight: NVML did not give the compute mode (%s); asking nvidia-smi", exc)
+    cmd = ["nvidia-smi", f"--id={uuid}", "--query-gpu=compute_mode", "--format=csv,noheader"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("preflight: could not read the GPU's compute mode (%s)", exc)
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
 def gpu_capacity() -> tuple[int, str]:
     import torch
 
@@ -186,6 +221,7 @@ def check(estimate: dict[str, Any], cfg, out: str | Path | None = None) -> None:
             "resources.enforce=false runs anyway)"
         )
 
+    problems += _compute_mode_problems(estimate)
     problems += _disk_problems(estimate, cfg, Path(out) if out else Path(cfg.paths.root))
     if not problems:
         return
@@ -256,6 +292,26 @@ def _vllm_problems(estimate: dict[str, Any], room: float, where: str) -> list[st
             f"{fmt_bytes(one_sequence)}, and vLLM refuses to start without it; to fit: {fix}"
         )
     return problems
+
+
+def _compute_mode_problems(estimate: dict[str, Any]) -> list[str]:
+    """A subprocess evaluator (hf_subprocess, vllm) scoring on the GPU starts a second process on it while
+    this one keeps its CUDA context (compression on cuda:0, the preflight's own memory query: torch never
+    gives a context back). A GPU in EXCLUSIVE_PROCESS mode allows one context at a time, so the child could
+    not create its own. Refused here, naming the fix, rather than after the compression."""
+    work = estimate["inputs"]["workload"]
+    if work.get("eval_process") != "subprocess" or work.get("eval_device") != "cuda":
+        return []
+    mode = gpu_compute_mode()
+    estimate["gpu_compute_mode"] = mode
+    if mode != "Exclusive_Process":
+        return []
+    return [
+        f"the evaluator's child process ({work.get('eval_backend', 'hf')}) could not start on the GPU: "
+        "its compute mode is Exclusive_Process (one CUDA context at a time) and this process keeps its own "
+        "context while the child runs; to fix: score in this process (evaluator=hf), or have the GPU set to "
+        "DEFAULT mode (`nvidia-smi -i <gpu> -c DEFAULT`, as root), or evaluate on the CPU (device=cpu)"
+    ]
 
 
 def _disk_problems(estimate: dict[str, Any], cfg, out: Path) -> list[str]:

@@ -19,10 +19,9 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible: GPU path not run here"),
 ]
 
-# Agreement between a CPU and a GPU run of the same point: 2 accuracy points or one item, whichever is more.
-SCORE_ABS_TOL = 0.02
-SR_ABS_TOL = 0.03
-PPL_REL_TOL = 0.02
+# Agreement between a CPU and a GPU run of the same point, in items (bench.gpu_check.CPU_GPU_TOLERANCE): per
+# task, at most 1 item or 2% of its items scored differently, for the compressed model and the dense baseline;
+# perplexity within 2%. No bound on Sr: on the tiny suite (baselines 0.0 and 0.125) one item moves it by 0.5.
 
 
 def _check_gpu_placement(result: dict) -> None:
@@ -35,14 +34,10 @@ def _check_gpu_placement(result: dict) -> None:
 
 
 def _agree(cpu: dict, gpu: dict) -> None:
-    for task, row in cpu["tasks"].items():
-        tol = max(SCORE_ABS_TOL, 1 / cpu["n_samples"][task]["effective"])
-        assert abs(row["value"] - gpu["tasks"][task]["value"]) <= tol, task
-        assert abs(row["baseline"] - gpu["tasks"][task]["baseline"]) <= tol, task
-    for task, row in cpu["perplexity"].items():
-        assert abs(row["value"] / gpu["perplexity"][task]["value"] - 1) <= PPL_REL_TOL, task
-    if cpu["metrics"]["sr"] is not None:
-        assert abs(cpu["metrics"]["sr"] - gpu["metrics"]["sr"]) <= SR_ABS_TOL
+    from bench.gpu_check import CPU_GPU_TOLERANCE, comparison
+
+    found = comparison(cpu, gpu, CPU_GPU_TOLERANCE, ("cpu", "gpu"))
+    assert found["rows"] and found["disagreements"] == [], found["disagreements"]
 
 
 @pytest.mark.parametrize("quant", ["gptq", "rtn", "nf4", "int8_weight", "llm_int8"])
@@ -71,8 +66,9 @@ def test_smollm2_point_scored_by_vllm_agrees_with_hf(compose, tmp_path):
     """One SmolLM2 point (25% SparseGPT + 4-bit GPTQ) compressed on the GPU, scored by evaluator=vllm (its own
     environment, the packed W4A16 checkpoint in bfloat16) and by evaluator=hf (the in-memory float32 model), both
     for the compressed model and the dense baseline. They must agree within bench.gpu_check's VLLM_TOLERANCE
-    (3 accuracy points or 2 items per task, 3% of perplexity, 3 points of Sr): vLLM's bfloat16 int4 kernels may
-    flip items near a tie. bench.gpu_check runs the same comparison on the whole suite and records the figures."""
+    (per task at most 2 items or 3% of its items scored differently, 3% of perplexity): vLLM's bfloat16 int4
+    kernels may flip items near a tie. bench.gpu_check runs the same comparison on the whole suite and records
+    the figures. `make gpu-check` refuses to start without the vLLM environment unless SKIP_VLLM=1."""
     from bench.gpu_check import VLLM_TOLERANCE, vllm_comparison, vllm_python
 
     if vllm_python() is None:

@@ -1,0 +1,157 @@
+"""Ready for the first GPU, checked on CPU (no GPU exists here; what needs one is faked and says so):
+`make gpu-check` refuses without the vLLM environment, its agreement is counted in items, the preflight refuses
+a subprocess evaluator on a GPU in EXCLUSIVE_PROCESS mode, and `bench/gpu_proof.sh --dry-run` lists every check
+it would make on a lent GPU and skips each by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from bench.gpu_check import CPU_GPU_TOLERANCE, VLLM_TOLERANCE, allowed_flips, comparison
+from jcexp import items, memory, preflight
+from jcexp.config import ConfigError
+from tests.test_preflight import SHAPES, node, work
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """The real Makefile; the venv's stamp is taken as up to date (-o): nothing is installed here."""
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "SKIP_VLLM")
+    }
+    cmd = ["make", "-s", "-o", ".venv/.jcexp-installed", f"PY={sys.executable}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+
+
+# ------------------------------------------------------------------------------------ make gpu-check
+def test_gpu_check_refuses_without_the_vllm_environment_unless_told_to_skip_it(tmp_path):
+    missing = str(tmp_path / "no-vllm" / "python")
+    done = _make("gpu-check", JCEXP_VLLM_PYTHON=missing)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "no vLLM environment" in out and "SKIP_VLLM=1" in out and "make vllm-env" in out
+    assert "test_smollm2_point_scored_by_vllm_agrees_with_hf" in out  # names what it would skip
+    assert "gpu-check-gate] Error" in done.stderr  # make stopped at the gate, before any GPU part ran
+    # Asked to skip vLLM: the gate passes, says what it skips, and the GPU steps run without the vLLM run.
+    skipped = _make("gpu-check-gate", "SKIP_VLLM=1", JCEXP_VLLM_PYTHON=missing)
+    assert skipped.returncode == 0 and "skipping the evaluator=vllm checks" in skipped.stdout
+    plan = _make("-n", "gpu-check", "SKIP_VLLM=1", JCEXP_VLLM_PYTHON=missing)
+    assert "bench.gpu_check --vllm off" in plan.stdout and "WITHOUT the evaluator=vllm checks" in plan.stdout
+    # With a vLLM environment (any executable stands in: the gate only resolves it), the gate lets it run.
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert _make("gpu-check-gate", JCEXP_VLLM_PYTHON=str(fake)).returncode == 0
+    assert "--vllm on" in _make("-n", "gpu-check", JCEXP_VLLM_PYTHON=str(fake)).stdout
+
+
+def _result(tmp_path: Path, name: str, compressed: list[int], dense: list[int], ppl: float) -> dict:
+    """A result.json record of the tiny suite's shape with its items.json sidecars (no model run)."""
+    run_dir, base_dir = tmp_path / name, tmp_path / f"{name}-dense"
+    for where, scores in ((run_dir, compressed), (base_dir, dense)):
+        where.mkdir(parents=True)
+        entry = {"metric": "acc", "items": {str(i): float(v) for i, v in enumerate(scores)}}
+        items.write(where, {"scores": {"arc": entry}, "perplexity": {}})
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "run_dir": str(run_dir),
+        "baseline": {"path": str(base_dir / "baseline.json")},
+        "tasks": {"arc": {"value": mean(compressed), "baseline": mean(dense)}},
+        "n_samples": {"arc": {"effective": len(compressed)}},
+        "perplexity": {"wiki": {"value": ppl, "baseline": 10.0}},
+        "metrics": {"sr": mean(compressed) / mean(dense) if mean(dense) else None},
+    }
+
+
+def test_agreement_is_counted_in_items_not_in_sr(tmp_path):
+    """8 items, baseline one right (0.125): one flipped item moves Sr from 0 to 1 but passes (1 item allowed);
+    two items swapped keep the same score, Sr unchanged, yet fail (2 flips, counted from items.json)."""
+    assert allowed_flips(8, CPU_GPU_TOLERANCE) == 1 and allowed_flips(1000, CPU_GPU_TOLERANCE) == 20
+    assert allowed_flips(8, VLLM_TOLERANCE) == 2 and allowed_flips(1000, VLLM_TOLERANCE) == 30
+    cpu = _result(tmp_path, "cpu", [0] * 8, [1] + [0] * 7, 20.0)
+    one = _result(tmp_path, "one", [1] + [0] * 7, [1] + [0] * 7, 20.2)
+    found = comparison(cpu, one, CPU_GPU_TOLERANCE, ("cpu", "gpu"))
+    assert found["disagreements"] == [] and found["sr"] == {"cpu": 0.0, "gpu": 1.0}
+    assert [r["diff"] for r in found["rows"] if r["unit"].startswith("items")] == [1, 0]
+    swapped = _result(tmp_path, "swap", [0] * 8, [0, 1] + [0] * 6, 20.0)
+    found = comparison(cpu, swapped, CPU_GPU_TOLERANCE, ("cpu", "gpu"))
+    assert len(found["disagreements"]) == 1 and "arc dense" in found["disagreements"][0]
+    # Perplexity keeps its relative bound.
+    far = _result(tmp_path, "far", [0] * 8, [1] + [0] * 7, 21.0)
+    assert "wiki compressed" in comparison(cpu, far, CPU_GPU_TOLERANCE, ("cpu", "gpu"))["disagreements"][0]
+
+
+# ------------------------------------------------------------------------------------ EXCLUSIVE_PROCESS
+def _subprocess_estimate(backend: str, eval_device: str = "cuda") -> dict:
+    fields = {"eval_backend": backend, "eval_process": "subprocess", "eval_device": eval_device}
+    if backend == "vllm":
+        fields |= {"vllm_gpu_fraction": 0.5, "gpu_total_bytes": 80 * memory.GiB}
+    return memory.estimate(SHAPES, work(compress_device="cuda", **fields)).to_dict()
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_exclusive_process_gpu_refuses_a_subprocess_evaluator_naming_the_fix(tmp_path, monkeypatch, backend):
+    """No GPU here: the compute-mode reader is replaced by one that answers as an EXCLUSIVE_PROCESS GPU would."""
+    modes = iter(["Exclusive_Process", "Default"])
+    monkeypatch.setattr(preflight, "gpu_compute_mode", lambda: next(modes))
+    roomy = node(tmp_path, gpu_mem_gb=80, host_ram_gb=256)
+    est = _subprocess_estimate(backend)
+    with pytest.raises(ConfigError) as err:
+        preflight.check(est, roomy)
+    msg = str(err.value)
+    assert f"child process ({backend}) could not start" in msg and "Exclusive_Process" in msg
+    assert "evaluator=hf" in msg and "-c DEFAULT" in msg
+    assert est["gpu_compute_mode"] == "Exclusive_Process"  # recorded in the estimate (result.json)
+    preflight.check(_subprocess_estimate(backend), roomy)  # DEFAULT mode: the same plan passes
+
+
+def test_compute_mode_is_not_asked_where_no_child_takes_the_gpu(tmp_path, monkeypatch):
+    def refuse():
+        raise AssertionError("compute mode read for a run whose evaluation needs no second GPU context")
+
+    monkeypatch.setattr(preflight, "gpu_compute_mode", refuse)
+    roomy = node(tmp_path, gpu_mem_gb=80, host_ram_gb=256)
+    preflight.check(
+        memory.estimate(SHAPES, work(eval_device="cuda", compress_device="cuda")).to_dict(), roomy
+    )
+    preflight.check(_subprocess_estimate("hf", eval_device="cpu"), roomy)
+
+
+def test_compute_mode_reader_asks_nvml_else_nvidia_smi_by_the_gpus_uuid(tmp_path, monkeypatch):
+    """No GPU, NVML or nvidia-smi here: torch.cuda answers as one visible GPU, pynvml is a stand-in module, and
+    nvidia-smi a script on PATH that records its arguments."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert preflight.gpu_compute_mode() is None  # no CUDA: nothing asked
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid="8f3c-01"))
+    asked = []
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByUUID=lambda u: asked.append(u) or "handle",
+        nvmlDeviceGetComputeMode=lambda h: 3,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    assert preflight.gpu_compute_mode() == "Exclusive_Process" and asked == [b"GPU-8f3c-01"]
+    # No pynvml: nvidia-smi, asked about the same GPU by UUID.
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    log = tmp_path / "args"
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(f'#!/bin/sh\necho "$@" > {log}\necho Exclusive_Process\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}{os.pathsep}{os.environ['PATH']}")
+    assert preflight.gpu_compute_mode() == "Exclusive_Process"
+    assert "--id=GPU-8f3c-01" in log.read_text() and "--query-gpu=compute_mode" in log.read_text()
+    smi.write_text("#!/bin/sh\nexit 9\n")  # a failing nvidia-smi: unknown, not a refusal
+    assert preflight.gpu_compute_mode() is None

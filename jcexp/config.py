@@ -69,6 +69,10 @@ class QuantConfig:
     # GPTQ after pruning (quant.case, GPTQ_CASES): "A", "B" (the paper's tool, the default) or "joint". It
     # means nothing without pruning or for other quantizers: null there, everywhere (effective_case).
     case: str | None = None
+    # GPTQ's activation ordering (quant.actorder, ACTORDERS): null (the paper's tool's default; conf/quant/gptq.yaml
+    # cites llm-compressor 0.4.x/0.5.0), "static" / "weight" (one ordering, two names) or "group" (refused: removed
+    # from this compressed-tensors). Means nothing for other quantizers: null there.
+    actorder: str | None = None
     modifier: dict[str, Any] | None = None
 
 
@@ -264,6 +268,11 @@ GPTQ_CASES = {
     "joint": "jcexp.compress.joint_mode.JointModeGPTQModifier",
 }
 
+# quant.actorder's values (GPTQ's column order). "static" and "weight" are one ordering in compressed-tensors
+# (an alias). "group" (groups formed in the permuted order, a g_idx at inference) was llm-compressor 0.4's third
+# choice; the compressed-tensors that llm-compressor 0.14 needs refuses it, so check_values names that.
+ACTORDERS = (None, "static", "weight", "group")
+
 
 def pruning_requested(sparsity: Any, mask: Any) -> bool:
     """What a pruner node asks for, read from its values alone (the stage adds: and has a modifier)."""
@@ -346,6 +355,7 @@ NO_QUANT = {
     "group_size": None,
     "symmetric": True,
     "case": None,
+    "actorder": None,
     "modifier": None,
 }
 
@@ -354,11 +364,18 @@ NO_QUANT = {
 # mode) and one-pass picks each N:M group's mask when its sweep reaches it (issue 11).
 # 1 for Case B as llm-compressor <= 0.12 ran it (quant.case=B, issue 18); 3 for the joint mode, whose groups
 # now follow static act-order as stock GPTQ's do (issue 18).
+# Issue 27: 2 / 4 / 3: quant.actorder defaults to null (results of the static-ordering default are not reused) and
+# calibration windows start as the tokenizer starts a text (one BOS where it adds one).
 SWEEP_REVISIONS = {
-    "jcexp.compress.case_b.CaseBGPTQModifier": 1,
-    "jcexp.compress.joint_mode.JointModeGPTQModifier": 3,
-    "jcexp.compress.one_pass.OnePassSparseGPTQModifier": 2,
+    "jcexp.compress.case_b.CaseBGPTQModifier": 2,
+    "jcexp.compress.joint_mode.JointModeGPTQModifier": 4,
+    "jcexp.compress.one_pass.OnePassSparseGPTQModifier": 3,
 }
+# How text meets the model (issue 27): 2 since rolling perplexity scores one BOS where the tokenizer adds one (lm-eval
+# 0.4.13 scored two, jcexp/lm_eval_worker.py: OneBos) and calibration windows start with it (jcexp/data.py). The
+# config does not say which tokenizer adds a BOS (Gemma 3's, Llama 3's and Mistral's do, SmolLM2's does not), so
+# every result is recomputed once rather than one scored with a doubled BOS reused.
+TEXT_REVISION = 2
 
 
 def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -406,6 +423,7 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
     # calibration windows, so with it on they stay.
     if "pruner" in out and "quant" in out and not (pruning or quantizing or "errors" in out):
         out.pop("calibration", None)
+    out["text_revision"] = TEXT_REVISION
     return out
 
 
@@ -565,6 +583,7 @@ def check_values(cfg: DictConfig) -> None:
 
     if q.group_size is not None and q.group_size <= 0:
         errors.append(f"quant.group_size={q.group_size} must be positive (or null for per-channel)")
+    errors += actorder_errors(q)
 
     c = cfg.calibration
     if c.num_samples <= 0:
@@ -664,6 +683,35 @@ def unknown_key_errors(cfg: DictConfig) -> list[str]:
         return bad
 
     return walk(RunConfig, cfg, "")
+
+
+def actorder_errors(q: Any) -> list[str]:
+    """quant.actorder's checks, before any compute: a known value, one this stack runs, a quantizer that takes it
+    (GPTQ's modifier carries it as modifier.actorder), and no override of the modifier that says otherwise."""
+    actorder = q.get("actorder")
+    modifier = q.get("modifier")
+    if actorder not in ACTORDERS:
+        return [f"quant.actorder={actorder!r} is not one of {list(ACTORDERS)} (null: no activation ordering)"]
+    if actorder == "group":
+        return [
+            "quant.actorder=group (llm-compressor 0.4's GROUP ordering) was removed from compressed-tensors, which "
+            "llm-compressor 0.14 needs (QuantizationArgs refuses it); use quant.actorder=static or null"
+        ]
+    takes = modifier is not None and "actorder" in modifier
+    target = str((modifier or {}).get("_target_", ""))
+    if actorder is not None and target.endswith("OnePassSparseGPTQModifier"):
+        return [
+            f"quant.actorder={actorder}: one-pass joint compression sweeps the columns in their own order "
+            "(activation ordering would scatter N:M groups); set quant.actorder=null"
+        ]
+    if actorder is not None and not takes:
+        return [f"quant.actorder={actorder} applies to GPTQ only (quant={q.get('name')} has no column order)"]
+    if takes and modifier["actorder"] != actorder:
+        return [
+            f"quant.modifier.actorder={modifier['actorder']!r} disagrees with quant.actorder={actorder!r}: "
+            "set quant.actorder (what the record and the hash name), not the modifier's"
+        ]
+    return []
 
 
 def group_size_errors(group_size: int | None, in_features: dict[str, int]) -> list[str]:

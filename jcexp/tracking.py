@@ -23,6 +23,7 @@ def flat_config(result: dict[str, Any]) -> dict[str, Any]:
         "bits": c["quant"].get("bits", 16),
         "group_size": c["quant"].get("group_size"),
         "case": c["quant"].get("case"),
+        "actorder": c["quant"].get("actorder"),
         "calibration": result["calibration"]["name"],
         "benchmark": result["benchmark"]["name"],
         "seed": result["seed"],

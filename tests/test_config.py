@@ -134,6 +134,50 @@ def test_quant_case_is_refused_when_unknown_or_not_gptq(compose):
     assert Plan(compose(*TINY, "quant.case=A", f"quant.modifier._target_={stock}")).quant.case == "A"
 
 
+def _scheme_actorder(plan: Plan):
+    """The activation ordering llm-compressor resolves into the scheme its GPTQ sweep reads (quant_args)."""
+    config = plan.quant.modifier.resolve_quantization_config()
+    return config.config_groups["group_0"].weights.actorder
+
+
+@pytest.mark.parametrize("case", ["A", "B", "joint"])
+def test_actorder_defaults_to_none_as_the_papers_tool_and_reaches_the_sweep(compose, case):
+    """The paper's llm-compressor (0.4.x, 0.5.0) ran no activation ordering (conf/quant/gptq.yaml cites the lines);
+    0.14 would put static in when the recipe names none, so the default must reach the scheme as None."""
+    assert compose().quant.actorder is None
+    plan = Plan(compose(*TINY, f"quant.case={case}"))
+    assert plan.quant.actorder is None and plan.quant.describe()["actorder"] is None
+    assert _scheme_actorder(plan) is None
+    static = Plan(compose(*TINY, f"quant.case={case}", "quant.actorder=static"))
+    assert _scheme_actorder(static) == "static"
+    assert static.quant.describe()["actorder"] == "static"
+
+
+def test_actorder_is_in_the_hash(compose):
+    from jcexp.results import task_config_hash
+
+    def h(*o):
+        return task_config_hash(compose(*TINY, *o))
+
+    assert h() != h("quant.actorder=static") != h("quant.actorder=weight")
+    assert h("pruner=none") != h("pruner=none", "quant.actorder=static")  # stock GPTQ has it too
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        (("quant.actorder=group",), "was removed from compressed-tensors"),
+        (("quant.actorder=dynamic",), "is not one of"),
+        (("quant=rtn", "quant.actorder=static"), "applies to GPTQ only"),
+        (("variant=onepass", "quant.actorder=static"), "one-pass joint compression sweeps the columns"),
+        (("quant.modifier.actorder=static",), "disagrees with quant.actorder=None"),
+    ],
+)
+def test_actorder_is_refused_before_compute(compose, overrides, error):
+    with pytest.raises(ConfigError, match=error):
+        check_values(compose(*TINY, *overrides))
+
+
 @pytest.mark.parametrize("experiment", choices("experiment"))
 def test_named_experiments_compose(compose, experiment):
     cfg = compose(f"experiment={experiment}")

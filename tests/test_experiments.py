@@ -210,9 +210,9 @@ def test_nm_layout_and_sweep_revisions_in_the_hash(compose):
         compose, "pruner.sparsity=25", "pruner.nm_layout=paper"
     )
     resolved = OmegaConf.to_container(compose("quant.case=joint"), resolve=True)
-    assert effective_config(resolved)["quant"]["sweep_revision"] == 3
+    assert effective_config(resolved)["quant"]["sweep_revision"] == 4
     resolved = OmegaConf.to_container(compose("quant.case=B"), resolve=True)
-    assert effective_config(resolved)["quant"]["sweep_revision"] == 1
+    assert effective_config(resolved)["quant"]["sweep_revision"] == 2
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,7 @@ class Quantizer(Stage):
         symmetric: bool = True,
         case: str | None = None,
         modifier: Any | None = None,
+        actorder: str | None = None,
     ):
         super().__init__(name, modifier)
         self.bits = int(bits)
@@ -152,6 +153,8 @@ class Quantizer(Stage):
         self.symmetric = symmetric
         # quant.case as configured; the Plan narrows it to what acts (jcexp.config.effective_case).
         self.case = case
+        # quant.actorder: GPTQ's column order, which its modifier carries (config.actorder_errors checks they agree).
+        self.actorder = actorder
 
     @property
     def active(self) -> bool:
@@ -188,6 +191,7 @@ class Quantizer(Stage):
             "group_size": self.group_size if self.active else None,
             "symmetric": self.symmetric,
             "case": self.case if self.active else None,
+            "actorder": self.actorder if self.active else None,
             "keeps_pruned_zeros": self.declares("preserves_sparsity"),
             **(self.modifier.describe() if self.data_free else {}),
         }

@@ -9,7 +9,9 @@ one root, so the result index and the pruned-model cache are shared, and records
 (jcexp/paired.py) with jcexp/verdicts.py's rule: a claimed direction "holds" when the 95% interval lies on its
 side of 0 and "does not hold" on the other side; a claimed equivalence holds only when the interval lies inside
 ±margin; anything else is "inconclusive". Each verdict is given twice: from the claim's own interval, and
-adjusted for the family of the paper's claims (simultaneous intervals from one max-statistic bootstrap).
+adjusted for the family of the paper's claims (Bonferroni with the regularized paired delta-method interval,
+jcexp.paired.family_intervals). No interval of zero width decides anything, and a claim on fewer than
+jcexp.verdicts.MIN_DISCORDANT items on which its runs disagree is inconclusive.
 """
 
 from __future__ import annotations
@@ -107,6 +109,12 @@ class Claim:
     statistic: Callable[[Means], float]
     measured: str  # what the statistic is, in words
     papers: bool = True  # False: jcexp's own question, kept out of the family of the paper's claims
+    # The pairs of runs the claim compares ("dense" for the dense model): their disagreements are the count the
+    # discordance floor reads (jcexp/verdicts.py). Default: each of ``runs`` against the next.
+    pairs: list[tuple[Any, Any]] | None = None
+
+    def compared(self) -> list[tuple[Any, Any]]:
+        return self.pairs if self.pairs is not None else list(zip(self.runs, self.runs[1:], strict=False))
 
 
 def _sr(m: Means, r: dict[str, Any]) -> float:
@@ -151,6 +159,7 @@ def claims(study: Study) -> list[Claim]:
                 [a1, b1, a0, b0],
                 lambda m: (_sr(m, a1) - _sr(m, b1)) - (_sr(m, a0) - _sr(m, b0)),
                 f"[Sr({_label(a1)}) - Sr({_label(b1)})] - [Sr({_label(a0)}) - Sr({_label(b0)})]",
+                pairs=[(a1, b1), (a0, b0)],
             )
         )
 
@@ -163,6 +172,7 @@ def claims(study: Study) -> list[Claim]:
                 [*winners, *losers],
                 lambda m: max(_srcr(m, r) for r in winners) - max(_srcr(m, r) for r in losers),
                 f"max SrCr of {{{', '.join(map(_label, winners))}}} - max SrCr of {{{', '.join(map(_label, losers))}}}",
+                pairs=[(w, lo) for w in winners for lo in losers],
             )
         )
 
@@ -182,6 +192,7 @@ def claims(study: Study) -> list[Claim]:
             [eight],
             lambda m: _sr(m, eight) - 1.0,
             f"Sr({_label(eight)}) - 1",
+            pairs=[(eight, "dense")],
         )
     )
     diff(
@@ -317,6 +328,12 @@ def claims(study: Study) -> list[Claim]:
     return out
 
 
+FLOOR_NOTE = (
+    f"A claim also needs at least {verdicts.MIN_DISCORDANT} items on which the compared runs disagree "
+    "(jcexp/verdicts.py's discordance floor); below it the verdict is inconclusive and says so."
+)
+
+
 @dataclass
 class Judged:
     claim: Claim
@@ -341,6 +358,8 @@ def judge_models(
     models: dict[str, dict[str, dict[str, float]]] = {}
     papers: dict[str, Callable[[Means], float]] = {}
     own: dict[str, Callable[[Means], float]] = {}
+    reads: dict[str, list[str]] = {}  # the runs each statistic reads
+    compared: dict[str, list[tuple[str, str]]] = {}  # the pairs whose disagreements the floor counts
     plans: dict[str, tuple[list[Claim], list[Claim], list[Claim]]] = {}
     for tag, study in studies.items():
         all_claims = claims(study)
@@ -355,9 +374,17 @@ def judge_models(
         plans[tag] = (all_claims, runnable, ok)
         for i, c in enumerate(ok):
             (papers if c.papers else own)[f"{tag}/{i}"] = _on_model(c.statistic, tag)
+            key = lambda r, tag=tag: f"{tag}/{'dense' if r == 'dense' else r['config_hash']}"  # noqa: E731
+            reads[f"{tag}/{i}"] = [f"{tag}/dense", *dict.fromkeys(key(r) for r in c.runs)]
+            compared[f"{tag}/{i}"] = [(key(x), key(y)) for x, y in c.compared()]
     _same_items(models, list(studies))
-    found = paired.family_intervals(models, papers, resamples=resamples) if papers else {}
-    found |= paired.family_intervals(models, own, resamples=resamples) if own else {}
+    found = (
+        paired.family_intervals(models, papers, resamples=resamples, reads=reads, compared=compared)
+        if papers
+        else {}
+    )
+    if own:
+        found |= paired.family_intervals(models, own, resamples=resamples, reads=reads, compared=compared)
     out: dict[str, list[Judged]] = {}
     for tag, (all_claims, runnable, ok) in plans.items():
         judged = out.setdefault(tag, [])
@@ -371,8 +398,14 @@ def judge_models(
                 judged.append(Judged(c, {"undefined": why}, "not measured", None))
                 continue
             res = found[f"{tag}/{ok.index(c)}"]
-            adjusted = verdicts.claim_verdict(c.expect, res["ci_adjusted"], margin) if c.papers else None
-            judged.append(Judged(c, res, verdicts.claim_verdict(c.expect, res["ci"], margin), adjusted))
+            n = res["discordant"]
+            adjusted = (
+                verdicts.claim_verdict(c.expect, res["ci_adjusted"], margin, discordant=n)
+                if c.papers
+                else None
+            )
+            own_verdict = verdicts.claim_verdict(c.expect, res["ci"], margin, discordant=n)
+            judged.append(Judged(c, res, own_verdict, adjusted))
     family = max((found[k].get("family", 0) for k in papers), default=0)
     return out, family
 
@@ -414,6 +447,12 @@ def _ci_text(ci: list[float] | None) -> str:
     return "n/a" if ci is None else verdicts.points(ci)
 
 
+def _floor_text(res: dict[str, Any]) -> str:
+    """' (only 4 items on which the compared runs disagree ...)' when the discordance floor decided."""
+    why = verdicts.below_floor(res.get("discordant")) if res.get("ci") is not None else None
+    return f" ({why})" if why else ""
+
+
 def claims_markdown(root: Path, margin: float = verdicts.DEFAULT_MARGIN) -> str:
     study = Study(root)
     judged, family = judge(study, margin)
@@ -428,7 +467,7 @@ def claims_markdown(root: Path, margin: float = verdicts.DEFAULT_MARGIN) -> str:
         adjusted_ci = _ci_text(res.get("ci_adjusted")) if c.papers else "(not in the family)"
         md.append(
             f"| {i} | {c.text} | {c.where} | {c.measured} {c.expect} {'±margin' if c.expect == '=' else '0'} | "
-            f"{est} | {j.verdict} | {adjusted_ci} | **{j.adjusted or '-'}** |"
+            f"{est} | {j.verdict}{_floor_text(res)} | {adjusted_ci} | **{j.adjusted or '-'}** |"
         )
     counts: dict[str, int] = {}
     for j in judged:
@@ -440,10 +479,12 @@ def claims_markdown(root: Path, margin: float = verdicts.DEFAULT_MARGIN) -> str:
         "",
         f"Equivalence margin {verdicts.margin_text(margin)}. The paper's {family} claims measured here form one "
         "family: their "
-        "adjusted intervals hold all together with 95% probability (simultaneous percentile bootstrap, one draw "
-        "of items shared by every run"
-        + (f"; each adjusted interval is a {100 * level:.2f}% percentile interval" if level else "")
-        + f"). Adjusted verdicts of the paper's claims: {summary}.",
+        "adjusted intervals hold all together with 95% probability (Bonferroni: each is the regularized paired "
+        "delta-method interval"
+        + (f" at {100 * level:.2f}%" if level else "")
+        + ", hulled with the claim's own interval). "
+        + FLOOR_NOTE
+        + f" Adjusted verdicts of the paper's claims: {summary}.",
         "",
     ]
     return "\n".join([*md, *notes, *srcr_rows(study), "", *case_rows(study), ""])
@@ -512,9 +553,11 @@ def models_markdown(roots: dict[str, Path], margin: float = verdicts.DEFAULT_MAR
             if j.verdict == "not measured":
                 cells.append(f"{est} | not measured |")
             elif c.papers:
-                cells.append(f"{est} | {_ci_text(res.get('ci_adjusted'))} **{j.adjusted}** |")
+                cells.append(
+                    f"{est} | {_ci_text(res.get('ci_adjusted'))} **{j.adjusted}**{_floor_text(res)} |"
+                )
             else:
-                cells.append(f"{est} | {j.verdict} (own interval; not in the family) |")
+                cells.append(f"{est} | {j.verdict} (own interval; not in the family){_floor_text(res)} |")
         together = both_verdict([j.adjusted or j.verdict for j in per_model]) if c.papers else "-"
         if c.papers:
             counts[together] = counts.get(together, 0) + 1
@@ -529,9 +572,11 @@ def models_markdown(roots: dict[str, Path], margin: float = verdicts.DEFAULT_MAR
         "",
         f"Equivalence margin {verdicts.margin_text(margin)}. The paper's claims measured on {' and '.join(tags)} "
         f"form one family of {family}: their adjusted intervals hold all together with 95% probability "
-        "(simultaneous percentile bootstrap, one draw of the shared items for every run of every model"
-        + (f"; each adjusted interval is a {100 * level:.2f}% percentile interval" if level else "")
-        + "). A claim holds for all models when its adjusted verdict holds on each, does not hold when it does "
+        "(Bonferroni: each is the regularized paired delta-method interval"
+        + (f" at {100 * level:.2f}%" if level else "")
+        + ", hulled with the claim's own interval; no interval of zero width). "
+        + FLOOR_NOTE
+        + " A claim holds for all models when its adjusted verdict holds on each, does not hold when it does "
         f"not hold on one, and is inconclusive otherwise. All models: {summary}.",
         "",
     ]

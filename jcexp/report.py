@@ -181,16 +181,17 @@ class Comparison:
     diff: float | None
     ci: list[float] | None
     margin: float
-    why: str | None = None  # why there is no interval
+    why: str | None = None  # why there is no interval, or why it cannot decide (the discordance floor)
 
     def text(self) -> str:
         """'higher by +26.9 points of Sr (95% CI [+22.1, +31.5]; equivalence margin ±5 points of Sr)'."""
         if self.ci is None:
             gain = "" if self.diff is None else f" ({100 * self.diff:+.1f} points of Sr)"
             return f"{self.word}{gain}: no paired interval ({self.why})"
+        floor = f"; {self.why}" if self.why else ""  # below the discordance floor: inconclusive, and why
         return (
             f"{self.word}: {100 * self.diff:+.1f} points of Sr, 95% CI {verdicts.points(self.ci)} "
-            f"(equivalence margin {verdicts.margin_text(self.margin)})"
+            f"(equivalence margin {verdicts.margin_text(self.margin)}{floor})"
         )
 
 
@@ -207,7 +208,8 @@ def comparison(a: dict[str, Any], b: dict[str, Any], margin: float = verdicts.DE
         return Comparison(verdicts.UNDEFINED, gain, None, margin, why)
     if diff["ci"] is None:
         return Comparison(verdicts.UNDEFINED, diff["diff"], None, margin, diff["undefined"])
-    return Comparison(verdicts.difference_word(diff["ci"], margin), diff["diff"], diff["ci"], margin)
+    word = verdicts.difference_word(diff["ci"], margin, discordant=diff["discordant"])
+    return Comparison(word, diff["diff"], diff["ci"], margin, verdicts.below_floor(diff["discordant"]))
 
 
 def _same_quantizer(joint: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -8,6 +8,12 @@ interval; with a two-sided 95% interval this is TOST at 2.5% per side, the conse
 that excludes 0 says **higher** or **lower**. Anything else is **inconclusive**: the items cannot tell.
 A difference that could not be computed is **undefined**, with its reason.
 
+Every claim, whatever its interval says, also needs evidence in the items themselves: at least
+``MIN_DISCORDANT`` items on which the compared runs disagree. Below that floor the verdict is **inconclusive**
+(``below_floor`` says why). The same floor applies to "=", ">" and "<", in the claims table, ``report
+--compare``, and the budget race; every caller passes the count of items on which the two runs it compares
+differ (not items on which either differs from the dense model).
+
 Pure: no numpy, no torch, no I/O.
 """
 
@@ -17,6 +23,14 @@ from collections.abc import Sequence
 
 # Points of Sr (as a fraction) inside which two runs count as equivalent, unless the user sets another.
 DEFAULT_MARGIN = 0.05
+
+# The discordance floor: a claim needs at least this many items on which the compared runs disagree. Why 10:
+# with d discordant items all in one direction the exact two-sided sign test has p = 2^(1 - d); at d = 4 that
+# is 0.125 (a ">" claim held on 4 items out of 200 in issue 26), at d = 10 it is 0.002, under 0.05 for any
+# single claim. 10 is also sequential evaluation's and the race's default floor (benchmark.ci_min_discordant),
+# so one number guards every normal-approximation interval jcexp reads a verdict from. The floor is not the
+# multiplicity correction: the family-wise intervals do that (jcexp/paired.py).
+MIN_DISCORDANT = 10
 
 EQUIVALENT, HIGHER, LOWER, INCONCLUSIVE, UNDEFINED = (
     "equivalent",
@@ -32,13 +46,27 @@ def inside(ci: Sequence[float], margin: float) -> bool:
     return -margin <= ci[0] and ci[1] <= margin
 
 
-def difference_word(ci: Sequence[float] | None, margin: float = DEFAULT_MARGIN) -> str:
+def below_floor(discordant: int | None, floor: int = MIN_DISCORDANT) -> str | None:
+    """Why a claim on ``discordant`` disagreeing items cannot be decided, or None when the floor is met."""
+    if discordant is None:
+        return "the number of items on which the runs disagree is unknown"
+    if discordant < floor:
+        return f"only {discordant} items on which the compared runs disagree (a claim needs {floor})"
+    return None
+
+
+def difference_word(
+    ci: Sequence[float] | None, margin: float = DEFAULT_MARGIN, *, discordant: int | None
+) -> str:
     """A - B from the interval of their difference: equivalent, higher, lower, inconclusive or undefined.
 
     Equivalence is checked first: a difference that is real but smaller than the margin (an interval inside
-    ±margin that excludes 0) is equivalent for practical purposes, which is what the margin is for."""
+    ±margin that excludes 0) is equivalent for practical purposes, which is what the margin is for.
+    ``discordant``: items on which A and B disagree; below ``MIN_DISCORDANT`` nothing but inconclusive."""
     if ci is None:
         return UNDEFINED
+    if below_floor(discordant):
+        return INCONCLUSIVE
     if inside(ci, margin):
         return EQUIVALENT
     if ci[0] > 0:
@@ -48,21 +76,27 @@ def difference_word(ci: Sequence[float] | None, margin: float = DEFAULT_MARGIN) 
     return INCONCLUSIVE
 
 
-def claim_verdict(expect: str, ci: Sequence[float] | None, margin: float = DEFAULT_MARGIN) -> str:
+def claim_verdict(
+    expect: str, ci: Sequence[float] | None, margin: float = DEFAULT_MARGIN, *, discordant: int | None
+) -> str:
     """The verdict on a claim about a difference d, from d's interval.
 
     ``expect`` '>' (d > 0) or '<' (d < 0): holds when the interval lies on the claimed side of 0, does not
     hold when it lies on the other side, else inconclusive. '=' (equivalent within the margin): holds when the
-    interval lies inside ±margin, does not hold when it lies wholly outside it, else inconclusive."""
+    interval lies inside ±margin, does not hold when it lies wholly outside it, else inconclusive.
+    ``discordant``: items on which the compared runs disagree; below ``MIN_DISCORDANT`` the verdict is
+    inconclusive whatever the interval (``below_floor`` gives the reason)."""
+    if expect not in (">", "<", "="):
+        raise ValueError(f"expect must be '>', '<' or '=', got {expect!r}")
     if ci is None:
         return UNDEFINED
+    if below_floor(discordant):
+        return INCONCLUSIVE
     lo, hi = ci
     if expect == "=":
         if inside(ci, margin):
             return HOLDS
         return DOES_NOT_HOLD if lo > margin or hi < -margin else INCONCLUSIVE
-    if expect not in (">", "<"):
-        raise ValueError(f"expect must be '>', '<' or '=', got {expect!r}")
     above, below = lo > 0, hi < 0
     if (above and expect == ">") or (below and expect == "<"):
         return HOLDS

@@ -19,12 +19,14 @@ def _coins(n: int, p: float, seed: int) -> dict[str, float]:
     return {str(i): float(rng.random() < p) for i in range(n)}
 
 
-def test_identical_models_give_exactly_one():
+def test_identical_models_never_get_a_collapsed_interval():
+    """A model that answers every item as the dense one: the percentile bootstrap alone gives [1, 1] (no loss
+    at all, from 500 items); the hull with the regularized interval is narrow but never of width zero."""
     dense = {"a": _coins(300, 0.6, 0), "b": _coins(200, 0.3, 1)}
     ci = paired.retention_intervals(dense, dense, resamples=500)
-    assert ci["sr"] == [1.0, 1.0] and ci["sr1"] == [1.0, 1.0]
-    assert all(v == [1.0, 1.0] for v in ci["tasks"].values())
-    assert ci["method"] == paired.METHOD and ci["resamples"] == 500 and ci["seed"] == 0
+    for interval in (ci["sr"], ci["sr1"], *ci["tasks"].values()):
+        assert interval[0] < 1.0 < interval[1] and interval[1] - interval[0] < 0.1
+    assert ci["method"] == paired.RETENTION_METHOD and ci["resamples"] == 500 and ci["seed"] == 0
 
 
 def test_independent_coin_flips_give_the_binomial_width():
@@ -60,14 +62,22 @@ def test_difference_of_two_models_in_words():
     same = paired.difference_interval(dense, near, near)
     # No item disagrees: the percentile bootstrap alone gives [0, 0]; the regularized interval does not collapse.
     assert same["diff"] == 0 and same["ci"][0] < 0 < same["ci"][1] < 0.02
-    assert verdicts.difference_word(same["ci"]) == "equivalent"
+    # ... and no item says anything about their difference: below the discordance floor, inconclusive.
+    assert same["discordant"] == 0
+    assert verdicts.difference_word(same["ci"], discordant=same["discordant"]) == "inconclusive"
     tiny = paired.difference_interval(dense, dense, near)
     # 2% of items flipped both ways: well inside ±5 points, so equivalent; inside ±0.5 it cannot be told.
-    assert verdicts.difference_word(tiny["ci"], 0.05) == "equivalent"
-    assert verdicts.difference_word(tiny["ci"], 0.005) == "inconclusive"
+    assert tiny["discordant"] >= verdicts.MIN_DISCORDANT
+    assert verdicts.difference_word(tiny["ci"], 0.05, discordant=tiny["discordant"]) == "equivalent"
+    assert verdicts.difference_word(tiny["ci"], 0.005, discordant=tiny["discordant"]) == "inconclusive"
     big = paired.difference_interval(dense, dense, far)
-    assert big["ci"][0] > 0.15 and verdicts.difference_word(big["ci"]) == "higher"
-    assert verdicts.difference_word(paired.difference_interval(dense, far, dense)["ci"]) == "lower"
+    assert (
+        big["ci"][0] > 0.15 and verdicts.difference_word(big["ci"], discordant=big["discordant"]) == "higher"
+    )
+    low = paired.difference_interval(dense, far, dense)
+    assert verdicts.difference_word(low["ci"], discordant=low["discordant"]) == "lower"
+    # The count is a vs b only: far against far disagrees nowhere, however far both are from the dense model.
+    assert paired.difference_interval(dense, far, far)["discordant"] == 0
 
 
 def test_an_interval_that_merely_contains_zero_is_inconclusive_not_equal():
@@ -78,9 +88,10 @@ def test_an_interval_that_merely_contains_zero_is_inconclusive_not_equal():
     comp = {"t": {i: (0.0 if v and rng.random() < 0.05 else v) for i, v in dense["t"].items()}}
     diff = paired.difference_interval(dense, dense, comp)
     assert diff["discordant"] == 0 and diff["ci"][0] < 0 < diff["ci"][1]
-    assert verdicts.difference_word(diff["ci"]) == "inconclusive"
-    assert verdicts.claim_verdict("=", diff["ci"]) == "inconclusive"
-    assert verdicts.claim_verdict(">", diff["ci"]) == "inconclusive"
+    # Inconclusive from the interval alone (the floor is waived here to show it: discordant=10).
+    assert verdicts.difference_word(diff["ci"], discordant=10) == "inconclusive"
+    assert verdicts.claim_verdict("=", diff["ci"], discordant=10) == "inconclusive"
+    assert verdicts.claim_verdict(">", diff["ci"], discordant=10) == "inconclusive"
 
 
 def test_point_and_interval_come_from_the_same_items():
@@ -131,7 +142,7 @@ def test_sidecar_round_trip_and_intervals_in_result_json(compose):
         values = list(items.scores(dense)[task].values())
         assert sum(values) / len(values) == pytest.approx(row["baseline"])
     m = result["metrics"]
-    assert m["ci"]["method"] == paired.METHOD and m["ci"]["resamples"] == paired.RESAMPLES
+    assert m["ci"]["method"] == paired.RETENTION_METHOD and m["ci"]["resamples"] == paired.RESAMPLES
     for row in result["tasks"].values():
         if row["retention_ci"] is not None:
             lo, hi = row["retention_ci"]
@@ -160,13 +171,17 @@ def test_report_compare_uses_the_verdict_words_and_pairs_by_baseline_key(compose
     assert "95% CI" in text and "equivalence margin ±5 points of Sr" in text
     word = report.comparison(a, b).word
     assert word in ("equivalent", "higher", "lower", "inconclusive") and text.split(": ")[1].startswith(word)
-    # A run against itself: exactly zero difference, but 64 items of a near-chance random model cannot show
-    # equality within 5 points (the interval never collapses), only within a very wide margin.
+    # A run against itself: exactly zero difference, but no item on which the two disagree: below the
+    # discordance floor, inconclusive at any margin, and the line says why.
     assert ": inconclusive: +0.0 points" in report.compare(a["run_dir"], a["run_dir"])
-    assert ": equivalent: +0.0 points" in report.compare(a["run_dir"], a["run_dir"], margin=0.9)
+    itself = report.compare(a["run_dir"], a["run_dir"], margin=0.9)
+    assert (
+        ": inconclusive: +0.0 points" in itself
+        and "only 0 items on which the compared runs disagree" in itself
+    )
     report.main(["--compare", a["run_dir"], a["run_dir"], "--margin", "0.9"])
     out = capsys.readouterr().out
-    assert "equivalent" in out and "margin ±90 points of Sr" in out
+    assert "inconclusive" in out and "margin ±90 points of Sr" in out
     # The same baseline, copied under another root (another cache directory): still paired.
     moved = tmp_path / "elsewhere" / Path(a["baseline"]["path"]).parent.name
     shutil.copytree(Path(a["baseline"]["path"]).parent, moved)

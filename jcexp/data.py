@@ -148,8 +148,24 @@ class CalibrationSource:
                 f"calibration.options.files=[...] for more text"
             )
         picks = sorted(rng.sample(range(windows), self.num_samples))
-        ids = [stream[w * self.seq_len : (w + 1) * self.seq_len] for w in picks]
+        # Each window starts as the tokenizer starts a text (Gemma: <bos>; SmolLM2: nothing, so its windows are
+        # unchanged), then seq_len minus that many tokens of the stream.
+        start = text_start(tokenizer)
+        body = self.seq_len - len(start)
+        ids = [start + stream[w * self.seq_len : w * self.seq_len + body] for w in picks]
         return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * self.seq_len for _ in ids]})
+
+
+def text_start(tokenizer) -> list[int]:
+    """The token ids the tokenizer puts before any text with its default special tokens: [<bos>] for Gemma 3,
+    Llama 3 and Mistral, [] for SmolLM2."""
+    probe = "The"
+    full = tokenizer(probe)["input_ids"]
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return list(full[:i])
+    return []
 
 
 def windows_fingerprint(dataset) -> str:

@@ -150,6 +150,43 @@ def task_settings(items: list[Any], lm: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def one_bos(lm: Any) -> Any:
+    """One BOS in rolling perplexity (loglikelihood_rolling), whatever the backend (HFLM, its jcexp subclasses,
+    vLLM); returns ``lm``, changed in place.
+
+    lm-eval 0.4.13 builds each document's rolling windows from ``tok_encode(text)``, which encodes with the
+    tokenizer's defaults, and puts ``prefix_token_id`` (the BOS, else the EOS) before them. Where the tokenizer
+    adds a BOS itself (Gemma 3's, Llama 3's, Mistral's) the first window reads <bos> <bos> text and scores the
+    second <bos> as a prediction (lm-eval issue #3333). So, only inside loglikelihood_rolling, the text is
+    encoded without special tokens: the window is then one BOS (the prefix) and the text, as the model saw text
+    in training. Where the tokenizer adds none (SmolLM2) the encoding is the same as before, so are its scores.
+    loglikelihood (its context encoded with the defaults: one BOS; an empty context: the prefix and the text
+    without special tokens) and generate_until (the defaults: one BOS) already start once and are left alone.
+    Not ``add_bos_token``: False would also drop the BOS from loglikelihood and generation, True keeps two in
+    rolling. Instance attributes rather than a subclass: every backend class (and every subclass another part of
+    jcexp makes, e.g. jcexp/hf_floor.py) gets the same fix through evaluate_lm, in process and in the child.
+    tests/test_bos.py counts the BOS of every request type on tiny models with and without one."""
+    if not (hasattr(lm, "tok_encode") and hasattr(lm, "loglikelihood_rolling")):
+        return lm
+    encode, rolling = lm.tok_encode, lm.loglikelihood_rolling
+    inside = {"rolling": False}
+
+    def tok_encode(string, add_special_tokens=None, **kwargs):
+        if inside["rolling"] and add_special_tokens is None:
+            add_special_tokens = False  # the prefix token is the one BOS
+        return encode(string, add_special_tokens=add_special_tokens, **kwargs)
+
+    def loglikelihood_rolling(requests, disable_tqdm: bool = False):
+        inside["rolling"] = True
+        try:
+            return rolling(requests, disable_tqdm=disable_tqdm)
+        finally:
+            inside["rolling"] = False
+
+    lm.tok_encode, lm.loglikelihood_rolling = tok_encode, loglikelihood_rolling
+    return lm
+
+
 def chunk_requests(lm: Any, size: int | None) -> None:
     """Hand ``lm`` its requests ``size`` at a time, and commit each chunk's answers to lm-eval's response cache
     as soon as the chunk is answered.
@@ -205,6 +242,7 @@ def evaluate_lm(
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
+    one_bos(lm)
     chunk_requests(lm, spec.get("request_chunk"))
     if items is None:
         items = load_tasks(list(spec["tasks"]), task_manager)

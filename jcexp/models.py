@@ -514,7 +514,12 @@ class TinyRandomLlama(ModelSource):
     """A random-init Llama and a byte-level BPE tokenizer trained on the local prose, built in seconds.
 
     Its embeddings are tied to lm_head, as in SmolLM2, so the tests that lm_head stays untouched mean something.
+    ``add_bos``: the tokenizer starts every text with <s>, as Gemma's, Llama 3's and Mistral's do (SmolLM2's, which
+    this model stands in for, adds none: the default). Only when set is it in the parameters (the cache key), so
+    the default model keeps its cached directory.
     """
+
+    add_bos_default = False
 
     kind = "tiny_random"
     dir_prefix = "tiny-random-llama"
@@ -530,6 +535,7 @@ class TinyRandomLlama(ModelSource):
         vocab_size: int = 512,
         seed: int = 0,
         dtype: str = "float32",
+        add_bos: bool | None = None,
     ):
         super().__init__(dtype)
         self.cache_dir = cache_dir
@@ -542,6 +548,8 @@ class TinyRandomLlama(ModelSource):
             "vocab_size": vocab_size,
             "seed": seed,
         }
+        if self.add_bos_default if add_bos is None else add_bos:
+            self.params["add_bos"] = True
 
     def _shape(self) -> dict[str, Any]:
         """The transformers config fields every tiny model shares: sizes, tied embeddings, special token ids."""
@@ -574,7 +582,7 @@ class TinyRandomLlama(ModelSource):
 
     def _build(self, tmp: Path) -> None:
         import torch
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
         from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
         from jcexp.data import prose_paragraphs
@@ -588,6 +596,11 @@ class TinyRandomLlama(ModelSource):
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
         bpe.train_from_iterator(prose_paragraphs(), trainer=trainer)
+        if self.params.get("add_bos"):
+            bos = bpe.token_to_id("<s>")
+            bpe.post_processor = processors.TemplateProcessing(
+                single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+            )
         tokenizer = PreTrainedTokenizerFast(
             tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
         )
@@ -614,10 +627,12 @@ class TinyRandomGemma3(TinyRandomLlama):
     """A random-init Gemma 3 with gemma3_270m's Linear widths (hidden 640, intermediate 2048, 4 query heads of 256
     to 1 KV head) and what sets it apart from a Llama: q/k norms, four norms per block, sliding-window layers
     beside full-attention ones, tied embeddings. Two layers and a 512-token vocabulary, so every stage runs on it
-    in seconds; the sliding window is small enough (32) that calibration windows and prompts do slide."""
+    in seconds; the sliding window is small enough (32) that calibration windows and prompts do slide. Its
+    tokenizer starts every text with <s>, as Gemma's starts it with <bos>."""
 
     kind = "tiny_random_gemma3"
     dir_prefix = "tiny-random-gemma3"
+    add_bos_default = True
 
     def __init__(
         self,
@@ -632,6 +647,7 @@ class TinyRandomGemma3(TinyRandomLlama):
         vocab_size: int = 512,
         seed: int = 0,
         dtype: str = "float32",
+        add_bos: bool | None = None,
     ):
         super().__init__(
             cache_dir,
@@ -643,6 +659,7 @@ class TinyRandomGemma3(TinyRandomLlama):
             vocab_size,
             seed,
             dtype,
+            add_bos,
         )
         self.params.update(head_dim=head_dim, sliding_window=sliding_window, norm_std=0.1)
 

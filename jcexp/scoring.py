@@ -14,7 +14,7 @@ from typing import Any
 
 from jcexp import items, measure, placement, sequential
 from jcexp.cache import KeyedCache
-from jcexp.config import SEQUENTIAL_KEYS, sequential_on
+from jcexp.config import SEQUENTIAL_KEYS, TEXT_REVISION, sequential_on
 from jcexp.data import fingerprint, prose_split
 from jcexp.evaluate import EvalResult
 from jcexp.files import key_hash
@@ -38,6 +38,8 @@ def _baseline_key(plan: Plan) -> dict[str, Any]:
         "transformers": versions["transformers"],
         "offline_data": fingerprint(prose_split("eval")),
         "evaluator": plan.evaluator.identity(),
+        # 2: one BOS in rolling perplexity where the tokenizer adds one (jcexp/lm_eval_worker.py: one_bos).
+        "text_revision": TEXT_REVISION,
     }
     if sequential_on(plan.cfg.benchmark):  # a partial sidecar: never the entry of a full evaluation
         key["items"] = "sequential"

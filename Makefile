@@ -68,6 +68,17 @@ gpu-check: gpu-check-gate $(DATA_STAMP)
 gpu-check-gate: $(STAMP)
 	@$(PY) -m bench.gpu_check --gate $(if $(SKIP_VLLM),--vllm off)
 
+# The wheelhouse a lent GPU machine lacks (it has no package registry): bench/gpu_proof.py's kit, built from PyPI
+# here, into gpu-kit/ (ignored by git; carry it to the machine and run `bash bench/gpu_proof.sh OUTDIR` there).
+# Pure-Python wheels, pydantic-core's cp312 binary and jcexp's own; torch, numpy and the rest of the machine's
+# image are assumed there (bench/gpu_proof.py: MACHINE_HAS). Fails over 64 MiB, what a device call carries.
+KIT_LIMIT_MIB := 64
+gpu-kit: $(STAMP)
+	$(PY) -m bench.gpu_proof kit --out gpu-kit/wheels
+	@size=$$(du -cb gpu-kit/wheels/*.whl | tail -1 | cut -f1); \
+	echo "gpu-kit: $$(ls gpu-kit/wheels/*.whl | wc -l) wheels, $$((size / 1048576)) MiB ($$size bytes) in gpu-kit/wheels; limit $(KIT_LIMIT_MIB) MiB"; \
+	test $$size -le $$(( $(KIT_LIMIT_MIB) * 1048576 )) || { echo "gpu-kit: over $(KIT_LIMIT_MIB) MiB"; exit 1; }
+
 test-fast: $(DATA_STAMP)
 	$(PY) -m pytest -ra -m "not slow and not slurm" $(PYTEST_ARGS)
 

@@ -155,3 +155,65 @@ def test_compute_mode_reader_asks_nvml_else_nvidia_smi_by_the_gpus_uuid(tmp_path
     assert "--id=GPU-8f3c-01" in log.read_text() and "--query-gpu=compute_mode" in log.read_text()
     smi.write_text("#!/bin/sh\nexit 9\n")  # a failing nvidia-smi: unknown, not a refusal
     assert preflight.gpu_compute_mode() is None
+
+
+# ------------------------------------------------------------------------------------ gpu-kit and the proof
+def test_kit_is_jcexps_closure_without_torch_or_what_the_machine_has():
+    """Read from this venv's installed metadata (no download): what `make gpu-kit` fetches."""
+    from bench.gpu_proof import EXCLUDED, MACHINE_HAS, kit_plan
+
+    plan = {e["name"]: e for e in kit_plan()}
+    assert {
+        "jcexp",
+        "llmcompressor",
+        "compressed-tensors",
+        "lm-eval",
+        "hydra-core",
+        "omegaconf",
+    } <= plan.keys()
+    assert {
+        "antlr4-python3-runtime",
+        "submitit",
+        "hydra-submitit-launcher",
+        "pydantic-core",
+        "gguf",
+    } <= plan.keys()
+    assert "torch" not in plan and "wandb" not in plan and "numpy" not in plan
+    assert not (plan.keys() & (MACHINE_HAS | EXCLUDED.keys()))
+    assert plan["llmcompressor"]["version"] == "0.14.0.1" and plan["lm-eval"]["version"] == "0.4.13"
+    assert "antlr4_9_3" in plan["latex2sympy2-extended"]["extras"]  # jcexp's pinned extra is followed
+
+
+def test_gpu_proof_dry_run_lists_every_check_and_skips_each_gpu_check_by_name():
+    from bench.gpu_proof import CHECKS
+
+    done = subprocess.run(
+        ["bash", "bench/gpu_proof.sh", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "SKIP kit-install: --dry-run: the kit is not installed" in lines
+    for name, gpu in CHECKS:
+        line = next(x for x in lines if x.split(" ", 1)[1].startswith(f"{name}:"))
+        assert line.startswith("SKIP") if gpu else line.split()[0] in ("PASS", "SKIP"), line
+    assert lines[-1].startswith("gpu-proof: passed")
+
+
+def test_gpu_proof_without_a_gpu_fails_instead_of_passing(tmp_path):
+    """Not a dry run, and no CUDA here: the cuda check fails, the GPU checks skip naming it, exit non-zero."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_proof", "proof", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL cuda: RuntimeError: no CUDA device visible" in done.stdout
+    assert "SKIP device-contract: no CUDA device" in done.stdout and "FAILED cuda" in done.stdout
+    assert (tmp_path / "proof.json").is_file()

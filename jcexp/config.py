@@ -258,9 +258,11 @@ def quantizes(modifier: Any, bits: int) -> bool:
 
 
 # The three ways GPTQ can treat the weights pruning removed (README, "GPTQ after pruning"):
-#   A:     llm-compressor 0.14's GPTQ as it stands; its updates also land on pruned positions (the paper's Case A).
-#   B:     llm-compressor <= 0.12's GPTQ, which the paper ran: updates masked to the kept weights, pruned weights
-#          stay exactly 0, errors come from kept weights only (the paper's Case B, eqs. 4 and 6).
+#   A:     llm-compressor 0.14's GPTQ as it stands; its updates also land on pruned positions (the paper's Case A,
+#          eqs. 4-5: what its text adopts, III-B.2).
+#   B:     llm-compressor <= 0.12's GPTQ, which the paper's tool ran: errors from kept weights only, updates from
+#          the full inverse Hessian masked to the kept weights, pruned weights stay exactly 0 (the paper's Case B,
+#          eqs. 4 and 6, but with H^-1 masked in place of eq. 6's H_M^-1: jcexp/compress/case_b.py).
 #   joint: SparseGPT's joint mode: pruned positions collect compensation, then pass (w - 0)/d on.
 GPTQ_CASES = {
     "A": "llmcompressor.modifiers.quantization.GPTQModifier",

@@ -1,8 +1,19 @@
-"""Case B GPTQ: quantize only the weights pruning kept; pruned weights stay exactly zero and take no compensation.
+"""Case B as the paper's tool ran it: GPTQ quantizes the weights pruning kept; pruned weights stay exactly zero.
 
-The paper (III-B) contrasts Case A, quantizing the whole pruned matrix, with Case B, quantizing only the kept
-weights: the quantization errors come from kept weights only (eq. 4) and GPTQ's error compensation updates kept
-weights only (eq. 6), so the pruning mask survives quantization unchanged.
+What each case is (the paper's III-B.2, eqs. 4-9; quant.case):
+- A, stock GPTQ over every weight of the pruned matrix (llm-compressor 0.14's GPTQModifier): errors from every
+  column (eq. 4, E_A) and updates from the full inverse Hessian to every weight (eq. 5, delta_A), so pruned
+  positions take updates and come back. It is what the paper's text adopts as a practical approximation
+  (III-B.2); eqs. 8-9 (its error against NF4's / LLM.int8()'s) are about it, and eq. 7 is its error over B's.
+- B, this module: llm-compressor <= 0.12's masked rule, which the paper's tool ran (jcexp's default after
+  pruning). Errors come from kept weights only (a pruned weight is 0, quantizes to 0 and passes on nothing: the
+  M ⊙ (w - q) of eq. 4's E_B), but the update is computed from the *full* inverse Hessian, as in A, and then
+  multiplied by the mask so only kept weights absorb it. The paper's eq. 6 writes delta_B with H_M^-1, a Hessian
+  that respects the sparsity pattern, i.e. compensation solved over the kept weights alone; 0.12 never computed
+  that (it would take, for an unstructured mask, one restricted inverse per row). So B is eq. 4's E_B with eq.
+  5's H^-1 masked in place of eq. 6's H_M^-1: the paper's Case B approximately, the tool's rule exactly.
+- joint (joint_mode.py): SparseGPT's joint mode with the mask fixed: pruned positions take compensation and, when
+  their column comes up, are set to 0 and pass (w - 0)/d on. None of eqs. 4-9 describes it.
 
 Why this is ours: every llm-compressor up to 0.12 did exactly this inside GPTQ (``gptq_quantize.quantize_weight``:
 when a weight was at least ``SPARSITY_THRESHOLD`` = 5% exact zeros, ``preserve_zeros`` multiplied every error
@@ -17,8 +28,8 @@ bench/case_b_vs_012.py runs the two side by side (figures in docs/performance.md
 How it differs from ``joint_mode.py`` (SparseGPT's joint mode, ``quant.case=joint``): there, compensation from
 earlier columns also lands on pruned positions; when a pruned weight's column comes up it is set back to 0 and
 its accumulated value w propagates as an error (w - 0)/d to later columns. Here, as in 0.12, a pruned position
-never receives anything (its update is masked out), so it holds exactly 0 throughout, contributes no error, and
-the compensation is solved over the kept weights alone.
+never receives anything (its update is masked out), so it holds exactly 0 throughout and contributes no error;
+the kept weights' updates are the full-Hessian ones (H^-1), masked, not a solve over the kept weights alone.
 """
 
 from __future__ import annotations
@@ -146,7 +157,8 @@ def quantize_kept_only(
             losses1[:, :, i] = error.square()
             update = error.unsqueeze(-1) * Hinv1[:, i, i:].unsqueeze(1)
             if keep1 is not None:
-                update = update * keep1[:, :, i:]  # eq. 6: only kept weights absorb the error
+                # Only kept weights absorb it: H^-1's update masked, not eq. 6's H_M^-1.
+                update = update * keep1[:, :, i:]
             W1[:, :, i:] -= update
 
         W[:, :, i1:i2] = Q1

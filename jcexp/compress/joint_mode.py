@@ -1,12 +1,12 @@
-"""Case B GPTQ: quantize only the weights pruning kept, and keep every pruned weight exactly zero.
+"""quant.case=joint: SparseGPT's joint mode on an already pruned matrix; every pruned weight ends exactly zero.
 
-The paper (III-B) contrasts Case A, quantizing every weight after pruning, with Case B, quantizing the
-kept ones. llm-compressor 0.14's GPTQ is Case A: its column updates write into pruned positions, so pruned
-zeros come back. Its sparsity-preserving path was removed in 0.13, and 0.14 has no hook inside the column
-sweep. So this module supplies the one piece that must differ, the sweep, built from llm-compressor's
-own helpers (activation ordering, Hessian factorization, per-column qparams, fake_quantize). It swaps that
-sweep in for the duration of ``compress_module_list``. Everything else stays the stock GPTQModifier:
-calibration, Hessian accumulation, observers, batching, and how qparams are written back.
+Not one of the paper's cases (III-B.2): Case A is stock GPTQ over every weight (eqs. 4-5), Case B quantizes the
+kept weights only (eqs. 4 and 6; jcexp's B is llm-compressor <= 0.12's masked rule, case_b.py). llm-compressor
+0.14's GPTQ is Case A: its column updates write into pruned positions, so pruned zeros come back. This module
+supplies the one piece that must differ, the sweep, built from llm-compressor's own helpers (activation ordering,
+Hessian factorization, per-column qparams, fake_quantize), and swaps it in for the duration of
+``compress_module_list``. Everything else stays the stock GPTQModifier: calibration, Hessian accumulation,
+observers, batching, and how qparams are written back.
 
 The mask is read from the incoming weights (exact zeros = pruned). The sweep is SparseGPT's joint mode with
 that mask fixed: earlier columns' compensation lands on every weight not yet visited, pruned positions
@@ -74,7 +74,7 @@ def quantize_kept_weights(
         if perm is not None and quant_args.actorder == ActivationOrdering.WEIGHT:
             g_idx = torch.gather(g_idx.unsqueeze(0).expand(batch, -1), 1, perm)
     elif quant_args.strategy == QuantizationStrategy.BLOCK:
-        raise NotImplementedError("Case B GPTQ supports tensor, channel and group strategies")
+        raise NotImplementedError("the joint mode supports tensor, channel and group strategies")
 
     losses = torch.zeros(batch, rows, device=device)
     fallback = torch.zeros(batch, dtype=torch.bool, device=device)

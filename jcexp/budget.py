@@ -85,18 +85,20 @@ def markdown(state: dict[str, Any]) -> str:
         "",
     ]
     if r["outcome"] == "winner":
-        lines.append(f"**Winner: {r['winner']}** (every other candidate was separated from it).")
+        lines.append(f"**Claim: {r['winner']} wins** (every other candidate was separated from it).")
     elif r["outcome"] == "equivalent":
         lines.append(
-            f"**No winner: {', '.join(r['unseparated'])} are equivalent** (each within "
-            f"{verdicts.margin_text(r['margin'])} of the leader, {r['leader']})."
+            f"**Claim: {', '.join(r['unseparated'])} are equivalent** within "
+            f"{verdicts.margin_text(r['margin'])} (each survivor's interval against {r['leader']} lies inside "
+            "it): any of them keeps as much as the others, within the margin. No single winner is named."
         )
     elif r["outcome"] == "not separated":
         stop = (r["rounds"][-1].get("stop") or "") if r["rounds"] else ""
         why = "the items ran out" if stop == "items exhausted" else "the remaining items could not decide"
         lines.append(
-            f"**No winner: {why} with {', '.join(r['unseparated'])} not separated** "
-            f"(best point estimate: {r['leader']}; stopped at round {len(r['rounds'])} of {r['looks']})."
+            f"**No claim: {why} with {', '.join(r['unseparated'])} not separated** (stopped at round "
+            f"{len(r['rounds'])} of {r['looks']}). The race has no choice among them; the table gives each "
+            "one's interval against the highest point estimate."
         )
     else:
         lines.append(f"**No result: {r['outcome']}.**")
@@ -114,12 +116,12 @@ def markdown(state: dict[str, Any]) -> str:
     )
     for c in order:
         s = r["standings"][c["name"]]
+        # What the race concluded about this candidate, and from which interval (jcexp/race.py: Race._conclude).
+        verdict = s.get("verdict")
         status = (
-            "winner"
-            if c["name"] == r["winner"]
-            else "leader"
-            if c["name"] == r["leader"]
-            else ("in the race" if s["alive"] else s["why"])
+            f"{verdict}: {s['reason']}"
+            if verdict and s.get("reason") and verdict != "winner"
+            else verdict or ("in the race" if s["alive"] else s["why"])
         )
         diff = "" if s["diff_ci"] is None else f"{100 * s['diff']:+.1f} {verdicts.points(s['diff_ci'])}"
         bits = "" if c.get("bits_per_weight") is None else f"{c['bits_per_weight']:.2f}"
@@ -144,8 +146,9 @@ def markdown(state: dict[str, Any]) -> str:
         "",
         f"Rounds evaluate every surviving candidate on the next `ci_chunk` items of one seeded order "
         f"(seed {state['seed']}); the dense model's items are scored once and shared. A candidate is dropped when "
-        f"the interval of its Sr minus the leader's lies below 0 (and they disagree on at least "
-        f"{r['min_discordant']} items). Intervals: {r['method']}; each difference at level "
+        f"the interval of its Sr minus the leader's lies below 0 (and the two disagree on at least "
+        f"{r['min_discordant']} items); survivors whose intervals against the leader all lie inside the margin "
+        f"(with the same floor) are claimed equivalent. Intervals: {r['method']}; each difference at level "
         f"{r['difference_level']:.6f}, each Sr at {r['sr_level']:.6f}, so all of them hold together at "
         f"{r['level']:.0%} whatever round the race stopped at. The race also stops, not separated, once no "
         f"survivor's difference from the leader is at least half the half-width all the items could reach and none "

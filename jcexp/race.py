@@ -6,15 +6,21 @@ the candidates round by round on the same seeded items (the order sequential eva
 jcexp/sequential.py) and drops a candidate as soon as the evidence says it is worse than the current leader.
 
 The intervals are the anytime ones of jcexp/anytime.py: a paired delta-method interval with Bonferroni spending
-over a number of looks fixed in advance. Here the family is every look of every comparison the race could make:
-``K`` rounds times the ``C (C - 1) / 2`` pairs of ``C`` candidates for the differences (the leader is chosen by
-the data, so every pair counts), and ``K`` times ``C`` for each candidate's own Sr. By the union bound all of
-them cover together with probability at least ``level``, so dropping at any round, and the final statements,
-are valid however the race ran. A candidate is dropped once the interval of (its Sr - the leader's Sr) lies
-entirely below 0 and the two disagree on at least ``min_discordant`` items (a normal approximation from fewer
-is not trusted). The race stops when one candidate is left, when every survivor's interval against the leader
-lies inside ±margin (equivalent: no winner is named), or when the items run out (the survivors are reported as
-not separated). It also stops, not separated, when the remaining items could not decide: every survivor's
+over a number of looks fixed in advance. Here the family is every interval the race could read, with one error
+budget ``alpha = 1 - level`` split over all of them: ``K`` rounds times the ``C (C - 1) / 2`` pairs of ``C``
+candidates for the differences (the leader is chosen by the data, so every pair counts), and ``K`` times ``C``
+for each candidate's own Sr; each of the ``K (P + C)`` intervals is at ``1 - alpha / (K (P + C))``, so the
+differences get the share ``P / (P + C)`` of alpha and the Sr intervals ``C / (P + C)`` (before issue 26 each
+family had all of alpha, a joint level of 90%). By the union bound all of them cover together with probability
+at least ``level``, so dropping at any round, and the final statements, are valid however the race ran. A
+candidate is dropped once the interval of (its Sr - the leader's Sr) lies entirely below 0 and the two disagree
+on at least ``min_discordant`` items (never fewer than jcexp/verdicts.py's ``MIN_DISCORDANT``; only items on
+which the candidate and the leader disagree count). The race stops when one candidate is left (a winner), when
+every survivor's interval against the leader lies inside ±margin with the floor met (a claim of equivalence: the
+survivors keep as much as each other within the margin, and no winner is named), or when the items run out (no
+claim for the survivors not shown equivalent). Every candidate's record says which of these it got: dropped
+(with the interval), winner, equivalent (with the interval), or no claim (with the interval that could not
+decide and why); an undecided race's leader is only the highest point estimate, never its choice. It also stops, not separated, when the remaining items could not decide: every survivor's
 observed difference from the leader is under half the half-width that all the items could reach, and none could
 come within the margin (futility). A stop without a claim cannot make any interval wrong, so the futility stop
 keeps the family-wise guarantee; it gives up power that the remaining items would hardly have bought.
@@ -182,6 +188,11 @@ class Standing:
     diff_ci: list[float] | None = None
     dropped_round: int | None = None
     why: str | None = None  # why it was dropped (or failed)
+    discordant: int | None = None  # items on which it and the leader disagree, at its last look
+    # When the race is over: "winner", "dropped", "equivalent", "no claim" or "failed", and the reason with the
+    # interval that decided it (or could not).
+    verdict: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -192,7 +203,7 @@ class Race:
     looks: int
     level: float = 0.95
     margin: float = verdicts.DEFAULT_MARGIN
-    min_discordant: int = 10
+    min_discordant: int = verdicts.MIN_DISCORDANT
     futility: bool = True  # stop, not separated, once the remaining items could not decide (``_decidable``)
     standings: dict[str, Standing] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
@@ -205,20 +216,27 @@ class Race:
         if not self.names:
             raise ValueError("a race needs at least one candidate")
         self.standings = self.standings or {n: Standing(n) for n in self.names}
+        # The floor is never below the claims' own (jcexp/verdicts.py); a user may ask for more.
+        self.min_discordant = max(int(self.min_discordant), verdicts.MIN_DISCORDANT)
 
     @property
     def pairs(self) -> int:
         return max(1, len(self.names) * (len(self.names) - 1) // 2)
 
     @property
+    def intervals(self) -> int:
+        """Every interval the race may read: each look of each pair's difference and of each candidate's Sr."""
+        return self.looks * (self.pairs + len(self.names))
+
+    @property
     def difference_level(self) -> float:
-        """Each difference interval's level: Bonferroni over every look of every pair."""
-        return anytime.look_level(self.level, self.looks * self.pairs)
+        """Each difference interval's level: one Bonferroni split of ``1 - level`` over ``intervals``."""
+        return anytime.look_level(self.level, self.intervals)
 
     @property
     def sr_level(self) -> float:
-        """Each candidate's Sr interval's level: Bonferroni over every look of every candidate."""
-        return anytime.look_level(self.level, self.looks * len(self.names))
+        """Each candidate's Sr interval's level: the same split as the differences' (one error budget)."""
+        return anytime.look_level(self.level, self.intervals)
 
     @property
     def alive(self) -> list[str]:
@@ -271,22 +289,28 @@ class Race:
             if name == leader:
                 continue
             s = self.standings[name]
-            d = anytime.delta_interval(
-                [dense, models[name], models[leader]], tasks, anytime.difference(), self.difference_level
-            )
-            s.versus, s.diff, s.diff_ci = leader, d["point"], d["ci"]
+            aligned = anytime.align([dense, models[name], models[leader]], tasks)
+            d = anytime.delta_interval_aligned(aligned, anytime.difference(), self.difference_level)
+            # The floor counts the items on which the candidate and the leader disagree, not those on which
+            # either differs from the dense model (a candidate identical to the leader counts 0).
+            disagree = sum(int((a[1] != a[2]).sum()) for a in aligned.values())
+            s.versus, s.diff, s.diff_ci, s.discordant = leader, d["point"], d["ci"], disagree
             if d["ci"] is None:
                 inside_margin, open_question = False, True
                 continue
-            if d["ci"][1] < 0 and d["discordant"] >= self.min_discordant:
+            floor_met = verdicts.below_floor(disagree, self.min_discordant) is None
+            if d["ci"][1] < 0 and floor_met:
                 s.alive, s.dropped_round = False, round_
                 s.why = f"below {leader} at round {round_}: Sr difference {verdicts.points(d['ci'])}"
                 record["dropped"][name] = s.why
                 continue
-            if not verdicts.inside(d["ci"], self.margin):
+            if not (floor_met and verdicts.inside(d["ci"], self.margin)):
                 inside_margin = False
-            open_question |= self._decidable(d, round_)
-        self.standings[leader].versus = self.standings[leader].diff = self.standings[leader].diff_ci = None
+            # Below the floor the interval is mostly the pseudo-items', and projecting it to all the items
+            # understates what they could decide: the question stays open while disagreements accrue.
+            open_question |= (0 < disagree and not floor_met) or self._decidable(d, round_)
+        lead = self.standings[leader]
+        lead.versus = lead.diff = lead.diff_ci = lead.discordant = None
         left = self.alive
         if len(left) == 1:
             self.outcome, record["stop"] = "winner", "one candidate left"
@@ -302,8 +326,41 @@ class Race:
                 "(each observed difference is under half the half-width all the items could reach) and "
                 f"none could come within {verdicts.margin_text(self.margin)}"
             )
+        if self.done:
+            self._conclude()
         self.rounds.append(record)
         return record
+
+    def _conclude(self) -> None:
+        """Each candidate's verdict once the race is over: what was claimed about it, and from which interval."""
+        margin = verdicts.margin_text(self.margin)
+        for s in self.standings.values():
+            if s.why and s.why.startswith("failed"):
+                s.verdict, s.reason = "failed", s.why
+            elif not s.alive:
+                s.verdict, s.reason = "dropped", s.why
+            elif self.outcome == "winner":
+                s.verdict, s.reason = "winner", "every other candidate was dropped or failed"
+            elif s.name == self.leader:
+                if self.outcome == "equivalent":
+                    s.verdict = "equivalent"
+                    s.reason = f"the highest point estimate; every other survivor is within {margin} of it"
+                else:
+                    s.verdict = "no claim"
+                    s.reason = (
+                        "the highest point estimate only: the intervals do not separate it from the other "
+                        "survivors (it is not the race's choice)"
+                    )
+            elif s.diff_ci is None:
+                s.verdict, s.reason = "no claim", "its difference from the leader is undefined"
+            else:
+                interval = f"Sr difference from {s.versus} {verdicts.points(s.diff_ci)}"
+                floor = verdicts.below_floor(s.discordant, self.min_discordant)
+                if floor is None and verdicts.inside(s.diff_ci, self.margin):
+                    s.verdict, s.reason = "equivalent", f"{interval}, inside {margin}"
+                else:
+                    s.verdict = "no claim"
+                    s.reason = f"{interval}: " + (floor or f"neither below 0 nor inside {margin}")
 
     def _decidable(self, d: dict[str, Any], round_: int) -> bool:
         """Could the rest of the items still decide this survivor against the leader? Every look's interval is
@@ -326,7 +383,21 @@ class Race:
         """The survivors when no winner is named (equivalent, or not separated when the items ran out)."""
         return self.alive if self.outcome in ("equivalent", "not separated") else []
 
+    @property
+    def claim(self) -> str | None:
+        """What the race concludes, in words: a winner, a set shown equivalent, or None (no claim)."""
+        if self.outcome == "winner":
+            return f"{self.winner} keeps the most (every other candidate was separated from it)"
+        if self.outcome == "equivalent":
+            return (
+                f"{', '.join(self.alive)} are equivalent within {verdicts.margin_text(self.margin)} "
+                f"(each survivor's interval against {self.leader} lies inside it)"
+            )
+        return None
+
     def to_dict(self) -> dict[str, Any]:
+        if self.done:
+            self._conclude()  # also after an outcome set from outside (the sweeper's "none left")
         return {
             "looks": self.looks,
             "level": self.level,
@@ -338,12 +409,15 @@ class Race:
             "outcome": self.outcome,
             "winner": self.winner,
             "unseparated": self.unseparated,
+            "claim": self.claim,
             "leader": self.leader,
+            "intervals": self.intervals,
             "standings": {n: asdict(s) for n, s in self.standings.items()},
             "rounds": self.rounds,
             "method": (
-                f"{anytime.METHOD}; Bonferroni over {self.looks} rounds x {self.pairs} pairs "
-                f"(differences) and {self.looks} rounds x {len(self.names)} candidates (Sr)"
+                f"{anytime.METHOD}; one error budget of {1 - self.level:.2g} split (Bonferroni) over "
+                f"{self.intervals} intervals: {self.looks} rounds x ({self.pairs} pairs' differences + "
+                f"{len(self.names)} candidates' Sr)"
             ),
         }
 

@@ -95,7 +95,8 @@ def test_a_clearly_worse_candidate_is_dropped_in_an_early_round(bench):
     assert bad["diff_ci"][1] < 0 and "below rtn w4 g64" in bad["why"]
     assert r["outcome"] == "winner" and r["winner"] == "rtn w4 g64"
     text = (sweep / "budget.md").read_text()
-    assert "**Winner: rtn w4 g64**" in text and "below rtn w4 g64 at round" in text
+    assert "**Claim: rtn w4 g64 wins**" in text and "below rtn w4 g64 at round" in text
+    assert bad["verdict"] == "dropped" and r["standings"]["rtn w4 g64"]["verdict"] == "winner"
     assert (sweep / "budget.png").stat().st_size > 0
     # Fewer items than the grid: the dropped candidate stopped early, and nothing past the winner's last round.
     assert state["items"]["race"] < state["items"]["grid"]
@@ -103,17 +104,22 @@ def test_a_clearly_worse_candidate_is_dropped_in_an_early_round(bench):
     assert len(list(sweep.glob("*/result.json"))) == r["standings"]["rtn w4 g64"]["rounds"] + bad["rounds"]
 
 
-def test_identical_candidates_end_equivalent_without_a_winner(bench):
+def test_identical_candidates_end_without_a_claim_or_a_choice(bench):
+    """The two 4-bit models answer alike, item for item: no item on which they disagree, below the discordance
+    floor (jcexp/verdicts.py), so neither a drop nor a claim of equivalence; the leader is not called a choice."""
     root, benchmark = bench
     sweep = root / "same"
     state = _race(root, [*SAME, *benchmark], sweep)
     r = state["race"]
     assert sorted(c["name"] for c in state["candidates"]) == ["gptq w4", "rtn w4"]
-    # On these items the two 4-bit models answer alike, item for item.
     assert r["standings"]["gptq w4"]["sr"] == r["standings"]["rtn w4"]["sr"]
-    assert r["outcome"] == "equivalent" and r["winner"] is None
+    assert r["outcome"] == "not separated" and r["winner"] is None and r["claim"] is None
     assert sorted(r["unseparated"]) == ["gptq w4", "rtn w4"]
-    assert "**No winner: " in (sweep / "budget.md").read_text()
+    assert {s["verdict"] for s in r["standings"].values()} == {"no claim"}
+    other = next(s for n, s in r["standings"].items() if n != r["leader"])
+    assert other["discordant"] == 0 and "only 0 items" in other["reason"]
+    text = (sweep / "budget.md").read_text()
+    assert "**No claim: " in text and "not the race's choice" in text
 
 
 def test_a_race_killed_after_its_first_round_resumes_without_recomputing(bench, tmp_path):
@@ -136,7 +142,7 @@ def test_a_race_killed_after_its_first_round_resumes_without_recomputing(bench, 
     assert {"0", "1"} <= set(first)  # round 1's two jobs finished before the kill
 
     state = _race(root, args, sweep, cache)
-    assert state["race"]["outcome"] == "equivalent"
+    assert state["race"]["outcome"] == "not separated"
     results = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/result.json")}
     for job, result in results.items():
         rounds = result["benchmark"]["sequential"]["rounds"]
@@ -255,7 +261,7 @@ def test_budget_records_and_the_w_and_b_run(tmp_path):
 
     state = budget.write_outputs(tmp_path, _synthetic_state())
     text = (tmp_path / "budget.md").read_text()
-    assert "**Winner: a**" in text and "below a at round 1" in text and "nf4 is 4-bit only" in text
+    assert "**Claim: a wins**" in text and "below a at round 1" in text and "nf4 is 4-bit only" in text
     assert state["frontier"] == ["b", "a"]  # b: fewer bits, lower Sr; a: more bits, higher Sr
     assert (tmp_path / "budget.png").stat().st_size > 0
     logged = WandbTracker(mode="offline", dir=str(tmp_path / "wandb"), group="g").log_budget(

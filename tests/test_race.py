@@ -49,9 +49,16 @@ def test_a_clearly_worse_candidate_is_dropped_in_an_early_round():
     assert "below good" in s.why
     assert r.outcome == "winner" and r.winner == "good"
     assert s.diff_ci[1] < 0
+    # Each candidate's record names what the race concluded about it, and from which interval.
+    assert (
+        r.standings["good"].verdict == "winner" and s.verdict == "dropped" and "Sr difference [" in s.reason
+    )
+    assert r.claim.startswith("good keeps the most") and r.to_dict()["claim"] == r.claim
 
 
-def test_identical_candidates_end_equivalent_without_a_winner():
+def test_identical_candidates_make_no_claim():
+    """Two candidates that answer every item alike: 0 items on which they disagree, below the discordance floor,
+    so no claim of equivalence (nor a drop), however narrow the interval; the leader is not called a choice."""
     dense, models = _models(512, {"x": 0.02})
     r = race.Race(["x", "y"], looks=8, margin=0.05)
     for k in range(1, 9):
@@ -59,15 +66,43 @@ def test_identical_candidates_end_equivalent_without_a_winner():
         r.look(k, _items(dense[: 64 * k]), {"x": m, "y": dict(m)}, TASKS)
         if r.done:
             break
-    assert r.outcome == "equivalent"
+    assert r.outcome == "not separated" and r.claim is None
     assert r.winner is None and sorted(r.unseparated) == ["x", "y"]
-    assert r.standings["y"].diff == 0 or r.standings["x"].diff == 0
+    other = r.standings["y" if r.leader == "x" else "x"]
+    assert other.diff == 0 and other.discordant == 0  # candidate-vs-leader disagreements, not vs dense
+    assert other.verdict == "no claim" and "only 0 items on which the compared runs disagree" in other.reason
+    lead = r.standings[r.leader]
+    assert lead.verdict == "no claim" and "not the race's choice" in lead.reason
+
+
+def test_candidates_that_disagree_a_little_end_in_a_claim_of_equivalence():
+    """y turns over 2% of x's answers both ways, on 2048 items in 8 rounds: the interval of the difference fits
+    inside ±5 points once they disagree on at least the floor's 10 items (round 3 here, not before: round 2's
+    interval was inside the margin on 6 disagreements), and the race ends with the claim that the two are
+    equivalent within the margin."""
+    n, chunk = 2048, 256
+    dense, models = _models(n, {"x": 0.02})
+    flip = np.random.default_rng(7).random(n) < 0.02
+    y = np.where(flip, 1 - models["x"], models["x"])
+    r = race.Race(["x", "y"], looks=8, margin=0.05)
+    for k in range(1, 9):
+        upto = k * chunk
+        r.look(k, _items(dense[:upto]), {"x": _items(models["x"][:upto]), "y": _items(y[:upto])}, TASKS)
+        if r.done:
+            break
+    assert r.outcome == "equivalent" and r.winner is None and len(r.rounds) == 3
+    assert r.claim.startswith("x, y are equivalent within ±5 points of Sr")
+    assert {s.verdict for s in r.standings.values()} == {"equivalent"}
+    other = r.standings["y" if r.leader == "x" else "x"]
+    assert other.discordant >= race.verdicts.MIN_DISCORDANT and "inside ±5 points" in other.reason
 
 
 def test_close_candidates_are_not_separated_when_the_items_run_out():
     r = _run({"p": 0.10, "q": 0.12}, n=256)
     assert r.outcome == "not separated"
     assert r.winner is None and sorted(r.unseparated) == ["p", "q"]
+    other = r.standings["q" if r.leader == "p" else "p"]
+    assert other.verdict == "no claim" and "neither below 0 nor inside" in other.reason
 
 
 def test_no_drop_on_fewer_discordant_items_than_the_floor():
@@ -78,13 +113,18 @@ def test_no_drop_on_fewer_discordant_items_than_the_floor():
         r = race.Race(["good", "bad"], looks=4, min_discordant=floor)
         r.look(1, _items(dense), {n: _items(v) for n, v in models.items()}, TASKS)
         assert r.standings["bad"].alive is not dropped
+        assert r.standings["bad"].discordant == 60
+    # Never below the claims' floor (jcexp/verdicts.py), whatever the configuration asks.
+    assert race.Race(["a", "b"], looks=1, min_discordant=2).min_discordant == race.verdicts.MIN_DISCORDANT
 
 
-def test_levels_cover_every_look_of_every_pair_and_candidate():
+def test_one_error_budget_covers_every_look_of_every_pair_and_candidate():
+    """5 looks x (6 pairs + 4 candidates) = 50 intervals share alpha = 0.05: joint level 95%, not 90%."""
     r = race.Race(["a", "b", "c", "d"], looks=5)
-    assert r.pairs == 6
-    assert r.difference_level == pytest.approx(1 - 0.05 / 30)
-    assert r.sr_level == pytest.approx(1 - 0.05 / 20)
+    assert r.pairs == 6 and r.intervals == 50
+    assert r.difference_level == pytest.approx(1 - 0.05 / 50)
+    assert r.sr_level == pytest.approx(1 - 0.05 / 50)
+    assert (1 - r.difference_level) * 5 * 6 + (1 - r.sr_level) * 5 * 4 == pytest.approx(0.05)
 
 
 def test_the_family_wise_level_holds_under_the_null():

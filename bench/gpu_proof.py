@@ -27,6 +27,9 @@ Checks (one line each, ``PASS|FAIL|SKIP name: detail``; any FAIL exits non-zero)
   parent-gpu-memory   while the child runs, the parent's GPU memory from the child's side (NVML per process,
                       torch.cuda.mem_get_info): written to OUTDIR/parent_gpu_memory.json, against the
                       preflight's assumption (jcexp.memory.PARENT_CUDA_BYTES)
+  compression-rates   what bench/estimate.py assumes, measured: the fp32 Hessian accumulation's TFLOP/s and the
+                      column loop's time per column, Case B's eager sweep against stock GPTQ's Triton block, at
+                      Llama-3.1-8B's down_proj shape (OUTDIR/compression_rates.json)
 """
 
 from __future__ import annotations
@@ -180,6 +183,7 @@ CHECKS = (
     ("cpu-gpu-agreement", True),
     ("subprocess-handoff", True),
     ("parent-gpu-memory", True),
+    ("compression-rates", True),
 )  # (name, needs a GPU)
 
 
@@ -367,6 +371,63 @@ class Proof:
         if worst > assumed:
             raise RuntimeError(detail + ": raise jcexp.memory.PARENT_CUDA_BYTES")
         return detail
+
+    def compression_rates(
+        self, device: str = "cuda", rows: int = 4096, cols: int = 14336, tokens: int = 2048
+    ) -> str:
+        """What bench/estimate.py assumes for compression on this GPU, measured at Llama-3.1-8B's down_proj
+        (4096 x 14336): the float32 Hessian accumulation's rate (llm-compressor's accumulate_hessian, 2048-token
+        samples), and one weight's sweep with Case B's eager column loop against stock GPTQ's (the fused Triton
+        block on CUDA), per column. Written to OUTDIR/compression_rates.json."""
+        import torch
+        from compressed_tensors.quantization import QuantizationArgs
+        from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
+        from llmcompressor.modifiers.gptq.helpers import accumulate_hessian
+
+        from jcexp.compress.case_b import quantize_kept_only
+
+        dev = torch.device(device)
+        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+        def timed(fn, n: int = 1) -> float:
+            fn()  # warm-up (kernels, Triton compile)
+            sync()
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync()
+            return (time.perf_counter() - start) / n
+
+        lin = torch.nn.Linear(cols, rows, bias=False, device=dev)
+        H = torch.zeros(cols, cols, device=dev)
+        x = torch.randn(1, tokens, cols, device=dev, dtype=torch.bfloat16)
+        n = torch.zeros((), dtype=torch.int, device=dev)
+        hess_s = timed(lambda: accumulate_hessian(x, lin, H, n), 5)
+        hess_tflops = 2 * tokens * cols * cols / hess_s / 1e12
+        g = torch.Generator(device=dev).manual_seed(0)
+        W = torch.randn(1, rows, cols, device=dev, generator=g) * 0.02
+        W[torch.rand(1, rows, cols, device=dev, generator=g) < 0.25] = 0
+        A = torch.randn(cols, 256, device=dev, generator=g)
+        Hs = (A @ A.T / 256 + 0.1 * torch.eye(cols, device=dev)).unsqueeze(0)
+        args = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=128)
+        scale = (W.abs().reshape(1, rows, cols // 128, 128).amax(-1).clamp(min=1e-8) / 7.5).contiguous()
+        zero = torch.zeros_like(scale, dtype=torch.int8)
+        sweep = {
+            name: timed(lambda fn=fn: fn(W.clone(), Hs.clone(), scale, zero, None, args))
+            for name, fn in (("case_b", quantize_kept_only), ("stock", quantize_weight))
+        }
+        record = {
+            "device": torch.cuda.get_device_name() if dev.type == "cuda" else device,
+            "hessian_fp32_tflops": round(hess_tflops, 4),
+            "sweep_s": {k: round(v, 3) for k, v in sweep.items()},
+            "us_per_column": {k: round(1e6 * v / cols, 1) for k, v in sweep.items()},
+            "shape": [rows, cols],
+        }
+        (self.out / "compression_rates.json").write_text(json.dumps(record, indent=1))
+        return (
+            f"fp32 Hessian accumulation {hess_tflops:.1f} TFLOP/s; {rows}x{cols} sweep Case B {sweep['case_b']:.2f} s "
+            f"({record['us_per_column']['case_b']} µs/column), stock {sweep['stock']:.2f} s"
+        )
 
     def run(self) -> int:
         fns = {n: getattr(self, n.replace("-", "_")) for n, _ in CHECKS}

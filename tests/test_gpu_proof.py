@@ -217,3 +217,16 @@ def test_gpu_proof_without_a_gpu_fails_instead_of_passing(tmp_path):
     assert "FAIL cuda: RuntimeError: no CUDA device visible" in done.stdout
     assert "SKIP device-contract: no CUDA device" in done.stdout and "FAILED cuda" in done.stdout
     assert (tmp_path / "proof.json").is_file()
+
+
+def test_compression_rates_probe_runs_at_small_shapes_on_cpu(tmp_path):
+    """The GPU check's code path (llm-compressor's accumulate_hessian and quantize_weight, Case B's sweep) at a
+    64 x 256 weight on CPU, so that an API change fails here rather than on a lent GPU."""
+    import json
+
+    from bench.gpu_proof import Proof
+
+    line = Proof(tmp_path, dry_run=False).compression_rates(device="cpu", rows=64, cols=256, tokens=32)
+    record = json.loads((tmp_path / "compression_rates.json").read_text())
+    assert record["shape"] == [64, 256] and set(record["sweep_s"]) == {"case_b", "stock"}
+    assert "Case B" in line and record["hessian_fp32_tflops"] > 0

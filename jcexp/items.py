@@ -5,6 +5,10 @@ lm-eval's ``log_samples`` gives every item's metric values; the worker keeps onl
 items are its leaf tasks' items, ids prefixed by the leaf task, so the mean over them is the size-weighted group
 score), and per perplexity task, document id -> (log-likelihood, weight). The paired intervals
 (jcexp/paired.py) read them. The dense baseline's sidecar is cached with the baseline.
+
+A compressed run's sidecar also keeps, per perplexity task, document id -> [sum of per-token KL(dense ||
+compressed) in nats, tokens scored, tokens whose argmax agrees] (``divergence``; jcexp/divergence.py): the
+per-document KL a screen can resample or race on.
 """
 
 from __future__ import annotations
@@ -63,6 +67,27 @@ def documents(items: dict[str, Any], task: str) -> dict[str, list[float]]:
     return {i: [float(x) for x in v] for i, v in items["perplexity"][task]["items"].items()}
 
 
+DIVERGENCE_VALUES = "[kl_sum_nats, tokens, top1_agreements]"
+
+
+def with_divergence(items: dict[str, Any] | None, per_document: dict[str, list[float]] | None):
+    """``items`` plus the per-document divergence values ("task/doc_id" -> values), grouped by task."""
+    if not per_document:
+        return items
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, values in per_document.items():
+        task, _, doc = key.rpartition("/")
+        entry = grouped.setdefault(task, {"metric": "kld", "values": DIVERGENCE_VALUES, "items": {}})
+        entry["items"][doc] = values
+    return {**(items or {"scores": {}, "perplexity": {}}), "divergence": grouped}
+
+
+def divergence(items: dict[str, Any] | None) -> dict[str, list[float]]:
+    """The per-document divergence values of a sidecar, "task/doc_id" -> values ({} when it has none)."""
+    found = (items or {}).get("divergence") or {}
+    return {f"{t}/{d}": [float(x) for x in v] for t, e in found.items() for d, v in e["items"].items()}
+
+
 def write(directory: str | Path, items: dict[str, Any]) -> Path:
     path = Path(directory) / ITEMS_FILE
     atomic_write_json(path, {"format": FORMAT, **items}, indent=None)
@@ -73,4 +98,7 @@ def read(directory: str | Path) -> dict[str, Any] | None:
     data = read_json(Path(directory) / ITEMS_FILE)
     if not data or data.get("format") != FORMAT:
         return None
-    return {"scores": data.get("scores", {}), "perplexity": data.get("perplexity", {})}
+    out = {"scores": data.get("scores", {}), "perplexity": data.get("perplexity", {})}
+    if data.get("divergence"):
+        out["divergence"] = data["divergence"]
+    return out

@@ -115,3 +115,40 @@ def mask_overhead_bits(n: int | None = None, m: int | None = None) -> float:
     if n is None or m is None or not 0 < n < m:
         raise ValueError(f"N:M needs 0 < N < M, got {n}:{m}")
     return math.log2(math.comb(m, n)) / m
+
+
+def flips(
+    dense: Mapping[str, Mapping[str, float]], compressed: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict]:
+    """Items whose correctness changed, from per-item scores (task -> item id -> 0/1), on the items both
+    evaluations answered: correct -> wrong, wrong -> correct, and the flip rate (both over the items).
+
+    Not in the paper: an item-level view beside Sr (two compressed models can keep Sr at 1 while flipping many
+    items both ways). A task whose values are not all 0 or 1 is left out and named in ``skipped``."""
+    tasks: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    for task in sorted(set(dense) & set(compressed)):
+        shared = sorted(set(dense[task]) & set(compressed[task]))
+        pairs = [(dense[task][i], compressed[task][i]) for i in shared]
+        if any(v not in (0, 1) for pair in pairs for v in pair):
+            skipped[task] = "per-item values are not 0/1"
+            continue
+        lost = sum(1 for d, c in pairs if d == 1 and c == 0)
+        gained = sum(1 for d, c in pairs if d == 0 and c == 1)
+        tasks[task] = _flip_row(len(pairs), lost, gained)
+    total = _flip_row(
+        sum(t["items"] for t in tasks.values()),
+        sum(t["correct_to_wrong"] for t in tasks.values()),
+        sum(t["wrong_to_correct"] for t in tasks.values()),
+    )
+    return {"all": total, "tasks": tasks, "skipped": skipped}
+
+
+def _flip_row(items: int, lost: int, gained: int) -> dict:
+    return {
+        "items": items,
+        "correct_to_wrong": lost,
+        "wrong_to_correct": gained,
+        "flips": lost + gained,
+        "rate": (lost + gained) / items if items else None,
+    }

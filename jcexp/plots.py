@@ -6,6 +6,8 @@
 - Figs. 3/6: SrCr against TCr, with each joint point's SrCr_j beside its estimate SrCr_p·SrCr_q;
 - Fig. 4 (errors): layer reconstruction error against sparsity, and the measured Case A / Case B output-error
   ratio beside eq. 7's limit of 1 as p -> 0, for runs with ``errors.enabled``.
+- Not in the paper, beside Sr: KL(dense || compressed) per token on the held-out prose against TCr, with its
+  document-level interval, and the flip rate (``kld``).
 """
 
 from __future__ import annotations
@@ -172,6 +174,48 @@ def _error_plot(runs: list[Result], title: str, path: Path) -> Path | None:
     return path
 
 
+def _kld_plot(runs: list[Result], title: str, path: Path) -> Path | None:
+    """KL(dense || compressed) per token against TCr (log scale), and the flip rate, per kind of compression."""
+    kinds: list[tuple[str, Callable[[Result], bool], str]] = [
+        ("pruning only", is_pruning_only, "o"),
+        ("quantization only", is_quant_only, "s"),
+        ("joint", is_joint, "^"),
+    ]
+    have = [r for r in runs if (r.get("retention") or {}).get("kld")]
+    if not have:
+        return None
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, keep, marker in kinds:
+        pts = sorted(((tcr_of(r), r["retention"]) for r in have if keep(r)), key=lambda p: p[0])
+        if not pts:
+            continue
+        xs = [100 * t for t, _ in pts]
+        ys = [ret["kld"] for _, ret in pts]
+        cis = [ret.get("kld_ci") or [k, k] for k, (_, ret) in zip(ys, pts, strict=True)]
+        err = [
+            [max(0.0, y - c[0]) for y, c in zip(ys, cis, strict=True)],
+            [max(0.0, c[1] - y) for y, c in zip(ys, cis, strict=True)],
+        ]
+        ax.errorbar(xs, ys, yerr=err, marker=marker, capsize=2, label=name)
+        rates = [(x, ret.get("flip_rate")) for x, (_, ret) in zip(xs, pts, strict=True)]
+        rates = [(x, v) for x, v in rates if v is not None]
+        if rates:
+            bx.plot([x for x, _ in rates], [100 * v for _, v in rates], marker=marker, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("TCr (%)")
+    ax.set_ylabel("KL(dense || compressed), nats/token")
+    ax.set_title("held-out prose (95% document-level CI)")
+    ax.legend(fontsize=7)
+    bx.set_xlabel("TCr (%)")
+    bx.set_ylabel("items whose correctness flipped (%)")
+    bx.set_title("flip rate")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_plots(results: list[Result], out_dir: str | Path) -> list[Path]:
     """One set of figures per model; returns the files written."""
     out_dir = Path(out_dir)
@@ -204,6 +248,7 @@ def write_plots(results: list[Result], out_dir: str | Path) -> list[Path]:
             ),
             (_srcr_plot, runs, "SrCr vs compression (Figs. 3, 6)", "fig3_srcr"),
             (_error_plot, runs, "layer errors (eqs. 2-9)", "fig4_errors"),
+            (_kld_plot, runs, "distribution-level retention beside Sr (not in the paper)", "kld"),
         ]
         for draw, subset, title, name in figures:
             path = draw(subset, f"{model}: {title}", out_dir / f"{name}{suffix}.png")

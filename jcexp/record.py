@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from jcexp import items, measure, memory, metrics, paired, scoring
+from jcexp import items, kld, measure, memory, metrics, paired, scoring
 from jcexp.observers import RunState
 from jcexp.plan import Plan, library_versions
 from jcexp.results import RESULT_FILE, SCHEMA_VERSION, atomic_write_json, index_result
@@ -115,10 +115,44 @@ def compute_metrics(
     }
 
 
+def distribution_retention(
+    compressed, dense, per_document: dict[str, list[float]] | None, reference: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    """Beside Sr, never in it: how far the compressed model's predictions moved from the dense model's on the
+    same inputs. ``kld``: mean per-token KL(dense || compressed) in nats on the held-out prose (bucketed: a
+    lower bound of the full KL, jcexp/kld.py), with its document-level bootstrap interval; ``top1_agreement``:
+    share of those tokens whose argmax agrees; ``flips``: items whose correctness changed, per task and in all
+    (jcexp/metrics.py), on the items both evaluations answered."""
+    out: dict[str, Any] = {"kld": None, "kld_ci": None, "top1_agreement": None, "top1_agreement_ci": None}
+    if per_document:
+        out.update(kld.document_interval(per_document, seed=seed))
+    else:
+        out["kld_undefined_because"] = reference.get("undefined_because") or "no held-out documents"
+    out["distributions"] = reference
+    have = items.complete(dense.items) and items.complete(compressed.items)
+    if have:
+        out["flips"] = metrics.flips(items.scores(dense.items), items.scores(compressed.items))
+        out["flip_rate"] = out["flips"]["all"]["rate"]
+    else:
+        out["flips"], out["flip_rate"] = None, None
+        out["flips_undefined_because"] = "per-item results missing"
+    return out
+
+
 def build_record(
-    plan: Plan, state: RunState, out: Path, dense, compressed, baseline, placed, saved, resources
+    plan: Plan,
+    state: RunState,
+    out: Path,
+    dense,
+    compressed,
+    baseline,
+    placed,
+    saved,
+    resources,
+    divergence: tuple[dict[str, list[float]] | None, dict[str, Any]] | None = None,
 ):
-    """result.json: what ran, on what, what was measured, the scores and the paper's metrics."""
+    """result.json: what ran, on what, what was measured, the scores and the paper's metrics. ``divergence``:
+    (per-document KL values, the dense distributions' record), for ``retention`` beside the paper's metrics."""
     cfg = plan.cfg
     sequential = compressed.settings.get("sequential")
     if sequential is not None:  # the dense scores and items on the items the compressed model used
@@ -169,6 +203,10 @@ def build_record(
         "metrics": compute_metrics(
             plan, compressed, dense, state.measured["sparsity"]["pruned_still_zero"], intervals
         ),
+        # Distribution-level retention beside Sr: KL to the dense model, top-1 agreement, flips.
+        "retention": distribution_retention(compressed, dense, *divergence, cfg.seed)
+        if divergence is not None
+        else None,
         "baseline": baseline,
         "prune_cache": state.prune_cache,
         "stages": state.timings,
@@ -183,9 +221,15 @@ def build_record(
 
 
 def publish(
-    plan: Plan, result: dict[str, Any], out: Path, item_values: dict[str, Any] | None
+    plan: Plan,
+    result: dict[str, Any],
+    out: Path,
+    item_values: dict[str, Any] | None,
+    per_document: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
-    """The per-item sidecar, then result.json (never lost to a tracking error), then W&B, then the index."""
+    """The per-item sidecar (with the per-document KL values), then result.json (never lost to a tracking
+    error), then W&B, then the index."""
+    item_values = items.with_divergence(item_values, per_document)
     if item_values:
         items.write(out, item_values)
     atomic_write_json(out / RESULT_FILE, result)
@@ -212,6 +256,15 @@ def _summary(result: dict[str, Any]) -> None:
     for task, row in result["perplexity"].items():
         lines.append(
             f"  {task}: {row['value']:.2f} (dense {row['baseline']:.2f}, retention {_fmt(row['retention'])})"
+        )
+    ret = result.get("retention") or {}
+    if ret:
+        flips = (ret.get("flips") or {}).get("all") or {}
+        lines.append(
+            f"  KL(dense||compressed) {_fmt(ret.get('kld'))} nats/token {_ci(ret.get('kld_ci'))}"
+            f"  top-1 agreement {_fmt(ret.get('top1_agreement'))}"
+            f"  flips {flips.get('correct_to_wrong', 'n/a')} lost / {flips.get('wrong_to_correct', 'n/a')} gained"
+            f" of {flips.get('items', 'n/a')} items"
         )
     lines.append(
         "  stages: "

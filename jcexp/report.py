@@ -104,6 +104,8 @@ def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             sr_ci_lo=ci[0],
             sr_ci_hi=ci[1],
             sr1=r["metrics"]["sr1"],
+            # Beside Sr, not in it: KL(dense || compressed) on the held-out prose, top-1 agreement, flips.
+            **_retention_cells(r),
             srcr=srcr_of(r),
             # One configuration's SrCr is a constant times Sr: its interval is Sr's, scaled.
             srcr_ci_lo=(r["metrics"].get("srcr_ci") or [None, None])[0],
@@ -120,6 +122,39 @@ def score_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+def _retention_cells(r: dict[str, Any]) -> dict[str, Any]:
+    """result.json's distribution-level retention as flat columns (None for results written before it)."""
+    ret = r.get("retention") or {}
+    ci = ret.get("kld_ci") or [None, None]
+    flips = (ret.get("flips") or {}).get("all") or {}
+    return {
+        "kld": ret.get("kld"),
+        "kld_ci_lo": ci[0],
+        "kld_ci_hi": ci[1],
+        "top1_agreement": ret.get("top1_agreement"),
+        "flips_correct_to_wrong": flips.get("correct_to_wrong"),
+        "flips_wrong_to_correct": flips.get("wrong_to_correct"),
+        "flip_rate": ret.get("flip_rate"),
+    }
+
+
+def _kl_cell(row: dict[str, Any]) -> str:
+    if row["kld"] is None:
+        return "n/a"
+    ci = (
+        f" [{_fmt(row['kld_ci_lo'], 1, 4)}, {_fmt(row['kld_ci_hi'], 1, 4)}]"
+        if row["kld_ci_lo"] is not None
+        else ""
+    )
+    return f"{_fmt(row['kld'], 1, 4)}{ci}"
+
+
+def _flips_cell(row: dict[str, Any]) -> str:
+    if row["flip_rate"] is None:
+        return "n/a"
+    return f"-{row['flips_correct_to_wrong']} +{row['flips_wrong_to_correct']} ({_fmt(row['flip_rate'], 100, 1)}%)"
 
 
 def error_lines(results: list[dict[str, Any]]) -> list[str]:
@@ -367,6 +402,13 @@ def write_report(root: str | Path, margin: float | None = None) -> Report:
     ]
     md += ["## Theoretical compression rate (Table I)", "", *table_i, ""]
     md += ["## Scores (x100, ± stderr), retention and SrCr", ""]
+    md += [
+        "Beside Sr (the paper's metric), not in it: KL = mean per-token KL(dense || compressed) on the held-out "
+        "prose, nats (top-k bucketed: a lower bound of the full KL), 95% document-level bootstrap interval; "
+        "top-1 agree = share of those tokens whose most likely next token is the dense model's; flips = items "
+        "correct -> wrong (-) and wrong -> correct (+) over the scored items, and their share.",
+        "",
+    ]
     head = [
         "model",
         "config",
@@ -374,6 +416,9 @@ def write_report(root: str | Path, margin: float | None = None) -> Report:
         *tasks,
         *ppl,
         "Sr [95% CI]",
+        "KL nats/token [95% CI]",
+        "top-1 agree",
+        "flips lost/gained (rate)",
         "Sr1",
         "SrCr [95% CI]",
         "pruned (measured)",
@@ -386,6 +431,9 @@ def write_report(root: str | Path, margin: float | None = None) -> Report:
         cells += [
             _fmt(row["sr"])
             + (f" [{_fmt(row['sr_ci_lo'])}, {_fmt(row['sr_ci_hi'])}]" if row["sr_ci_lo"] is not None else ""),
+            _kl_cell(row),
+            _fmt(row["top1_agreement"], 100, 1) + ("%" if row["top1_agreement"] is not None else ""),
+            _flips_cell(row),
             _fmt(row["sr1"]),
             _fmt(row["srcr"])
             + (

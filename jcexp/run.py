@@ -69,6 +69,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with measure.timed(timings, "calibration_data"):
             calibration = plan.calibration.dataset(tokenizer)
     dense, baseline, dense_placement = scoring.dense_baseline(plan, model, tokenizer, timings)
+    # The dense model's token distributions on the held-out prose (cached per baseline key): the KL's dense side.
+    reference, reference_record = scoring.dense_distributions(plan, model, tokenizer, timings)
 
     state = RunState(plan, model, tokenizer, calibration, timings)
     kept = compressed_cache(plan, calibration)
@@ -88,14 +90,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             kept.record_saved(saved)
         return saved
 
+    # The compressed side of the KL, on the model in memory: before it is saved (a packed save rewrites its
+    # weights) or handed to a subprocess evaluator (which scores a checkpoint and moves it off the device).
+    per_document = scoring.divergence(plan, state, reference, timings)
     compressed, saved = dense, None  # nothing compressed: the dense scores are this run's scores
     if plan.stages:
         compressed, placed["compressed_eval"], saved = evaluate_compressed(
             plan, state, out, timings, save, kept
         )
     saved = saved or save()
-    result = record.build_record(plan, state, out, dense, compressed, baseline, placed, saved, resources)
-    return record.publish(plan, result, out, compressed.items)
+    kl = (per_document, reference_record)
+    result = record.build_record(plan, state, out, dense, compressed, baseline, placed, saved, resources, kl)
+    return record.publish(plan, result, out, compressed.items, per_document)
 
 
 def compress(state: RunState) -> None:

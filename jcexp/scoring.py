@@ -1,7 +1,9 @@
 """Scoring: the dense baseline and the compressed model's scores, with the configured evaluator.
 
 The step after the stages in plan -> run -> scoring -> record. The dense baseline is evaluated once per (model,
-benchmark settings, seed, data, versions) and cached (cache/baselines/); with benchmark.ci_target the single
+benchmark settings, seed, data, versions) and cached (cache/baselines/), and so are the dense model's token
+distributions on the held-out prose (cache/distributions/, the same key: ``dense_distributions``), which
+the compressed model's KL reads (``divergence``); with benchmark.ci_target the single
 evaluation becomes sequential rounds (jcexp/sequential.py) over a dense store that grows in place. Every
 evaluation keeps lm-eval's response cache until it completes, so a run cut off mid-evaluation resumes. Imports
 the plan; the record and the run import this module.
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from jcexp import divergence as dv
 from jcexp import items, measure, placement, sequential
 from jcexp.cache import KeyedCache
 from jcexp.config import SEQUENTIAL_KEYS, TEXT_REVISION, sequential_on
@@ -225,3 +228,66 @@ def sequential_dense(plan: Plan, compressed):
     seq, store, _ = sequential_store(plan)
     vals = sequential.from_sidecar(compressed.items, seq.layout)
     return store.result({leaf: sequential.have(vals, seq.layout, leaf) for leaf in seq.layout.sizes})
+
+
+# -------------------------------------------------------------------------- distribution-level retention
+# 1: top-k log-probabilities and the rest's log-mass per predicted token (jcexp/divergence.py). A change of what
+# the entry holds or how it is computed bumps it, so an older entry is rebuilt (one dense forward), never read.
+DISTRIBUTIONS_REVISION = 1
+
+
+def _max_length(plan: Plan, model) -> int:
+    """The window length lm-eval's rolling perplexity uses: benchmark.max_length, else the model's own."""
+    length = plan.cfg.benchmark.get("max_length")
+    return int(length or getattr(model.config, "max_position_embeddings", 2048))
+
+
+def _distributions_key(plan: Plan, model) -> dict[str, Any]:
+    """The dense baseline's key (one entry per baseline key), plus what the forward itself depends on."""
+    settings = {
+        "top_k": dv.TOP_K,
+        "max_length": _max_length(plan, model),
+        "revision": DISTRIBUTIONS_REVISION,
+        "torch": library_versions()["torch"],
+    }
+    return {**_baseline_key(plan), "distributions": settings}
+
+
+def dense_distributions(plan: Plan, model, tokenizer, timings: dict[str, Any]):
+    """The dense model's token distributions on the held-out prose of the benchmark's perplexity tasks,
+    computed once per baseline key and cached, so that a compressed run runs no dense forward. Called on the
+    dense model before any stage. Returns (Distributions or None when the benchmark has no perplexity task,
+    record for result.json)."""
+    documents = dv.held_out_documents(plan.tasks, plan.cfg.benchmark)
+    if not documents:
+        return None, {"undefined_because": f"benchmark={plan.cfg.benchmark.name} has no perplexity task"}
+    key = _distributions_key(plan, model)
+
+    def build(tmp: Path) -> None:
+        with measure.timed(timings, "kld_dense"):
+            placement.for_evaluation(model, plan.device)  # the evaluation row of the device contract
+            dv.dense_distributions(model, tokenizer, documents, key["distributions"]["max_length"]).save(tmp)
+
+    def damaged(entry: Path) -> str | None:
+        return None if dv.Distributions.load(entry) is not None else f"{dv.FILE} unreadable"
+
+    cache = KeyedCache(Path(plan.cfg.paths.cache_dir) / "distributions")
+    entry, reused = cache.get_or_build(key, build, check=damaged)
+    dense = dv.Distributions.load(entry)
+    assert dense is not None
+    return dense, {"path": str(entry), "reused": reused, **dense.settings}
+
+
+def divergence(plan: Plan, state: RunState, dense, timings: dict[str, Any]) -> dict[str, Any] | None:
+    """Per held-out document: [sum of per-token KL(dense || compressed), tokens, argmax agreements], from one
+    forward of the compressed model in memory, weights on plan.device and plain modules (the evaluation row of
+    the device contract, jcexp/placement.py). Called before the compressed model is saved or handed to a
+    subprocess evaluator. Nothing compressed: the dense distributions against themselves, no forward."""
+    if dense is None:
+        return None
+    if not plan.stages:
+        return dv.identical(dense)
+    documents = dv.held_out_documents(plan.tasks, plan.cfg.benchmark)
+    with measure.timed(timings, "kld"):
+        placement.for_evaluation(state.model, plan.device)
+        return dv.compare(state.model, state.tokenizer, documents, dense)

@@ -221,6 +221,20 @@ class WandbTracker:
             ci = result["metrics"].get(name)
             if ci:
                 summary[f"{name}_lo"], summary[f"{name}_hi"] = ci
+        # Distribution-level retention beside Sr (record.distribution_retention): KL, top-1 agreement, flips.
+        ret = result.get("retention") or {}
+        for name in ("kld", "top1_agreement", "flip_rate"):
+            summary[f"retention/{name}"] = ret.get(name)
+        for name in ("kld_ci", "top1_agreement_ci"):
+            if ret.get(name):
+                summary[f"retention/{name}_lo"], summary[f"retention/{name}_hi"] = ret[name]
+        for task, row in ((ret.get("flips") or {}).get("tasks") or {}).items():
+            summary[f"retention/flips/{task}_correct_to_wrong"] = row["correct_to_wrong"]
+            summary[f"retention/flips/{task}_wrong_to_correct"] = row["wrong_to_correct"]
+        flips_all = (ret.get("flips") or {}).get("all") or {}
+        summary.update(
+            {f"retention/flips/{k}": flips_all.get(k) for k in ("correct_to_wrong", "wrong_to_correct")}
+        )
         for task, row in result["tasks"].items():
             if row.get("retention_ci"):
                 summary[f"retention_ci/{task}_lo"], summary[f"retention_ci/{task}_hi"] = row["retention_ci"]

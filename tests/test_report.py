@@ -49,8 +49,8 @@ def test_report_tables_and_verdict(tmp_path):
     assert "4 complete run(s), 0 failed, 1 missing." in md
     assert "| 4 bit | 75% | 81.25% |" in md and "| 3 bit | 81.25% | 85.94% |" in md  # Table I cells
     assert (
-        "| llama3_1_8b | 25% 4bit | 81.25% | 53.4 ± 0.4 | 10.5 ± 0.4 | 30.5 ± 0.4 | 0.818 | n/a | 0.205 | 25.00% |"
-        in md
+        "| llama3_1_8b | 25% 4bit | 81.25% | 53.4 ± 0.4 | 10.5 ± 0.4 | 30.5 ± 0.4 | 0.818 | n/a | n/a | n/a | n/a "
+        "| 0.205 | 25.00% |" in md
     )
     # The paper's headline on LLaMA: 25% + 4 bit beats 3 bit at TCr 81.25% by ~21.8 points of Sr. The paper's
     # rows carry no per-item results, so no interval: the verdict says so rather than "higher".
@@ -103,3 +103,29 @@ def test_the_verdict_judges_a_joint_run_against_the_same_quantizer(tmp_path):
         nf4_line = next(x for x in lines if x.count("(nf4)") == 2)
         assert f"{metrics.semantic_retention(POINTS[(0, 4)], DENSE):.3f}" in gptq_line
         assert "against 4bit (nf4)" in nf4_line and "+37.6 points of Sr" in nf4_line
+
+
+def test_kl_top1_and_flips_stand_beside_sr_in_the_table_the_csv_and_a_plot(tmp_path):
+    """Distribution-level retention (result.json's ``retention``) in its own columns next to Sr, which keeps
+    its own; a result written before it has none and reads n/a."""
+    retention = {
+        (0, 4): {"kld": 0.0412, "kld_ci": [0.0371, 0.0455], "top1_agreement": 0.912, "flip_rate": 0.05},
+        (25, 4): {"kld": 0.1234, "kld_ci": [0.1101, 0.1390], "top1_agreement": 0.853, "flip_rate": 0.1},
+    }
+    for i, ((s, b), scores) in enumerate(POINTS.items()):
+        d = tmp_path / str(i)
+        d.mkdir()
+        result = fixture_result(d, s, b, scores)
+        if (s, b) in retention:
+            flips = {"all": {"correct_to_wrong": 7, "wrong_to_correct": 3, "items": 200}, "tasks": {}}
+            result["retention"] = {**retention[(s, b)], "flips": flips}
+        (d / "result.json").write_text(json.dumps(result))
+    main([str(tmp_path)])
+    md = (tmp_path / "report.md").read_text()
+    assert "| Sr [95% CI] | KL nats/token [95% CI] | top-1 agree | flips lost/gained (rate) | Sr1 |" in md
+    assert "| 0.818 | 0.1234 [0.1101, 0.1390] | 85.3% | -7 +3 (10.0%) | n/a | 0.205 |" in md
+    assert "| 0.601 | n/a | n/a | n/a | n/a |" in md  # 3 bit: written before retention existed
+    rows = {r["config"]: r for r in csv.DictReader(open(tmp_path / "report.csv"))}
+    assert float(rows["4bit"]["kld"]) == 0.0412 and float(rows["4bit"]["flip_rate"]) == 0.05
+    assert rows["4bit"]["sr"] and rows["3bit"]["kld"] == ""
+    assert (tmp_path / "plots" / "kld.png").is_file() and "![kld](plots/kld.png)" in md

@@ -260,9 +260,11 @@ def _summary(result: dict[str, Any]) -> None:
     ret = result.get("retention") or {}
     if ret:
         flips = (ret.get("flips") or {}).get("all") or {}
+        ci = ret.get("kld_ci")
         lines.append(
-            f"  KL(dense||compressed) {_fmt(ret.get('kld'))} nats/token {_ci(ret.get('kld_ci'))}"
-            f"  top-1 agreement {_fmt(ret.get('top1_agreement'))}"
+            f"  KL(dense||compressed) {_g(ret.get('kld'))} nats/token"
+            + (f" [{_g(ci[0])}, {_g(ci[1])}]" if ci else "")
+            + f"  top-1 agreement {_fmt(ret.get('top1_agreement'))}"
             f"  flips {flips.get('correct_to_wrong', 'n/a')} lost / {flips.get('wrong_to_correct', 'n/a')} gained"
             f" of {flips.get('items', 'n/a')} items"
         )
@@ -275,6 +277,10 @@ def _summary(result: dict[str, Any]) -> None:
 
 def _ci(ci: list[float] | None) -> str:
     return "" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _g(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
 
 
 def _fmt(x: float | None) -> str:

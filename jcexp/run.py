@@ -51,6 +51,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     _check_writable(out)
     _check_writable(Path(cfg.paths.cache_dir))
     done = complete_result(out / RESULT_FILE, plan.hash) or indexed_result(cfg.paths.cache_dir, plan.hash)
+    if done and "retention" not in done:  # written before distribution-level retention: computed once more
+        log.info("result for config %s has no KL/flips (retention): computing it again", plan.hash)
+        done = None
     if done:
         log.info("result for config %s was computed in %s: reusing it", plan.hash, done["run_dir"])
         return done if done["run_dir"] == str(out) else reuse_result(done, out)

@@ -1,9 +1,10 @@
 """Sequential evaluation (``benchmark.ci_target=h``): score items in a fixed, seeded order, a chunk at a time,
 and stop once Sr's paired 95% interval is at most ``h`` wide on either side, or when the items run out.
 
-The stop is jcexp/anytime.py's: a fixed number of looks (the rounds, known before the first), Bonferroni alpha
-spending, so the interval read at whichever round the run ends is a valid 95% interval however many rounds it
-looked, and floors on items (``benchmark.ci_min_items``) and on items where the two models disagree
+The stop is jcexp/anytime.py's: a fixed number of looks (the rounds, known before the first) at information
+fractions known before the first (each round's share of the scored items, from the layout below), O'Brien-Fleming
+repeated confidence intervals (Lan-DeMets spending), so the interval read at whichever round the run ends is a
+valid 95% interval however many rounds it looked, and floors on items (``benchmark.ci_min_items``) and on items where the two models disagree
 (``benchmark.ci_min_discordant``), so a round in which they never disagree cannot stop the run on an interval
 of width zero. That interval is the one the record reports as Sr's (``metrics.sr_ci``).
 
@@ -27,6 +28,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -333,13 +335,90 @@ class Sequential:
             for leaf, share in shares(self.layout, self.size).items()
         )
 
+    def _scored(self) -> dict[str, int]:
+        """Items of each task Sr is computed from (the perplexity tasks are beside it, not in it)."""
+        lay = self.layout
+        tasks = [t for t in lay.leaves if t not in lay.perplexity] or list(lay.leaves)
+        return {t: sum(lay.sizes[leaf] for leaf in lay.leaves[t]) for t in tasks}
+
+    @property
+    def fractions(self) -> tuple[float, ...]:
+        """Each look's information fraction, known before the first: the share of Sr's items scored by then."""
+        leaves = [leaf for t in self._scored() for leaf in self.layout.leaves[t]]
+        upto = [allotted(self.layout, self.size, k) for k in range(1, self.rounds + 1)]
+        total = sum(upto[-1][leaf] for leaf in leaves)
+        out = [sum(u[leaf] for leaf in leaves) / total for u in upto]
+        # Strictly increasing for the boundaries (a round that adds none of Sr's items adds a sliver).
+        for k in range(1, len(out)):
+            out[k] = max(out[k], out[k - 1] + 1e-9)
+        out[-1] = 1.0
+        return tuple(out)
+
     @property
     def rule(self) -> anytime.StopRule:
         # Without a target the rule only supplies each look's interval (its "stop" is not read).
         target = math.inf if self.target is None else self.target
         return anytime.StopRule(
-            target, self.rounds, min_items=self.min_items, min_discordant=self.min_discordant
+            target,
+            self.rounds,
+            min_items=self.min_items,
+            min_discordant=self.min_discordant,
+            fractions=self.fractions,
         )
+
+    # A compressed model that flips this share of the items, against a dense model right on this share of them:
+    # the "plausible" case the reach check reads (SmolLM2's joint points flipped 4-15% of 200 items).
+    PLAUSIBLE_FLIPS, PLAUSIBLE_ACCURACY = 0.05, 0.6
+
+    def reach(self) -> dict[str, Any] | None:
+        """Can ``ci_target`` be reached on the suite's size? Sr's half-width with every item, at the last look's
+        boundary, in two cases: the most favourable data the discordance floor lets stop (the dense model right on
+        every item, the models disagreeing on exactly ``min_discordant`` items) and a plausible one
+        (``PLAUSIBLE_FLIPS`` of the items flipped against a dense accuracy of ``PLAUSIBLE_ACCURACY``). Var(Sr) is
+        sum_t f / n_t / D^2 (D the sum of the dense task means; with Sr near 1, an item's residual is its
+        disagreement). "unreachable" when even the favourable case is wider than the target, "unlikely" when the
+        plausible one is, else "reachable". None without a target."""
+        if self.target is None:
+            return None
+        sizes = self._scored()
+        z = NormalDist().inv_cdf(0.5 + self.rule.levels[-1] / 2)
+        tasks, total = len(sizes), sum(sizes.values())
+
+        def half(flips: float, accuracy: float) -> float:
+            return z * math.sqrt(sum(flips / n for n in sizes.values())) / (accuracy * tasks)
+
+        best = half(max(self.min_discordant, 1) / total, 1.0)
+        plausible = half(self.PLAUSIBLE_FLIPS, self.PLAUSIBLE_ACCURACY)
+        verdict = (
+            "unreachable" if self.target < best else "unlikely" if self.target < plausible else "reachable"
+        )
+        return {
+            "verdict": verdict,
+            "target": self.target,
+            "best_case_half_width": best,
+            "plausible_half_width": plausible,
+            "items": sizes,
+            "z_last_look": z,
+        }
+
+    def warn_reach(self) -> dict[str, Any] | None:
+        """``reach``, logged as a warning before the first round when the target is out of reach."""
+        got = self.reach()
+        if got and got["verdict"] != "reachable":
+            log.warning(
+                "sequential evaluation: ci_target %.4g is %s on %d items (%s): with every item Sr's half-width "
+                "would be at least %.4f in the most favourable case and about %.4f in a plausible one "
+                "(%.0f%% flips, dense accuracy %.0f%%); the run will likely use every item",
+                self.target,
+                got["verdict"],
+                sum(got["items"].values()),
+                ", ".join(f"{t} {n}" for t, n in got["items"].items()),
+                got["best_case_half_width"],
+                got["plausible_half_width"],
+                100 * self.PLAUSIBLE_FLIPS,
+                100 * self.PLAUSIBLE_ACCURACY,
+            )
+        return got
 
     def chunk(self, k: int) -> Samples:
         return chunk(self.order, k, self.size, self.layout)
@@ -360,6 +439,9 @@ class Sequential:
             "items_used": used,
             "stopped_because": why,
             "dense_items_evaluated": dense_new,
+            "boundary": anytime.BOUNDARY,
+            "information_fractions": list(self.fractions),
+            "ci_target_reach": self.reach(),
         }
         if last is not None:  # the interval at the last look: valid whatever the number of looks taken
             out["sr_interval"] = {
@@ -374,6 +456,7 @@ class Sequential:
         interval of the last look (the dense result on the same items: ``store.result``)."""
         vals: Values = {}
         rule = self.rule
+        self.warn_reach()  # before the first round: say when the target is out of the suite's reach
         first, seconds, dense_new, why, k, last = None, 0.0, 0, "items exhausted", 0, None
         while k < self.rounds:
             samples = self.chunk(k)

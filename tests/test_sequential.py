@@ -38,22 +38,27 @@ FLOORS_OFF = ("benchmark.ci_min_items=0", "benchmark.ci_min_discordant=0")
 
 
 def test_a_loose_target_stops_after_one_round_on_an_interval_that_did_not_collapse(compose):
-    """With the floors off, one round meets a loose target, but the interval is the stop rule's: at the spent
-    level and never of width zero, though the two models agree on every item (the percentile bootstrap gave
-    [1, 1] here)."""
+    """With the floors off, one round meets a loose target, but the interval is the stop rule's: at the first
+    look's O'Brien-Fleming level (64 of 197 items: information fraction 0.325) and never of width zero, though
+    the two models agree on every item (the percentile bootstrap gave [1, 1] here). The record states the
+    boundary, the planned fractions and that the target was within reach."""
+    from jcexp import anytime
     from jcexp.run import run
 
-    result = run(compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16"))
+    result = run(compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.9", "benchmark.ci_chunk=64"))
     seq = result["benchmark"]["sequential"]
-    assert seq["stopped_because"] == "ci_target" and seq["rounds"] == 1 and seq["looks_planned"] == 13
-    assert seq["items_used"] == {"jc_nextsentence": 16}
-    assert result["n_samples"]["jc_nextsentence"] == {"original": 197, "effective": 16}
+    assert seq["stopped_because"] == "ci_target" and seq["rounds"] == 1 and seq["looks_planned"] == 4
+    assert seq["items_used"] == {"jc_nextsentence": 64}
+    assert result["n_samples"]["jc_nextsentence"] == {"original": 197, "effective": 64}
     lo, hi = result["metrics"]["sr_ci"]
     assert lo < 1.0 < hi and (hi - lo) / 2 <= 0.9
     assert seq["sr_interval"]["ci"] == [lo, hi] and seq["sr_interval"]["discordant"] == 0
-    assert seq["sr_interval"]["level"] == pytest.approx(1 - 0.05 / 13)
+    fractions = (64 / 197, 128 / 197, 192 / 197, 1.0)
+    assert seq["information_fractions"] == pytest.approx(fractions)
+    assert seq["sr_interval"]["level"] == pytest.approx(anytime.look_levels(0.95, fractions)[0])
+    assert seq["boundary"] == anytime.BOUNDARY and seq["ci_target_reach"]["verdict"] == "reachable"
     assert "delta-method" in result["metrics"]["ci"]["method"]
-    assert len(items.read(result["run_dir"])["scores"]["jc_nextsentence"]["items"]) == 16
+    assert len(items.read(result["run_dir"])["scores"]["jc_nextsentence"]["items"]) == 64
 
 
 def test_the_issues_tiny_run_never_stops_on_a_zero_width_interval(compose):
@@ -129,7 +134,7 @@ def test_the_dense_baseline_grows_by_the_new_items_only(compose, monkeypatch):
     from jcexp.run import run
 
     first = run(
-        compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.9", "benchmark.ci_chunk=16", "quant.bits=4")
+        compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.9", "benchmark.ci_chunk=64", "quant.bits=4")
     )
     assert first["benchmark"]["sequential"]["rounds"] == 1
     # The next run needs three rounds: the rule is held from stopping for two.
@@ -137,19 +142,19 @@ def test_the_dense_baseline_grows_by_the_new_items_only(compose, monkeypatch):
     monkeypatch.setattr(sequential, "look", lambda *a, **k: {**real(*a, **k), "stop": next(stops)})
     calls = _dense_calls(monkeypatch)
     second = run(
-        compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.1", "benchmark.ci_chunk=16", "quant.bits=3")
+        compose(*SEQ, *NEXT, *FLOORS_OFF, "benchmark.ci_target=0.1", "benchmark.ci_chunk=64", "quant.bits=3")
     )
     seq = second["benchmark"]["sequential"]
-    assert seq["rounds"] == 3 and seq["items_used"] == {"jc_nextsentence": 48}
-    # The first 16 documents were cached by the first run: only rounds 2 and 3 reach the dense model.
+    assert seq["rounds"] == 3 and seq["items_used"] == {"jc_nextsentence": 192}
+    # The first 64 documents were cached by the first run: only rounds 2 and 3 reach the dense model.
     order = sequential.orders(sequential.Layout({}, {}, set(), {"jc_nextsentence": 197}, {}), 0)
-    new = order["jc_nextsentence"][16:48]
+    new = order["jc_nextsentence"][64:192]
     assert sorted(i for c in calls for i in c["jc_nextsentence"]) == sorted(new)
-    assert seq["dense_items_evaluated"] == 32
+    assert seq["dense_items_evaluated"] == 128
     assert second["baseline"]["path"] == first["baseline"]["path"]
-    assert second["n_samples"]["jc_nextsentence"]["effective"] == 48
+    assert second["n_samples"]["jc_nextsentence"]["effective"] == 192
     stored = items.read(second["baseline"]["path"].rsplit("/", 1)[0])
-    assert len(stored["scores"]["jc_nextsentence"]["items"]) == 48
+    assert len(stored["scores"]["jc_nextsentence"]["items"]) == 192
 
 
 @pytest.mark.parametrize(
@@ -200,6 +205,32 @@ def test_a_groups_leaves_get_items_in_proportion_to_their_size():
     assert (len(used["big"]), len(used["small"])) == (48, 12)
     seq = sequential.Sequential(0.1, 16, lay, order, 0)
     assert seq.rounds == 7 and seq.rule.looks == 7
+    # The looks' information fractions, known before the first: items of Sr's tasks scored by each round.
+    assert seq.fractions == pytest.approx((30 / 135, 50 / 135, 70 / 135, 90 / 135, 110 / 135, 130 / 135, 1.0))
+    assert seq.rule.fractions == seq.fractions
+
+
+def test_a_target_out_of_the_suites_reach_is_said_before_the_run(caplog):
+    """Three tasks of 100, 400 and 2000 items: with every item and the most favourable data the floor lets stop
+    (dense right everywhere, 10 disagreements), Sr's half-width is still 0.005, so 0.001 is unreachable; a
+    plausible model (5% flips, dense 60%) gets 0.03, so 0.02 is unlikely; 0.1 is reachable. (On the default
+    suite, 237 + 197 items: 0.03 is unlikely, 0.05 reachable; issue 26 found 0.03 never stopped early.)"""
+    import logging
+
+    lay = sequential.Layout(
+        {"a": ["a"], "b": ["b"], "c": ["c"]}, {}, set(), {"a": 100, "b": 400, "c": 2000}, {}
+    )
+    verdicts = {}
+    for target in (0.001, 0.02, 0.1):
+        seq = sequential.Sequential(target, 64, lay, sequential.orders(lay, 0), 0)
+        with caplog.at_level(logging.WARNING, logger="jcexp"):
+            caplog.clear()
+            got = seq.warn_reach()
+        verdicts[target] = got["verdict"]
+        assert (got["verdict"] != "reachable") == ("out of reach" in caplog.text or "is un" in caplog.text)
+        assert got["best_case_half_width"] < got["plausible_half_width"]
+    assert verdicts == {0.001: "unreachable", 0.02: "unlikely", 0.1: "reachable"}
+    assert sequential.Sequential(None, 64, lay, sequential.orders(lay, 0), 0).reach() is None
 
 
 def test_sequential_off_keeps_every_stored_hash_and_on_changes_it(compose):

@@ -13,6 +13,7 @@ jcexp.anytime.StopRule.decide_aligned, the code the sequential loop runs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -117,6 +118,26 @@ def test_the_reported_interval_covers_the_truth(name):
     assert got["items_used"] < 0.9, got  # it does stop early, on the data: the looks are data-dependent
 
 
+def test_every_looks_interval_covers_together():
+    """The repeated-confidence-interval property the stop rests on: all the looks' intervals cover the truth at
+    once in at least 95% of replicates (500, ORDINARY in chunks of 128: 8 looks, every look taken; 2 Monte Carlo
+    standard errors of slack). Plain 95% intervals at every look (no spending) fail this: stopping on the width alone barely
+    moves the reported interval's coverage, so only this joint check sees the spending go."""
+    case, reps = dataclasses.replace(ORDINARY, chunk=128), REPLICATES
+    data = case.draw(reps, 7)
+    tasks = [f"t{i}" for i in range(len(case.sizes))]
+    rule = anytime.StopRule(case.target, case.looks, min_items=0, min_discordant=0)
+    every = np.ones(reps, bool)
+    for k in range(1, case.looks + 1):
+        for r in range(reps):
+            if every[r]:
+                got = rule.decide_aligned(
+                    {t: d[r, :, : k * case.chunk] for t, d in zip(tasks, data, strict=True)}, SR, k
+                )
+                every[r] = got["ci"][0] <= case.truth <= got["ci"][1]
+    assert every.mean() >= 0.95 - 2 * math.sqrt(0.05 * 0.95 / reps), every.mean()
+
+
 def test_the_old_rule_undercovers_with_few_disagreements():
     """Shows the simulation can fail: with ~1% flips the old rule mostly stops at the first look, often on a
     chunk without a single disagreement, where its interval is [1, 1]."""
@@ -132,13 +153,38 @@ def _coins(n: int, p: float, seed: int) -> dict[str, float]:
 
 
 def test_look_level():
+    """Bonferroni over looks: the budget race's split (jcexp/race.py)."""
     assert anytime.look_level(0.95, 1) == pytest.approx(0.95)
     assert anytime.look_level(0.95, 10) == pytest.approx(0.995)
     assert anytime.look_level(0.9, 4) == pytest.approx(0.975)
-    assert anytime.StopRule(0.03, 20).look_level == pytest.approx(0.9975)
     for level, looks in ((1.0, 3), (0.0, 3), (0.95, 0)):
         with pytest.raises(ValueError):
             anytime.look_level(level, looks)
+
+
+def test_obrien_fleming_boundaries_spend_alpha_as_planned():
+    """The boundaries from the grid integration: one look is the fixed-n 1.96; the first look's is exactly
+    z / sqrt(t_1) (nothing spent before it); four equal looks give Lan-DeMets' 3.92, 2.77, 2.30, 2.04; and a
+    Monte Carlo of the looks' joint normal (independent increments) crosses some boundary with probability
+    alpha, on unequal fractions too."""
+    assert anytime.boundaries((1.0,), 0.05)[0] == pytest.approx(1.95996, abs=2e-3)
+    four = anytime.boundaries(anytime.fractions_for(4), 0.05)
+    assert four == pytest.approx((3.92, 2.772, 2.30, 2.04), abs=6e-3)
+    fractions = (0.05, 0.2, 0.3, 0.5, 0.55, 0.8, 1.0)
+    c = np.array(anytime.boundaries(fractions, 0.05))
+    rng = np.random.default_rng(0)
+    walks = np.cumsum(rng.standard_normal((100_000, 7)) * np.sqrt(np.diff((0.0, *fractions))), axis=1)
+    crossed = (np.abs(walks / np.sqrt(fractions)) > c).any(axis=1).mean()
+    assert crossed == pytest.approx(0.05, abs=2.5e-3)  # 3.6 Monte Carlo standard errors
+    rule = anytime.StopRule(0.03, 20)
+    assert (
+        rule.levels[-1] < 0.97 < anytime.look_level(0.95, 20)
+    )  # the last look: near fixed n, not Bonferroni
+    assert all(a > b for a, b in zip(rule.levels, rule.levels[1:], strict=False))
+    with pytest.raises(ValueError, match="must increase"):
+        anytime.StopRule(0.03, 2, fractions=(0.5, 0.5))
+    with pytest.raises(ValueError, match="must be 1"):
+        anytime.StopRule(0.03, 2, fractions=(0.5, 0.9))
 
 
 def test_identical_models_give_a_small_nonzero_width():
@@ -229,7 +275,8 @@ def test_the_stop_rule_floors_and_looks():
     assert wide.decide_aligned(few, SR, 2)["why"] == "min_items"
     assert wide.decide_aligned(few, SR, 2, sizes={"t": 30})["stop"]  # a task that small has no more items
     got = rule.decide_aligned({"t": np.vstack([d, c])}, SR, 4)
-    assert got["stop"] and got["why"] == "ci_target" and got["level"] == pytest.approx(0.9875)
+    assert got["stop"] and got["why"] == "ci_target" and got["level"] == pytest.approx(rule.levels[3])
+    assert got["z"] == pytest.approx(2.04, abs=6e-3) and "O'Brien-Fleming" in got["boundary"]
     assert (
         anytime.StopRule(1e-4, 4).decide_aligned({"t": np.vstack([d, c])}, SR, 3)["why"]
         == "wider_than_target"

@@ -107,6 +107,8 @@ class WandbTracker:
             "items",
             "alive",
             "why",
+            "verdict",  # what the race concluded about it (jcexp/race.py: winner, dropped, equivalent, no claim)
+            "reason",
         ]
         rows = []
         for c in state["candidates"]:
@@ -123,6 +125,8 @@ class WandbTracker:
                     s["items"],
                     s["alive"],
                     s["why"],
+                    s.get("verdict"),
+                    s.get("reason"),
                 ]
             )
         payload: dict[str, Any] = {
@@ -135,6 +139,7 @@ class WandbTracker:
         run.summary.update(
             {
                 "outcome": r["outcome"],
+                "claim": r.get("claim"),
                 "winner": r["winner"],
                 "unseparated": ", ".join(r["unseparated"]),
                 "frontier": ", ".join(state.get("frontier") or []),

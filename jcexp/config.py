@@ -134,6 +134,10 @@ class EvaluatorConfig:
     # Requests handed to the backend per call; lm-eval's response cache is committed after each, so a killed
     # (requeued) evaluation re-asks only what no chunk answered. null: all at once. Not in the config hash.
     request_chunk: int | None = None
+    # lm-eval's hf backend: loglikelihood requests through jcexp.hf_floor.FloorHFLM (each distinct context run
+    # once, the head at scored positions only) or, false, stock HFLM. The same answers (tests/test_eval_floor.py):
+    # not in the config hash. Other backends ignore it.
+    floor: bool = True
 
 
 @dataclass
@@ -392,7 +396,8 @@ def effective_config(cfg: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in cfg.items() if k not in NOT_IN_HASH}
     # evaluator.request_chunk says what a killed evaluation keeps (its response cache), not what is computed.
     if isinstance(out.get("evaluator"), dict):
-        out["evaluator"] = {k: v for k, v in out["evaluator"].items() if k != "request_chunk"}
+        # evaluator.floor: how the hf backend computes the same loglikelihoods (jcexp/hf_floor.py).
+        out["evaluator"] = {k: v for k, v in out["evaluator"].items() if k not in ("request_chunk", "floor")}
     # The opt-in error analysis adds measurements, not a different model: while it is off, results keep the
     # hash they had before it existed, so stored results stay reusable.
     if not (out.get("errors") or {}).get("enabled"):

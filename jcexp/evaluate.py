@@ -342,19 +342,26 @@ def evaluate(
     samples: dict[str, list[int]] | None = None,
     request_chunk: int | None = None,
     tasks: BuiltTasks | None = None,
+    floor: bool = True,
 ) -> EvalResult:
     """Score the in-memory model on the benchmark's tasks with lm-eval's HFLM, in this process. ``resume``: a
     path prefix for lm-eval's response cache (see make_spec); ``samples``: only these documents (make_spec);
     ``request_chunk``: requests per call to HFLM, the cache committed after each (worker.chunk_requests);
-    ``tasks``: the tasks the plan built (evaluated on a fresh copy), else built here."""
+    ``tasks``: the tasks the plan built (evaluated on a fresh copy), else built here; ``floor``: loglikelihood
+    requests through jcexp/hf_floor.py (the same answers, each distinct context run once), else stock HFLM's."""
     from lm_eval.models.huggingface import HFLM
+
+    from jcexp.hf_floor import with_floor
 
     # lm-eval bootstraps stderr in a fork()ed multiprocessing Pool; forked from a process that holds torch's
     # threads, the children deadlocked inside submitit workers. 1000 draws in process take well under a second.
     os.environ["DISABLE_MULTIPROC"] = "1"
     start = time.perf_counter()
     # HFLM takes its device from the model object (wherever the run placed it).
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bench.batch_size, max_length=bench.max_length)
+    lm_class = with_floor(HFLM) if floor else HFLM  # evaluator.floor
+    lm = lm_class(
+        pretrained=model, tokenizer=tokenizer, batch_size=bench.batch_size, max_length=bench.max_length
+    )
     spec = make_spec(
         bench,
         seed,
@@ -472,6 +479,7 @@ class Evaluator:
         packed_quantizers: list[str] | None = None,
         packed_bits: list[int] | None = None,
         request_chunk: int | None = None,
+        floor: bool = True,
     ):
         self.name = name
         self.backend = backend
@@ -483,6 +491,8 @@ class Evaluator:
         # Requests per call to the backend, the response cache committed after each; None: all in one call.
         # Not identity: it decides what a killed evaluation keeps, not what is computed.
         self.request_chunk = request_chunk
+        # hf backend: loglikelihood requests through jcexp/hf_floor.py (the same answers); not identity either.
+        self.floor = bool(floor)
 
     def check(self, bench=None) -> None:
         """Raise ConfigError for a setting that cannot work; with ``bench``, also for what its tasks need. Run
@@ -569,6 +579,8 @@ class InProcessEvaluator(Evaluator):
         chosen = {} if samples is None else {"samples": samples}
         if self.request_chunk:
             chosen["request_chunk"] = self.request_chunk
+        if not self.floor:
+            chosen["floor"] = False
         if tasks is not None:
             chosen["tasks"] = tasks
         result = evaluate(model, tokenizer, bench, seed, resume=resume, **chosen)
@@ -709,6 +721,7 @@ class SubprocessEvaluator(Evaluator):
             # vLLM takes its GPUs from CUDA_VISIBLE_DEVICES (the launcher pins it) and warns on a device.
             device=None if self.backend == "vllm" else device,
             request_chunk=self.request_chunk,
+            **({"floor": self.floor} if self.backend == "hf" else {}),
         )
 
     def command(self, spec_path: str | Path) -> list[str]:

@@ -292,6 +292,7 @@ def evaluate_lm(
         "apply_chat_template": spec.get("apply_chat_template", False),
         "fewshot_as_multiturn": spec.get("fewshot_as_multiturn", False),
         "lm_eval": version("lm_eval"),
+        "lm_class": type(lm).__name__,  # HFLM, or FloorHFLM (evaluator.floor)
         "tasks": task_settings(items, lm),  # after simple_evaluate: num_fewshot is resolved by then
     }
     # Through JSON in process too, so both paths hand the parser the same types.
@@ -318,11 +319,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Build the spec's LM as simple_evaluate would from a model name, evaluate it, write spec['output']."""
     # lm-eval bootstraps stderr in a fork()ed Pool; jcexp evaluates in process for the same reason (evaluate.py).
     os.environ["DISABLE_MULTIPROC"] = "1"
-    from lm_eval.api.registry import get_model
-
     names = [*spec["tasks"], *(spec.get("generation") or {})]
     task_manager = make_task_manager(list(spec.get("include_paths") or []), names)
-    lm = get_model(spec["backend"]).create_from_arg_obj(
+    lm = model_class(spec).create_from_arg_obj(
         dict(spec.get("model_args") or {}),
         {"batch_size": spec.get("batch_size"), "device": spec.get("device")},  # None values are dropped
     )
@@ -332,6 +331,23 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, output)  # the parent never reads half a file
     return out
+
+
+def model_class(spec: dict[str, Any]) -> Any:
+    """lm-eval's class for the spec's backend; for hf with spec["floor"], that class with jcexp/hf_floor.py's
+    loglikelihood path (the same answers), loaded by path from beside this file: the child's environment may
+    have no jcexp installed (hf_floor.py imports only torch, transformers and lm-eval)."""
+    from lm_eval.api.registry import get_model
+
+    cls = get_model(spec["backend"])
+    if spec["backend"] != "hf" or not spec.get("floor"):
+        return cls
+    path = Path(__file__).resolve().parent / "hf_floor.py"
+    module_spec = importlib.util.spec_from_file_location("jcexp_hf_floor", path)
+    module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+    sys.modules[module_spec.name] = module  # type: ignore[union-attr]  (its dataclasses look themselves up)
+    module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.with_floor(cls)
 
 
 def check_imports(modules: list[str]) -> dict[str, dict[str, Any]]:

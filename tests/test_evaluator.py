@@ -369,7 +369,8 @@ def test_an_evaluation_cut_off_resumes_at_the_last_answered_request(compose, tmp
     cfg = compose(*TINY)
     model, tokenizer = instantiate(cfg.model.source).load()
     calls = []
-    counter = model.register_forward_hook(lambda *_: calls.append(1))
+    # The decoder: evaluator.floor's loglikelihoods call it without the causal-LM wrapper (jcexp/hf_floor.py).
+    counter = model.get_decoder().register_forward_hook(lambda *_: calls.append(1))
     full = evaluate(model, tokenizer, cfg.benchmark, cfg.seed)
     everything = len(calls)
 
@@ -378,7 +379,7 @@ def test_an_evaluation_cut_off_resumes_at_the_last_answered_request(compose, tmp
             raise KeyboardInterrupt("killed mid-evaluation")
 
     calls.clear()
-    kill = model.register_forward_hook(killed)
+    kill = model.get_decoder().register_forward_hook(killed)
     resume = str(tmp_path / "responses")
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, tokenizer, cfg.benchmark, cfg.seed, resume=resume)

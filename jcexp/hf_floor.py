@@ -1,0 +1,297 @@
+"""lm-eval's HFLM with loglikelihood requests scored at the compute floor: each distinct context runs once, and
+the output head and log-softmax run only at the positions a request scores.
+
+Stock ``HFLM._loglikelihood_tokens`` (lm-eval 0.4.13) runs every request's whole ``context + continuation``
+through the model and then applies the head and a full-vocabulary log-softmax at every position of every row,
+keeping only the continuation's. A k-way choice item therefore runs its context k times, and on Gemma 3 the
+262k-token head over the context's positions is most of a scoring forward (bench/head_cost). Its own
+``group_by="contexts"`` cache shares only requests whose ``context + continuation[:-1]`` are equal (one-token
+continuations of one context).
+
+:class:`FloorHFLM` overrides ``_loglikelihood_tokens`` alone, and only for what it saves on:
+
+- A request ``(context, continuation)`` is cut, after stock's left truncation to ``max_length + 1`` tokens,
+  into a *prefix* (every input position whose output is not scored: the truncated context less its last
+  token) and a *tail* (the context's last token and the continuation less its last token: exactly the scored
+  positions). Requests are grouped by prefix tokens, so a context shared by k continuations runs once.
+- Prefix pass: up to ``batch_size`` distinct prefixes through the decoder (``model.get_decoder()``), right
+  padded without a mask as stock pads (causal attention: padding never reaches a real position), no head at
+  all, keys and values kept in a ``DynamicCache`` built without the model config, so sliding-window layers keep
+  every position (a config-built cache drops what slid out of the window, which a padded shorter row would
+  still need).
+- Tail pass: up to ``batch_size`` distinct tails, each on its prefix's keys and values, laid out
+  left-padded to the batch's longest prefix. Left padding keeps every row's distance between a query and a
+  cached key equal to the true one, which the sliding-window mask reads from cache positions; the padding is
+  masked out and RoPE positions are passed explicitly. The head and the log-softmax then run on the tail's
+  real positions only (padding dropped first).
+
+Why the decoder and the head separately, not transformers' ``logits_to_keep``: ``logits_to_keep`` keeps a
+suffix (or one index set for every row). That fits the prefix pass (keep 1) and a single continuation, but the
+tails of a batch end at different positions, and the suffix would include the padding; on a 262k vocabulary
+that padding costs what it saves. The head is applied as the model's forward applies it (lm_head, then Gemma's
+final-logit soft-capping): for model types whose forward does exactly that (``HEAD_ONLY``). Others (a logit
+scale, Cohere; a logits divisor, Granite) take the model's own forward with ``logits_to_keep=0`` on the tails:
+their contexts are still shared, only the tail padding's head is not saved.
+
+Rolling perplexity (whose windows are scored at every position: nothing to save), ``batch_size=auto`` (its
+search measures stock's shapes) and seq2seq models stay on lm-eval's own path. Answers are what stock returns,
+``(sum of log-probs, is_greedy)`` per request in request order, the response cache filled per request under
+stock's key. Tokenization (BOS, prefix token for an empty context) is the base class's: this class sees the
+token lists stock's ``_loglikelihood_tokens`` sees.
+
+Imports only torch, transformers and lm-eval: jcexp/lm_eval_worker.py loads it by path in a child process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+# transformers model types whose causal-LM forward computes logits as lm_head(last hidden state), followed at
+# most by config.final_logit_softcapping (read in transformers 5: LlamaForCausalLM, Gemma3ForCausalLM, ...).
+HEAD_ONLY = frozenset(
+    {
+        "llama",
+        "mistral",
+        "mixtral",
+        "qwen2",
+        "qwen2_moe",
+        "qwen3",
+        "qwen3_moe",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "olmo",
+        "olmo2",
+        "smollm3",
+    }
+)
+
+
+@dataclass
+class _Group:
+    """Requests that share a prefix: their distinct tails, and per request (index, tail row, targets)."""
+
+    prefix: tuple[int, ...]
+    tails: dict[tuple[int, ...], int] = field(default_factory=dict)  # tail tokens -> row within the group
+    requests: list[tuple[int, int, list[int]]] = field(default_factory=list)
+
+    def add(self, index: int, tail: tuple[int, ...], targets: list[int]) -> None:
+        row = self.tails.setdefault(tail, len(self.tails))
+        self.requests.append((index, row, targets))
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + max(len(t) for t in self.tails)
+
+
+def split(context: list[int], continuation: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """(prefix, tail) of one request after stock's left truncation: the model's input is
+    ``(context + continuation)[-(max_length + 1):][:-1]``, its last ``len(continuation)`` positions are scored.
+    The tail is those positions (context's last token, continuation less its last), the prefix what precedes."""
+    if not context or not continuation:
+        raise ValueError("loglikelihood request with an empty context or continuation (lm-eval fills both)")
+    if len(continuation) > max_length:
+        raise ValueError(f"continuation of {len(continuation)} tokens exceeds max_length={max_length}")
+    whole = (context + continuation)[-(max_length + 1) :]
+    cut = len(whole) - len(continuation) - 1
+    return whole[:cut], whole[cut:-1]
+
+
+class FloorMixin:
+    """HFLM's loglikelihood requests with each distinct context run once and the head applied at scored
+    positions only (see the module docstring). Subclassed rather than configured: HFLM has no hook between the
+    model and its full-sequence log-softmax, and its context grouping covers one-token continuations only.
+    A mixin, so that it goes on any HFLM subclass (:func:`with_floor`) and keeps that class's tokenization."""
+
+    def _loglikelihood_tokens(
+        self,
+        requests: list[tuple[tuple[str, str], list[int], list[int]]],
+        disable_tqdm: bool = False,
+        override_bs: int | None = None,
+    ) -> list[tuple[float, bool]]:
+        stock = (
+            self.backend != "causal"
+            or override_bs is not None  # loglikelihood_rolling's windows
+            or self.batch_size == "auto"
+            or any(req[0] is None for req in requests)
+            or not hasattr(self.model, "get_decoder")
+        )
+        if stock:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        groups: dict[tuple[int, ...], _Group] = {}
+        longer = sum(len(ctx) + len(cont) > self.max_length + 1 for _, ctx, cont in requests)
+        if longer:
+            log.warning(
+                "%d of %d loglikelihood requests exceed max_length=%d tokens: truncated from the left, as "
+                "lm-eval does",
+                longer,
+                len(requests),
+                self.max_length,
+            )
+        for i, (_, context, continuation) in enumerate(requests):
+            prefix, tail = split(context, continuation, self.max_length)
+            key = tuple(prefix)
+            groups.setdefault(key, _Group(key)).add(i, tuple(tail), continuation)
+        # Longest first, as stock sorts: the first batch sets the memory peak, and any OOM happens at once.
+        ordered = sorted(groups.values(), key=lambda g: (-g.length, g.prefix))
+        answers: list[tuple[float, bool] | None] = [None] * len(requests)
+        pbar = tqdm(
+            total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests"
+        )
+        for batch in self._batches(ordered, int(self.batch_size)):
+            for index, answer in self._score(batch, int(self.batch_size)):
+                answers[index] = answer
+                self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+                pbar.update(1)
+        pbar.close()
+        assert all(a is not None for a in answers)
+        return answers  # type: ignore[return-value]
+
+    @staticmethod
+    def _batches(groups: list[_Group], size: int) -> list[list[_Group]]:
+        """Consecutive groups holding at most ``size`` distinct tails in all (one group alone when it has more:
+        its tails then run ``size`` at a time). Each batch's prefixes (at most ``size``) run in one forward."""
+        batches: list[list[_Group]] = []
+        current: list[_Group] = []
+        rows = 0
+        for group in groups:
+            n = len(group.tails)
+            if current and rows + n > size:
+                batches.append(current)
+                current, rows = [], 0
+            current.append(group)
+            rows += n
+        if current:
+            batches.append(current)
+        return batches
+
+    def _autocast(self):
+        return torch.autocast(
+            device_type=self.device.type,
+            dtype=self.mixed_precision_dtype,
+            enabled=self.mixed_precision_dtype is not None,
+        )
+
+    @torch.no_grad()
+    def _score(self, batch: list[_Group], size: int):
+        """Yield (request index, (loglikelihood, is_greedy)) for every request of ``batch``."""
+        from transformers import DynamicCache
+
+        decoder = self.model.get_decoder()
+        device = self.device
+        # Prefix pass: no head. Right padding without a mask, as stock's batches.
+        with_prefix = [g for g in batch if g.prefix]
+        cache = None
+        slot = {id(g): i for i, g in enumerate(with_prefix)}
+        if with_prefix:
+            width = max(len(g.prefix) for g in with_prefix)
+            ids = torch.zeros(len(with_prefix), width, dtype=torch.long, device=device)
+            for i, g in enumerate(with_prefix):
+                ids[i, : len(g.prefix)] = torch.tensor(g.prefix, dtype=torch.long, device=device)
+            cache = DynamicCache()  # no config: full layers, every position kept (module docstring)
+            with self._autocast():
+                decoder(input_ids=ids, past_key_values=cache, use_cache=True)
+        # Each tail's requests, answered as soon as its chunk is scored: one chunk's log-probs live at a time.
+        asked: dict[tuple[int, int], list[tuple[int, list[int]]]] = {}
+        for g in batch:
+            for index, row, targets in g.requests:
+                asked.setdefault((id(g), row), []).append((index, targets))
+        rows = [(g, row, tail) for g in batch for tail, row in g.tails.items()]
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            logp, greedy = self._tails([(g, tail) for g, _, tail in chunk], cache, slot, decoder)
+            for (g, row, _), lp, gr in zip(chunk, logp, greedy, strict=True):
+                for index, targets in asked[(id(g), row)]:
+                    cont = torch.tensor(targets, dtype=torch.long, device=lp.device)
+                    # As stock: per-position argmax equal to the continuation, log-probs gathered in the
+                    # log-softmax's dtype and summed there.
+                    is_greedy = bool((gr == cont).all())
+                    value = torch.gather(lp, 1, cont.unsqueeze(-1)).squeeze(-1).unsqueeze(0)
+                    yield index, (float(value.sum()), is_greedy)
+            del logp, greedy
+
+    def _tails(self, chunk, cache, slot, decoder) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One forward of up to batch_size tails on their prefixes' keys and values; per row the log-softmax
+        at its real positions ([tail length, vocab]) and its argmax."""
+        from transformers import DynamicCache
+
+        device = self.device
+        n = len(chunk)
+        lens = [len(tail) for _, tail in chunk]
+        plen = [len(g.prefix) for g, _ in chunk]
+        width, past = max(lens), max(plen)
+        ids = torch.zeros(n, width, dtype=torch.long, device=device)
+        for r, (_, tail) in enumerate(chunk):
+            ids[r, : lens[r]] = torch.tensor(tail, dtype=torch.long, device=device)
+        positions = torch.tensor(plen, device=device).unsqueeze(1) + torch.arange(width, device=device)
+        kwargs: dict[str, Any] = {"position_ids": positions}
+        if past:
+            # Left-padded to the longest prefix: a query's distance to each cached key stays the true one.
+            mask = torch.zeros(n, past + width, dtype=torch.long, device=device)
+            source = torch.tensor([slot.get(id(g), 0) for g, _ in chunk], device=device)
+            rows_cache = DynamicCache()
+            for layer, entry in enumerate(cache.layers):
+                keys = entry.keys.new_zeros(n, *entry.keys.shape[1:2], past, entry.keys.shape[-1])
+                values = entry.values.new_zeros(n, *entry.values.shape[1:2], past, entry.values.shape[-1])
+                picked_k, picked_v = entry.keys.index_select(0, source), entry.values.index_select(0, source)
+                for r, p in enumerate(plen):
+                    if p:
+                        keys[r, :, past - p :] = picked_k[r, :, :p]
+                        values[r, :, past - p :] = picked_v[r, :, :p]
+                rows_cache.update(keys, values, layer)
+            for r, p in enumerate(plen):
+                mask[r, past - p : past + lens[r]] = 1
+            kwargs.update(past_key_values=rows_cache, use_cache=True, attention_mask=mask)
+        real = torch.tensor(lens, device=device).unsqueeze(1)
+        valid = torch.arange(width, device=device).unsqueeze(0) < real
+        with self._autocast():
+            if self._head_only():
+                hidden = decoder(input_ids=ids, **kwargs).last_hidden_state
+                logits = self._head(hidden[valid])  # [real positions, vocab]
+            else:
+                logits = self.model(input_ids=ids, logits_to_keep=0, **kwargs).logits[valid]
+        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        greedy = logp.argmax(dim=-1)
+        return list(logp.split(lens)), list(greedy.split(lens))
+
+    def _text_config(self):
+        config = self.model.config
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    def _head_only(self) -> bool:
+        return getattr(self._text_config(), "model_type", None) in HEAD_ONLY and (
+            self.model.get_output_embeddings() is not None
+        )
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The causal LM's logits from its last hidden states, as its forward computes them (HEAD_ONLY)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self._text_config(), "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+class FloorHFLM(FloorMixin, HFLM):
+    """lm-eval's HFLM with :class:`FloorMixin`'s loglikelihood requests."""
+
+
+def with_floor(cls: type) -> type:
+    """``cls`` (HFLM or a subclass of it) with :class:`FloorMixin`'s loglikelihood requests."""
+    if not issubclass(cls, HFLM):
+        raise TypeError(f"{cls.__name__} is not lm-eval's HFLM or a subclass of it")
+    if issubclass(cls, FloorMixin):
+        return cls
+    if cls is HFLM:
+        return FloorHFLM
+    return type(f"Floor{cls.__name__}", (FloorMixin, cls), {"__module__": cls.__module__})

@@ -210,6 +210,16 @@ def test_a_groups_leaves_get_items_in_proportion_to_their_size():
     assert seq.rule.fractions == seq.fractions
 
 
+def test_rounds_that_add_only_perplexity_documents_keep_the_boundaries_valid():
+    """A perplexity task needing more rounds than the scored one: Sr's information stops growing after round 2,
+    and the later looks spend (next to) nothing more: their levels do not fall below round 2's."""
+    lay = sequential.Layout({"a": ["a"], "p": ["p"]}, {}, {"p"}, {"a": 100, "p": 300}, {})
+    seq = sequential.Sequential(0.05, 64, lay, sequential.orders(lay, 0), 0)
+    assert seq.rounds == 5 and seq.fractions[0] == pytest.approx(0.64) and seq.fractions[-1] == 1.0
+    levels = seq.rule.levels
+    assert all(b >= levels[1] - 1e-6 for b in levels[2:]) and levels[1] < levels[0]
+
+
 def test_a_target_out_of_the_suites_reach_is_said_before_the_run(caplog):
     """Three tasks of 100, 400 and 2000 items: with every item and the most favourable data the floor lets stop
     (dense right everywhere, 10 disagreements), Sr's half-width is still 0.005, so 0.001 is unreachable; a

@@ -19,6 +19,10 @@ What each term is, and where it was checked (llm-compressor 0.14, lm-eval 0.4.13
   new one is built). Requests are sorted longest first, so the first two batches set the peak. Rolling
   perplexity runs one call per batch of windows (``max_length`` tokens at most). Generation holds a KV cache of
   ``batch x (context + max_gen_toks) x 2 x layers x kv_heads x head_dim`` and only the last position's logits.
+  With ``evaluator.floor`` (jcexp/hf_floor.py, the hf backend's default) loglikelihood requests take other
+  shapes: up to ``batch`` distinct context prefixes run through the decoder with no head (their keys and values
+  kept, then copied once, left-padded, for up to ``batch`` continuation tails), and the logits and log-probs
+  exist only at the tails' positions, ``batch x longest continuation x vocab``, one chunk at a time.
 - compression (llm-compressor's sequential pipeline): the whole model stays in host RAM and one decoder layer
   is onloaded to the compression device with its Hessians (``in_features^2`` float32 per Linear) and the
   solver's workspace; the calibration activations between layers are cached on ``sequential_offload_device``
@@ -204,6 +208,9 @@ class EvalLoad:
     rolling_count: int = 0
     generate_context: tuple[int, ...] = ()
     generate_count: int = 0
+    # The longest continuations of the loglikelihood requests, in tokens (evaluator.floor's logits scale with
+    # these, not with the whole request); empty when not measured (an older estimate): the whole request then.
+    loglikelihood_continuation: tuple[int, ...] = ()
     max_gen_toks: int = LM_EVAL_MAX_GEN_TOKS
     source: str = "requests"
 
@@ -238,6 +245,8 @@ class Workload:
     vllm_packed: bool = False  # vLLM reads the compressed model packed (W4A16/W8A16), else a dense copy
     vllm_batched_tokens: int | None = None  # model_args.max_num_batched_tokens; None: vLLM's default
     vllm_max_seqs: int | None = None  # model_args.max_num_seqs; None: vLLM's default
+    # evaluator.floor on the hf backend: loglikelihood requests through jcexp/hf_floor.py (other shapes)
+    eval_floor: bool = False
     # quant=llm_int8: the original of every compressible weight kept in host RAM (its outlier columns' values)
     quant_host_copy: bool = False
     # A hub model's snapshot files that the local hub cache lacks (jcexp.models.HubModel.hub_needed)
@@ -349,7 +358,9 @@ def _eval_parts(s: ModelShapes, w: Workload, batch: int, on_host: bool) -> dict[
     per_token_act = (3 * s.intermediate + 4 * s.hidden) * b  # one layer's live activations
     options: list[dict[str, int]] = []
     e = w.eval
-    if e.loglikelihood_count:
+    if e.loglikelihood_count and w.eval_floor:
+        options.append(_floor_parts(s, e, batch, per_token_act))
+    elif e.loglikelihood_count:
         slots, length = _loglik_tokens(e.loglikelihood, e.loglikelihood_count, batch)
         n = min(batch, e.loglikelihood_count)
         options.append(
@@ -386,6 +397,21 @@ def _eval_parts(s: ModelShapes, w: Workload, batch: int, on_host: bool) -> dict[
     if on_host:
         parts["eval_slack"] = int(EVAL_SLACK * sum(parts.values()))
     return parts
+
+
+def _floor_parts(s: ModelShapes, e: EvalLoad, batch: int, per_token_act: int) -> dict[str, int]:
+    """evaluator.floor's loglikelihood batch (jcexp/hf_floor.py): the prefix pass (``n`` prefixes of the longest
+    request's length, no head), their keys and values and the tails' left-padded copy of them, then the tail
+    pass's activations and its logits and log-probs at the tails' positions only (one chunk at a time)."""
+    n = min(batch, e.loglikelihood_count)
+    length = e.loglikelihood[0]
+    tail = min(length, max(e.loglikelihood_continuation, default=length))
+    return {
+        "logits": n * tail * s.vocab * s.bytes_per_param,
+        "log_softmax": n * tail * s.vocab * s.bytes_per_param,
+        "activations": n * length * per_token_act + _attention(s, n, length),
+        "kv_cache": 2 * n * length * s.kv_bytes_per_token,
+    }
 
 
 def _attention(s: ModelShapes, n: int, length: int) -> int:
@@ -592,8 +618,8 @@ def estimate_from_dict(d: dict[str, Any], **changes: Any) -> Estimate:
     shapes_d["layer_linears"] = tuple(tuple(x) for x in shapes_d["layer_linears"])
     work_d = dict(d["inputs"]["workload"])
     eval_d = dict(work_d.pop("eval"))
-    for key in ("loglikelihood", "rolling", "generate_context"):
-        eval_d[key] = tuple(eval_d[key])
+    for key in ("loglikelihood", "rolling", "generate_context", "loglikelihood_continuation"):
+        eval_d[key] = tuple(eval_d.get(key, ()))
     eval_fields = set(EvalLoad.__dataclass_fields__)
     ev = EvalLoad(**eval_d)
     ev = replace(ev, **{k: v for k, v in changes.items() if k in eval_fields})
@@ -637,6 +663,7 @@ def eval_load(bench, tasks, tokenizer, max_length: int, seed: int = 0, batch_siz
         return sorted((n + extra for n in counts), reverse=True)[:TOP_REQUESTS]
 
     ll = longest(texts["loglikelihood"])
+    continuation = longest(texts["loglikelihood_continuation"])
     rolling = longest(texts["loglikelihood_rolling"], extra=1)  # the prefix token opens the first window
     gen_toks = max((g for _, g in texts["generate_until"]), default=LM_EVAL_MAX_GEN_TOKS)
     ctx_cap = max(1, max_length - gen_toks)
@@ -646,6 +673,7 @@ def eval_load(bench, tasks, tokenizer, max_length: int, seed: int = 0, batch_siz
         max_length=max_length,
         loglikelihood=tuple(_cap(n - 1, max_length) for n in ll),
         loglikelihood_count=len(texts["loglikelihood"]),
+        loglikelihood_continuation=tuple(_cap(n, max_length) for n in continuation),
         rolling=tuple(_cap(n - 1, max_length) for n in rolling),
         # windows, not documents: a document longer than max_length is scored in several
         rolling_count=len(texts["loglikelihood_rolling"]) + sum(-(-n // max_length) - 1 for n in rolling),
@@ -663,6 +691,7 @@ def _request_texts(bench, tasks, seed: int) -> dict[str, list[tuple[str, int]]]:
 
     out: dict[str, list[tuple[str, int]]] = {
         "loglikelihood": [],
+        "loglikelihood_continuation": [],
         "loglikelihood_rolling": [],
         "generate_until": [],
     }
@@ -685,6 +714,7 @@ def _request_texts(bench, tasks, seed: int) -> dict[str, list[tuple[str, int]]]:
             kind, args = inst.request_type, inst.args
             if kind == "loglikelihood":
                 out[kind].append((args[0] + args[1], 0))
+                out["loglikelihood_continuation"].append((args[1], 0))
             elif kind == "loglikelihood_rolling":
                 out[kind].append((args[0], 0))
             elif kind == "generate_until":
@@ -751,10 +781,11 @@ def workload_for(plan, ev: EvalLoad, hub_download: int = 0) -> Workload:
 
 def _evaluator_fields(cfg) -> dict[str, Any]:
     evaluator = cfg.get("evaluator") or {}
+    floor = {"eval_floor": str(evaluator.get("backend", "hf")) == "hf" and bool(evaluator.get("floor", True))}
     if "Subprocess" not in str(evaluator.get("_target_", "")):
-        return {}
+        return floor
     backend = str(evaluator.get("backend", "hf"))
-    fields: dict[str, Any] = {"eval_process": "subprocess", "eval_backend": backend}
+    fields: dict[str, Any] = {"eval_process": "subprocess", "eval_backend": backend, **floor}
     if backend == "vllm":
         args = evaluator.get("model_args") or {}
         fields["vllm_gpu_fraction"] = float(args.get("gpu_memory_utilization", VLLM_DEFAULT_UTILIZATION))

@@ -94,6 +94,33 @@ def test_loglikelihood_peak_holds_the_previous_batch():
     assert slots == (2 * 100 + 2 * 2 * 90) * SHAPES.vocab * 4
 
 
+def test_floor_logits_follow_the_continuation_not_the_request(compose):
+    """evaluator.floor (jcexp/hf_floor.py): logits and log-probs at the tails' positions only, batch x longest
+    continuation x vocab; Gemma 3's vocabulary at batch 8 on 250-token requests with 30-token continuations
+    keeps about an eighth of stock's logits. The hf evaluators set it, vLLM and floor=false do not."""
+    gemma = replace(SHAPES, vocab=262_144, hidden=640)
+    ev = EvalLoad(
+        batch=8,
+        max_length=2048,
+        loglikelihood=(250,) * 16,
+        loglikelihood_count=64,
+        loglikelihood_continuation=(30,) * 16,
+    )
+    stock, floor = estimate(gemma, work(eval=ev)), estimate(gemma, work(eval=ev, eval_floor=True))
+
+    def logits(est):
+        return part(est, "eval", "logits") + part(est, "eval", "log_softmax")
+
+    assert logits(stock) == 3 * 8 * 250 * gemma.vocab * 4  # batch i's logits and log-probs, batch i-1's
+    assert logits(floor) == 2 * 8 * 30 * gemma.vocab * 4
+    assert part(floor, "eval", "kv_cache") == 2 * 8 * 250 * gemma.kv_bytes_per_token
+    assert part(floor, "eval", "activations") == part(stock, "eval", "activations")
+    assert memory.estimate_from_dict(floor.to_dict()).to_dict() == floor.to_dict()
+    assert memory._evaluator_fields(compose(*TINY))["eval_floor"] is True
+    assert memory._evaluator_fields(compose(*TINY, "evaluator=hf_subprocess"))["eval_floor"] is True
+    assert memory._evaluator_fields(compose(*TINY, "evaluator.floor=false"))["eval_floor"] is False
+
+
 def test_hessians_scale_with_width_squared():
     wide = replace(SHAPES, layer_linears=tuple((2 * i, o) for i, o in SHAPES.layer_linears))
     h1 = part(estimate(SHAPES, work()), "prune", "hessians")
@@ -391,6 +418,8 @@ def test_tiny_plan_measures_its_requests_and_is_refused_on_a_small_node(compose,
     ev = est["inputs"]["workload"]["eval"]
     assert ev["source"] == "requests" and ev["max_length"] == 512
     assert ev["loglikelihood_count"] == 16 + 16 * 4  # benchmark.limit=16: cloze + 4-way choice
+    assert 0 < max(ev["loglikelihood_continuation"]) < max(ev["loglikelihood"])  # evaluator.floor's logits
+    assert est["inputs"]["workload"]["eval_floor"] is True
     assert max(ev["rolling"]) == 512  # documents longer than max_length: windows of max_length
     assert est["host_ram"]["peak_mb"] > 600 and est["gpu_mem"] is None
     json.dumps(est)  # goes into result.json as is

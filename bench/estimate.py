@@ -250,6 +250,115 @@ def eval_hours_vllm(settings: dict, gpu: dict, memory: dict, weight_bytes: float
     }
 
 
+# ------------------------------------------------------------------- compression and overheads, term by term
+# Issue 29: the estimate before this put each whole compression stage at 40% of the bf16 tensor peak. Each term
+# below has its own rate and its source: a measurement (bench/results/estimate_columns.json, this CPU), a
+# library's code or guide, or an assumption, named beside it.
+# llm-compressor's sequential pipeline runs each subgraph's calibration forward twice: once for the hooks, once
+# to propagate the compressed layer's outputs (llmcompressor/pipelines/sequential/pipeline.py, propagate_error).
+CALIB_PASSES = 2
+# GPTQ's and SparseGPT's Hessians, their factorization and their sweeps are float32 (GPTQ_PRECISION,
+# SGPT_PRECISION), with no TF32 (neither library enables it; PyTorch's matmul default keeps float32 exact):
+# the non-tensor fp32 peak, from NVIDIA's data sheets (A10 31.2 TFLOP/s, H100 SXM5 67).
+FP32_TFLOPS = {"a10": 31.2, "h100": 67.0, "a100": 19.5}
+# For the cross-check against llm-compressor's runtime guide only (not a column of the tables): A100 SXM 80 GB,
+# 312 TFLOP/s bf16 dense, 19.5 fp32 (NVIDIA's data sheet).
+A100 = {"label": "A100 (80 GB)", "peak_tflops": 312.0}
+# llm-compressor's runtime guide (docs 0.11, "Runtime requirements"): GPTQ weights-only on Meta-Llama-3-8B-Instruct
+# on an A100, about 30 minutes, from the eager per-column sweep of those versions (the 0.14 release notes credit
+# the fused Triton block with about 15x end to end on Llama-3-8B).
+GUIDE_GPTQ_A100_MIN = 30
+FP32_EFFICIENCY = 0.7  # assumption: X^T X over 2048-token samples is a large GEMM
+FACTOR_EFFICIENCY = 0.3  # assumption: Cholesky and its inverse on 4096-14336 square matrices
+# Columns swept per layer. GPTQ 0.14 batches same-shape modules into one sweep (helpers.batch_key): q, k+v, o,
+# gate+up, down. SparseGPT sweeps each module: q, k, v, o, gate, up, down. (rows, cols) per sweep.
+GPTQ_SWEEPS = [(4096, 4096), (2048, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+SPARSEGPT_SWEEPS = [(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096), (14336, 4096), (14336, 4096),
+                    (4096, 14336)]  # fmt: skip
+# Disk: the hub snapshot read at each run's load, the evaluator's checkpoint written by jcexp and read by vLLM.
+# Assumptions (a local NVMe through safetensors; a page-cached read would be faster).
+DISK_READ_GBPS, DISK_WRITE_GBPS = 2.0, 1.0
+# vLLM's start-up per evaluation (one child per evaluation): engine init with torch.compile and CUDA graph
+# capture. vLLM PR #11005 (Meta-Llama-3-8B): torch.compile 19.4 s, graph capture 15 s, engine init 39 s;
+# vLLM issue #20264: 34 s of engine init and about 60 s to the first answer with a warm compile cache.
+VLLM_STARTUP_S = 60.0
+# lm-eval building MMLU-Pro, BBH and MATH in the child (datasets from a local cache): an assumption; jcexp's
+# offline suite builds in seconds here (bench/results/task_builds.json), the paper's suite reads 3 hub datasets.
+TASK_BUILD_S = 60.0
+
+
+def _sweep_columns(sweeps: list[tuple[int, int]]) -> int:
+    return LLAMA_8B[1] * sum(c for _, c in sweeps)
+
+
+def compression_terms(
+    gpu_name: str, gpu: dict, calib_tokens: int, us_per_column: float
+) -> dict[str, dict[str, float]]:
+    """Seconds per run of SparseGPT, GPTQ Case B (jcexp's eager sweep) and stock GPTQ (Case A; 0.14 runs its
+    sweep as one fused Triton kernel per block of 128 columns on CUDA: gptq_quantize._gptq_block_update_triton),
+    term by term. The column loop is launch-bound on a GPU (tiny kernels, one column at a time): its time is the
+    number of columns x the measured per-column cost of the loop's operators on this CPU with almost no FLOPs
+    (a 64-row matrix), a floor."""
+    layers = LLAMA_8B[1]
+    bf16 = EFFICIENCY * gpu["peak_tflops"] * 1e12
+    fp32 = FP32_EFFICIENCY * FP32_TFLOPS[gpu_name] * 1e12
+    factor_rate = FACTOR_EFFICIENCY * FP32_TFLOPS[gpu_name] * 1e12
+    forward = CALIB_PASSES * 2 * PARAMS_8B * calib_tokens / bf16
+    hessian = 2 * calib_tokens * layers * sum(i * i for i, _ in LLAMA_8B[0]) / fp32  # one Hessian per Linear
+    load = WEIGHT_BYTES_8B / (DISK_READ_GBPS * 1e9)
+    out = {}
+    for name, sweeps, loop in (
+        ("SparseGPT", SPARSEGPT_SWEEPS, True),
+        ("GPTQ, Case B (pruned points)", GPTQ_SWEEPS, True),
+        ("GPTQ, stock (quantization only)", GPTQ_SWEEPS, False),
+    ):
+        factor = layers * sum(c**3 for _, c in sweeps) / factor_rate  # Cholesky, inverse, Cholesky: ~c^3
+        lazy = layers * sum(r * c * c for r, c in sweeps) / fp32  # the block updates: rows x cols^2 FLOPs
+        columns = _sweep_columns(sweeps)
+        terms = {
+            "load": load,
+            "calibration_forward": forward,
+            "hessians_fp32": hessian,
+            "factorization": factor,
+            "block_updates": lazy,
+            "column_loop": columns * us_per_column * 1e-6 if loop else 0.0,
+        }
+        out[name] = {**terms, "total": sum(terms.values()), "columns": columns}
+    return out
+
+
+def eval_overheads(
+    settings: dict, gpu: dict, weight_bytes: float, written: bool, chunk: int
+) -> dict[str, float]:
+    """Seconds per vLLM evaluation beside the prefill and decode: vLLM's start-up, lm-eval's task build, the
+    checkpoint written by jcexp (compressed points; the dense baseline is read from the hub snapshot) and read
+    by vLLM, and the request chunks' tails: each chunk of ``evaluator.request_chunk`` requests waits for its
+    longest answer, assumed to run to max_gen_toks, decoded at a small batch (each step reads the weights once)
+    after the mean answer has finished."""
+    step = weight_bytes / (gpu["gbps"] * 1e9)
+    tails = sum(
+        math.ceil(questions / chunk) * (settings["max_gen_toks"][t] - GENERATED[t][0]) * step
+        for t, (questions, _, _) in SUITE.items()
+    )
+    return {
+        "vllm_startup": VLLM_STARTUP_S,
+        "task_build": TASK_BUILD_S,
+        "checkpoint_write": weight_bytes / (DISK_WRITE_GBPS * 1e9) if written else 0.0,
+        "checkpoint_read": weight_bytes / (DISK_READ_GBPS * 1e9),
+        "chunk_tails": tails,
+    }
+
+
+def column_cost() -> dict:
+    """The measured column loop (bench/case_b_columns.py): the per-column floor and the 8B shapes' shares."""
+    path = RESULTS / "estimate_columns.json"
+    if not path.is_file():
+        raise SystemExit("bench.estimate: run `python -m bench.case_b_columns` first (estimate_columns.json)")
+    data = json.loads(path.read_text())
+    rows = {r["shape"]: r for r in data["rows"]}
+    return {"us_per_column": rows["rows64"]["us_per_column"], "rows": rows, "ops": data["ops_per_column"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", default="a10,h100", help=f"GPUs to estimate, of {sorted(GPUS)}")
@@ -302,25 +411,64 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
 
+    # GPTQ runs on pruned points take Case B (conf/quant/gptq.yaml: case B; jcexp.config.effective_case),
+    # quantization-only points stock GPTQ.
+    for c in counts.values():
+        c["gptq_case_b"] = sum(b < 16 and p != "0" for p, b in points)
+        c["gptq_stock"] = c["gptq"] - c["gptq_case_b"]
+    baselines = {"jcexp": 1, "without caches": len(points)}
+    cols_cost = column_cost()
+    chunk = int(yaml.safe_load((ROOT / "conf" / "evaluator" / "vllm.yaml").read_text())["request_chunk"])
+
     per_gpu: dict[str, dict] = {}
     for name, gpu in gpus.items():
         rate = EFFICIENCY * gpu["peak_tflops"] * 1e12
-        stage_s = {k: v["cpu_8b_s"] * cpu_flops / rate for k, v in cpu_8b.items()}
+        stage_s = {k: v["cpu_8b_s"] * cpu_flops / rate for k, v in cpu_8b.items()}  # the previous model
+        comp = compression_terms(name, gpu, args.calib_tokens, cols_cost["us_per_column"])
         memory = {f: vllm_memory(gpu, f, args.utilization, settings["max_length"]) for f in FORMATS}
         vllm = {f: eval_hours_vllm(settings, gpu, memory[f], memory[f]["vllm_weights"]) for f in FORMATS}
+        over = {
+            (f, w): eval_overheads(settings, gpu, memory[f]["vllm_weights"], w, chunk)
+            for f in FORMATS
+            for w in (True, False)
+        }
         hf = eval_hours_hf(settings, gpu)
         grid = {}
         for variant, c in counts.items():
-            compress = (c["sparsegpt"] * stage_s["prune"] + c["gptq"] * stage_s["quantize"]) / 3600
+            before = (c["sparsegpt"] * stage_s["prune"] + c["gptq"] * stage_s["quantize"]) / 3600
+            compress = (
+                c["sparsegpt"] * comp["SparseGPT"]["total"]
+                + c["gptq_case_b"] * comp["GPTQ, Case B (pruned points)"]["total"]
+                + c["gptq_stock"] * comp["GPTQ, stock (quantization only)"]["total"]
+            ) / 3600
             packed = {f: by_format[f] for f in ("w4a16", "w8a16")}
-            vllm_h = c["dense_evals"] * vllm["dense"]["hours"] + sum(
+            compute = c["dense_evals"] * vllm["dense"]["hours"] + sum(
                 n * vllm[f]["hours"] for f, n in packed.items()
             )
+            base = baselines[variant]
+            overhead = (
+                base * sum(over[("dense", False)].values())
+                + (c["dense_evals"] - base) * sum(over[("dense", True)].values())
+                + sum(n * sum(over[(f, True)].values()) for f, n in packed.items())
+            ) / 3600
+            hf_h = c["evaluations"] * (hf["hours"] + TASK_BUILD_S / 3600)
             grid[variant] = {
-                "hf": round(compress + c["evaluations"] * hf["hours"], 1),
-                "vllm": round(compress + vllm_h, 1),
+                "compression": round(compress, 2),
+                "vllm_compute": round(compute, 2),
+                "vllm_overheads": round(overhead, 2),
+                "hf": round(compress + hf_h, 1),
+                "vllm": round(compress + compute + overhead, 1),
+                "vllm_previous_model": round(before + compute, 1),
             }
-        per_gpu[name] = {"stage_s": stage_s, "memory": memory, "vllm": vllm, "hf": hf, "grid": grid}
+        per_gpu[name] = {
+            "stage_s": stage_s,
+            "compression": comp,
+            "overheads": {f"{f}{'' if w else ' (not written)'}": o for (f, w), o in over.items()},
+            "memory": memory,
+            "vllm": vllm,
+            "hf": hf,
+            "grid": grid,
+        }
 
     labels = {n: f"{g['label']}, est." for n, g in gpus.items()}
     gib = 2**30
@@ -375,8 +523,15 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ]
     time_rows = [
-        row("SparseGPT, one run", lambda n, r: round(r["stage_s"]["prune"] / 3600, 3)),
-        row("GPTQ, one run", lambda n, r: round(r["stage_s"]["quantize"] / 3600, 3)),
+        *(
+            row(
+                f"{stage}, one run",
+                lambda n, r, stage=stage: round(r["compression"][stage]["total"] / 3600, 3),
+            )
+            for stage in per_gpu[next(iter(gpus))]["compression"]
+        ),
+        row("(previous model) SparseGPT, one run", lambda n, r: round(r["stage_s"]["prune"] / 3600, 3)),
+        row("(previous model) GPTQ, one run", lambda n, r: round(r["stage_s"]["quantize"] / 3600, 3)),
         row(
             "MMLU-Pro + BBH + MATH, one evaluation, hf (bf16, batch 3 / 16)",
             lambda n, r: round(r["hf"]["hours"], 2),
@@ -397,6 +552,27 @@ def main(argv: list[str] | None = None) -> None:
         }
         for v, c in counts.items()
     ]
+    parts = ["compression", "vllm_compute", "vllm_overheads", "vllm", "vllm_previous_model"]
+    split_rows = [
+        {"variant": v, "GPU": labels[n], **{k: per_gpu[n]["grid"][v][k] for k in parts}}
+        for v in counts
+        for n in gpus
+    ]
+    stages = list(per_gpu[next(iter(gpus))]["compression"])
+    terms = [k for k in per_gpu[next(iter(gpus))]["compression"][stages[0]] if k not in ("columns",)]
+    term_rows = [
+        {
+            "term": t,
+            **{f"{labels[n]}: {st}": round(per_gpu[n]["compression"][st][t]) for n in gpus for st in stages},
+        }
+        for t in terms
+    ]
+    fmts = [f for f in per_gpu[next(iter(gpus))]["overheads"] if "not written" not in f]
+    over_terms = list(per_gpu[next(iter(gpus))]["overheads"][fmts[0]])
+    over_rows = [
+        {"term": t, **{f"{labels[n]}: {f}": round(per_gpu[n]["overheads"][f][t]) for n in gpus for f in fmts}}
+        for t in [*over_terms]
+    ]
     md = f"paper grid: {len(points)} points ({', '.join(f'{p}/{b}' for p, b in points)}) plus the dense model\n\n"
     md += (
         f"evaluation settings (conf/benchmark/paper.yaml): max_length {settings['max_length']}, max_gen_toks "
@@ -410,14 +586,35 @@ def main(argv: list[str] | None = None) -> None:
     md += "\n\nGPU-hours for the grid (evaluations: the dense baseline and 2-, 3- and 16-bit points from bf16 weights, "
     md += f"{by_format['w4a16']} W4A16 and {by_format['w8a16']} W8A16 points packed, for vLLM):\n\n"
     md += table(grid_rows, list(grid_rows[0]))
+    md += "\n\nthe vLLM column split (GPU-hours; the previous model: all compression at 40% of the bf16 peak, no overheads):\n\n"
+    md += table(split_rows, list(split_rows[0]))
+    md += (
+        f"\n\ncompression, seconds per run, term by term ({cols_cost['us_per_column']} µs per swept column, "
+        f"measured: bench/results/estimate_columns.json; {_sweep_columns(SPARSEGPT_SWEEPS)} columns for SparseGPT, "
+        f"{_sweep_columns(GPTQ_SWEEPS)} for GPTQ):\n\n"
+    )
+    md += table(term_rows, list(term_rows[0]))
+    check = compression_terms("a100", A100, args.calib_tokens, cols_cost["us_per_column"])
+    eager = check["GPTQ, Case B (pruned points)"]
+    md += (
+        f"\n\ncross-check: the same terms give eager GPTQ (the per-column sweep, as Case B runs it) on an A100 "
+        f"{eager['total'] / 60:.0f} min ({', '.join(f'{k} {v / 60:.1f}' for k, v in eager.items() if k not in ('total', 'columns'))} "
+        f"min); llm-compressor's runtime guide puts GPTQ on Llama-3-8B at about {GUIDE_GPTQ_A100_MIN} min on an A100."
+    )
+    md += f"\n\nvLLM evaluation overheads, seconds per evaluation of a compressed point (request_chunk {chunk}; the dense baseline is read from the hub snapshot, not written):\n\n"
+    md += table(over_rows, list(over_rows[0]))
     md += (
         f"\n\nassumptions: effective rate {EFFICIENCY:.0%} of the bf16 dense peak for prefill and compression "
         f"(CPU here: {cpu_flops / 1e9:.1f} GFLOP/s measured in the calibration forward), the full memory "
         f"bandwidth for decode, {args.calib_tokens} calibration tokens, questions/prompt tokens {SUITE}, generated "
-        f"tokens (mean, p90) {GENERATED}, shared few-shot prefix tokens and groups {SHARED_PREFIX}"
+        f"tokens (mean, p90) {GENERATED}, shared few-shot prefix tokens and groups {SHARED_PREFIX}; "
+        f"float32 work at {FP32_EFFICIENCY:.0%} of the fp32 peak {FP32_TFLOPS} (factorization "
+        f"{FACTOR_EFFICIENCY:.0%}), {CALIB_PASSES} calibration passes, disk {DISK_READ_GBPS} GB/s read / "
+        f"{DISK_WRITE_GBPS} GB/s write, vLLM start-up {VLLM_STARTUP_S:.0f} s, task build {TASK_BUILD_S:.0f} s"
     )
     payload = {
         "settings": {**vars(args), "eval": settings, "gpus": gpus, "efficiency": EFFICIENCY},
+        "columns": cols_cost,
         "cpu": {"flops": cpu_flops, **cpu_8b},
         "gpus": per_gpu,
         "counts": counts,

@@ -230,3 +230,26 @@ def test_compression_rates_probe_runs_at_small_shapes_on_cpu(tmp_path):
     record = json.loads((tmp_path / "compression_rates.json").read_text())
     assert record["shape"] == [64, 256] and set(record["sweep_s"]) == {"case_b", "stock"}
     assert "Case B" in line and record["hessian_fp32_tflops"] > 0
+
+
+def test_estimate_prices_each_compression_term_and_case_bs_column_loop():
+    """bench/estimate.py's terms (pure arithmetic): Case B pays its eager column loop, stock GPTQ (the fused
+    Triton block on CUDA) does not; the fp32 Hessians scale with the calibration tokens; the chunk tails with the
+    number of request chunks; a checkpoint not written costs no write."""
+    from bench.estimate import GPUS, SUITE, compression_terms, eval_overheads, paper_eval_settings
+
+    one = compression_terms("h100", GPUS["h100"], 2**20, us_per_column=100.0)
+    b, stock = one["GPTQ, Case B (pruned points)"], one["GPTQ, stock (quantization only)"]
+    assert b["columns"] == 32 * (4 * 4096 + 14336) == 983_040 and one["SparseGPT"]["columns"] == 1_245_184
+    assert stock["column_loop"] == 0 and abs(b["total"] - stock["total"] - 98.304) < 1e-6
+    two = compression_terms("h100", GPUS["h100"], 2**21, us_per_column=100.0)
+    assert abs(two["SparseGPT"]["hessians_fp32"] / one["SparseGPT"]["hessians_fp32"] - 2) < 1e-9
+    settings = paper_eval_settings()
+    small = eval_overheads(
+        settings, GPUS["h100"], 16e9, written=True, chunk=max(q for q, _, _ in SUITE.values())
+    )
+    many = eval_overheads(settings, GPUS["h100"], 16e9, written=False, chunk=1000)
+    assert (
+        many["chunk_tails"] > 4 * small["chunk_tails"]
+        and many["checkpoint_write"] == 0 < small["checkpoint_write"]
+    )

@@ -306,9 +306,15 @@ class Race:
                 continue
             if not (floor_met and verdicts.inside(d["ci"], self.margin)):
                 inside_margin = False
-            # Below the floor the interval is mostly the pseudo-items', and projecting it to all the items
-            # understates what they could decide: the question stays open while disagreements accrue.
-            open_question |= (0 < disagree and not floor_met) or self._decidable(d, round_)
+            if floor_met:
+                open_question |= self._decidable(d, round_)
+            else:
+                # Below the floor the interval is mostly the pseudo-items', and projecting it to all the items
+                # understates what they could decide. The question stays open for the first half of the looks,
+                # and after that while the disagreements, projected to all the items, would reach the floor
+                # (two candidates that answer alike cannot: without this they ran every round).
+                projected = disagree * self.looks / round_
+                open_question |= round_ < self.looks / 2 or projected >= self.min_discordant
         lead = self.standings[leader]
         lead.versus = lead.diff = lead.diff_ci = lead.discordant = None
         left = self.alive
@@ -324,7 +330,8 @@ class Race:
             record["stop"] = (
                 "futile: with every item, no survivor's difference from the leader would be resolved "
                 "(each observed difference is under half the half-width all the items could reach) and "
-                f"none could come within {verdicts.margin_text(self.margin)}"
+                f"none could come within {verdicts.margin_text(self.margin)}, or the two would still disagree "
+                f"on fewer than {self.min_discordant} items"
             )
         if self.done:
             self._conclude()

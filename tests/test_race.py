@@ -68,6 +68,8 @@ def test_identical_candidates_make_no_claim():
             break
     assert r.outcome == "not separated" and r.claim is None
     assert r.winner is None and sorted(r.unseparated) == ["x", "y"]
+    # Futile once half the looks are done: no disagreement yet, none to expect from the rest.
+    assert len(r.rounds) == 4 and r.rounds[-1]["stop"].startswith("futile")
     other = r.standings["y" if r.leader == "x" else "x"]
     assert other.diff == 0 and other.discordant == 0  # candidate-vs-leader disagreements, not vs dense
     assert other.verdict == "no claim" and "only 0 items on which the compared runs disagree" in other.reason

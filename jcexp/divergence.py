@@ -27,7 +27,10 @@ import torch
 from jcexp import kld
 from jcexp.data import text_start
 
-TOP_K = 128  # log-probabilities kept per token; bucketed-KL gap on tiny_random: tests/test_divergence.py
+# Log-probabilities kept per token. Measured on SmolLM2-135M's 15 held-out documents (5719 tokens) against a
+# 4-bit RTN copy: the bucketed KL is 13.6% / 9.5% / 6.3% below the full KL at k = 64 / 128 / 256, the dense
+# mass outside the top k 10.3% / 7.1% / 4.7%; k = 256 stores 11.8 MB per baseline (README: KL and flips).
+TOP_K = 256
 FILE = "distributions.npz"
 SETTINGS_FILE = "distributions.json"
 
@@ -135,7 +138,7 @@ def dense_distributions(
             top_logp.append(top.values.cpu().numpy())
             rest.append(_rest(logp, top.indices).cpu().numpy())
         offsets.append(sum(len(t) for t in targets))
-    k = top_ids[0].shape[1] if top_ids else min(top_k, 1)
+    k = top_ids[0].shape[1] if top_ids else top_k
     cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)  # noqa: E731
     return Distributions(
         documents=list(documents),

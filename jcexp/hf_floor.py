@@ -269,7 +269,8 @@ class FloorMixin:
         return config.get_text_config() if hasattr(config, "get_text_config") else config
 
     def _head_only(self) -> bool:
-        return getattr(self._text_config(), "model_type", None) in HEAD_ONLY and (
+        # The model's own type (a multimodal wrapper's text config would name its text model's type).
+        return getattr(self.model.config, "model_type", None) in HEAD_ONLY and (
             self.model.get_output_embeddings() is not None
         )
 

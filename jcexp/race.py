@@ -3,30 +3,58 @@
 Users ask one question of the paper's metric: at this size (a TCr, eq. 1, or bits per weight), which recipe keeps
 the most? The grid answers it by compressing every candidate and scoring each on every item. The race scores
 the candidates round by round on the same seeded items (the order sequential evaluation uses,
-jcexp/sequential.py) and drops a candidate as soon as the evidence says it is worse than the current leader.
+jcexp/sequential.py). It SCREENS on the lowest-variance paired statistic it has and CONFIRMS on Sr.
 
-The intervals are the anytime ones of jcexp/anytime.py: a paired delta-method interval with Bonferroni spending
-over a number of looks fixed in advance. Here the family is every interval the race could read, with one error
-budget ``alpha = 1 - level`` split over all of them: ``K`` rounds times the ``C (C - 1) / 2`` pairs of ``C``
-candidates for the differences (the leader is chosen by the data, so every pair counts), and ``K`` times ``C``
-for each candidate's own Sr; each of the ``K (P + C)`` intervals is at ``1 - alpha / (K (P + C))``, so the
-differences get the share ``P / (P + C)`` of alpha and the Sr intervals ``C / (P + C)`` (before issue 26 each
-family had all of alpha, a joint level of 90%). By the union bound all of them cover together with probability
-at least ``level``, so dropping at any round, and the final statements, are valid however the race ran. A
-candidate is dropped once the interval of (its Sr - the leader's Sr) lies entirely below 0 and the two disagree
-on at least ``min_discordant`` items (never fewer than jcexp/verdicts.py's ``MIN_DISCORDANT``; only items on
-which the candidate and the leader disagree count). The race stops when one candidate is left (a winner), when
-every survivor's interval against the leader lies inside ±margin with the floor met (a claim of equivalence: the
-survivors keep as much as each other within the margin, and no winner is named), or when the items run out (no
-claim for the survivors not shown equivalent). Every candidate's record says which of these it got: dropped
-(with the interval), winner, equivalent (with the interval), or no claim (with the interval that could not
-decide and why); an undecided race's leader is only the highest point estimate, never its choice. It also stops, not separated, when the remaining items could not decide: every survivor's
-observed difference from the leader is under half the half-width that all the items could reach, and none could
-come within the margin (futility). A stop without a claim cannot make any interval wrong, so the futility stop
-keeps the family-wise guarantee; it gives up power that the remaining items would hardly have bought.
+The screen (issue 26 item 3). Every run records, per held-out prose document, KL(dense || compressed) per token
+(jcexp/divergence.py, items.json's ``divergence``), on every document at once (the KL forward reads the held-out
+prose whole, already in round 1). Both candidates' KLs are to the same dense model on the same documents, so
+the candidate-vs-leader comparison is paired by document: ``d_j = log KL_c(j) - log KL_b(j)`` (logs: the
+comparison is scale-free, documents whose KL is large for both do not dominate, and per-document KL is roughly
+log-normal, which a t interval suits), ``b`` the candidate with the lowest mean log KL (the KL leader). With few
+documents (15 on the offline suite) the interval is Student's t with ``n - 1`` degrees of freedom (quantile
+computed exactly here, ``t_quantile``), and a drop also needs the exact two-sided sign test on the same
+differences at the same level (``screen_interval``: with 15 documents all 15 must point the same way at six
+candidates' per-pair level), so neither a collapsed t interval nor one skewed document decides it, and at
+least ``MIN_SCREEN_DOCUMENTS`` documents. A candidate whose interval of (its mean log KL - the KL leader's) lies
+above ``log(1 + screen_margin)`` (0: strictly farther) is **screened out**: a claim about KL only ("farther
+from the dense model's predictions than the KL leader, on these documents"), recorded with that interval,
+never a claim about its Sr. The screen reads the KL once (the first round that has it): later rounds recompute
+the same KL (each round's job runs the same forward on the same documents), and reading it again would be
+another look that the budget does not cover. The per-item log-likelihood margin of the correct answer is not a
+screen here: items.json keeps only each item's metric value (acc / acc_norm, jcexp/lm_eval_worker.py's
+``compact_samples``), not the choices' log-likelihoods, so the margin would need the worker to keep lm-eval's
+per-choice responses (a change to every run's record, not made here).
 
-Pure: the enumeration, the race's decisions and the Pareto frontier use the standard library, numpy (through
-jcexp.anytime) and jcexp.metrics; no torch, no Hydra, no I/O. hydra_plugins/jcexp_budget runs the rounds.
+The screen orders the candidates and chooses which to keep scoring items on. The confirmation, and every claim
+about Sr, is made on Sr among the candidates the screen kept: a confirmed candidate is **dropped** once the
+interval of (its Sr - the Sr leader's) lies entirely below 0 and the two disagree on at least
+``min_discordant`` items (never fewer than jcexp/verdicts.py's ``MIN_DISCORDANT``; only items on which the
+candidate and the leader disagree count). The race stops when one confirmed candidate is left (the **winner**:
+the screened-out candidates are farther from dense in KL, the dropped ones lower in Sr), when every survivor's
+interval against the leader lies inside ±margin with the floor met (a claim of **equivalence**: the survivors
+keep as much as each other within the margin, and no winner is named), or when the items run out (**no claim**
+for the survivors not shown equivalent). Every candidate's record says which of these it got: screened out
+(with the KL interval), dropped (with the Sr interval), winner, equivalent (with the interval), or no claim
+(with the interval that could not decide and why); an undecided race's leader is only the highest point
+estimate, never its choice. It also stops, not separated, when the remaining items could not decide: every
+survivor's observed difference from the leader is under half the half-width that all the items could reach,
+and none could come within the margin (futility). A stop without a claim cannot make any interval wrong, so the
+futility stop keeps the family-wise guarantee; it gives up power that the remaining items would hardly have
+bought.
+
+One error budget, ``alpha = 1 - level``, split over every interval the race could read (union bound, so all of
+them cover together with probability at least ``level`` and every claim above is valid however the race ran):
+``screen_share`` of alpha (``SCREEN_SHARE`` = 1/4 by default: 0.0125 of 0.05) goes to the screen, one look at
+the ``P = C (C - 1) / 2`` pairs of ``C`` candidates (the KL leader is chosen by the data, so every pair counts),
+each KL interval and sign test at ``1 - screen_share alpha / P``; the rest (3/4: 0.0375) goes to Sr, over ``K``
+rounds times the ``P`` pairs' differences plus the ``C`` candidates' own Sr intervals, each at
+``1 - (1 - screen_share) alpha / (K (P + C))`` (the intervals of jcexp/anytime.py: a paired delta-method interval
+with pseudo-items, Bonferroni over the looks). Without per-document KL (``screen_share=0``, what the sweeper
+passes when no candidate recorded any) all of alpha goes to Sr, as before the screen.
+
+Pure: the enumeration, the race's decisions and the Pareto frontier use the standard library, numpy
+(directly and through jcexp.anytime) and jcexp.metrics; no torch, no Hydra, no I/O. hydra_plugins/jcexp_budget
+runs the rounds.
 """
 
 from __future__ import annotations
@@ -37,11 +65,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from jcexp import anytime, metrics, verdicts
 
 SCALE_BITS = 16  # one fp16/bf16 scale per group (compressed-tensors stores them in the model's 16-bit dtype)
 DEFAULT_TCR_TOLERANCE = 0.02
 DEFAULT_BITS_TOLERANCE = 0.25
+SCREEN_SHARE = 0.25  # of the race's alpha, to the KL screen's one look; the rest to Sr (module docstring)
+MIN_SCREEN_DOCUMENTS = 5  # fewer shared documents: the screen leaves the pair to Sr
+KL_FLOOR = 1e-12  # nats/token: a document's KL of exactly 0 (identical predictions) has a finite log
 
 
 # ------------------------------------------------------------------------------------------------ recipes
@@ -172,6 +205,90 @@ def near(value: float, target: float, tolerance: float) -> bool:
     return abs(value - target) <= tolerance + 1e-9
 
 
+# ------------------------------------------------------------------------------------------------- screen
+def t_coverage(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with an integer ``df`` >= 1, in closed form (the finite sums of Abramowitz &
+    Stegun 26.7.3/26.7.4): jcexp declares no scipy, and the screen needs the quantile at levels near 1 - 1e-4."""
+    if df < 1:
+        raise ValueError(f"df must be at least 1, got {df}")
+    if t <= 0:
+        return 0.0
+    theta = math.atan(t / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:  # odd
+        total, term = 0.0, 1.0
+        for k in range(1, (df - 1) // 2):
+            term *= 2 * k / (2 * k + 1) * c2
+            total += term
+        inner = math.sin(theta) * math.cos(theta) * (1 + total) if df > 1 else 0.0
+        return min(1.0, 2 / math.pi * (theta + inner))
+    total, term = 1.0, 1.0
+    for k in range(1, df // 2):
+        term *= (2 * k - 1) / (2 * k) * c2
+        total += term
+    return min(1.0, math.sin(theta) * total)
+
+
+def t_quantile(level: float, df: int) -> float:
+    """The two-sided quantile: the t with P(|T| <= t) = ``level`` (bisection on ``t_coverage``)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    lo, hi = 0.0, 1.0
+    while t_coverage(hi, df) < level:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_coverage(mid, df) < level else (lo, mid)
+        if hi - lo <= 1e-10 * hi:
+            break
+    return hi
+
+
+def sign_test(above: int, n: int) -> float:
+    """The exact two-sided sign test's p-value for ``above`` of ``n`` paired differences on one side."""
+    if n == 0:
+        return 1.0
+    k = max(above, n - above)
+    tail = sum(math.comb(n, j) for j in range(k, n + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def screen_interval(
+    candidate: Mapping[Any, float], leader: Mapping[Any, float], level: float, margin: float = 0.0
+) -> dict[str, Any]:
+    """The screen's interval: (candidate's mean log per-document KL) - (the leader's), paired over the documents
+    both have, Student's t with n - 1 degrees of freedom at ``level``; ``ratio`` and ``ratio_ci`` are its
+    exponentials (the ratio of the geometric-mean KLs). ``above``: documents on which the candidate's log KL
+    exceeds the leader's by more than log(1 + ``margin``), ``sign_p`` the exact sign test of that count.
+    ``apart``: the interval lies above log(1 + margin) and the sign test is at ``1 - level`` or under (the
+    screen's drop needs both). Values are nats/token per document."""
+    docs = [d for d in candidate if d in leader]
+    n = len(docs)
+    out: dict[str, Any] = {"n": n, "point": None, "ci": None, "ratio": None, "ratio_ci": None, "level": level}
+    out.update({"above": None, "sign_p": None, "apart": False})
+    if n < 2:
+        return out
+    d = np.log(np.maximum([candidate[i] for i in docs], KL_FLOOR)) - np.log(
+        np.maximum([leader[i] for i in docs], KL_FLOOR)
+    )
+    point, se = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(n)
+    half = t_quantile(level, n - 1) * se
+    ci = [point - half, point + half]
+    floor = math.log1p(margin)
+    above = int((d > floor).sum())
+    sign_p = sign_test(above, n)
+    return {
+        **out,
+        "point": point,
+        "ci": ci,
+        "ratio": math.exp(point),
+        "ratio_ci": [math.exp(ci[0]), math.exp(ci[1])],
+        "above": above,
+        "sign_p": sign_p,
+        "apart": ci[0] > floor and 2 * above > n and sign_p <= 1 - level,
+    }
+
+
 # --------------------------------------------------------------------------------------------------- race
 @dataclass
 class Standing:
@@ -189,8 +306,20 @@ class Standing:
     dropped_round: int | None = None
     why: str | None = None  # why it was dropped (or failed)
     discordant: int | None = None  # items on which it and the leader disagree, at its last look
-    # When the race is over: "winner", "dropped", "equivalent", "no claim" or "failed", and the reason with the
-    # interval that decided it (or could not).
+    # The KL screen (one look): its geometric-mean per-document KL (nats/token), the KL leader it was compared
+    # with, the ratio of the two (exp of the mean log difference) with its interval, the documents, and, when
+    # it was screened out, the round and why.
+    kl: float | None = None
+    kl_documents: int | None = None
+    kl_versus: str | None = None
+    kl_ratio: float | None = None
+    kl_ratio_ci: list[float] | None = None
+    kl_sign_p: float | None = None
+    screened_round: int | None = None
+    screen: str | None = None  # "screened out", "kept" or "not screened", with why in screen_why
+    screen_why: str | None = None
+    # When the race is over: "winner", "screened out", "dropped", "equivalent", "no claim" or "failed", and
+    # the reason with the interval that decided it (or could not).
     verdict: str | None = None
     reason: str | None = None
 
@@ -205,6 +334,10 @@ class Race:
     margin: float = verdicts.DEFAULT_MARGIN
     min_discordant: int = verdicts.MIN_DISCORDANT
     futility: bool = True  # stop, not separated, once the remaining items could not decide (``_decidable``)
+    screen_share: float = SCREEN_SHARE  # of alpha, to the KL screen; 0: no screen, all of alpha to Sr
+    screen_margin: float = 0.0  # screened out only when its KL is shown above (1 + this) x the KL leader's
+    min_screen_documents: int = MIN_SCREEN_DOCUMENTS
+    screened: bool = False  # the screen has read the KL (it reads it once)
     standings: dict[str, Standing] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     outcome: str | None = None  # "winner", "equivalent", "not separated", "none left"
@@ -218,6 +351,10 @@ class Race:
         self.standings = self.standings or {n: Standing(n) for n in self.names}
         # The floor is never below the claims' own (jcexp/verdicts.py); a user may ask for more.
         self.min_discordant = max(int(self.min_discordant), verdicts.MIN_DISCORDANT)
+        if not 0 <= self.screen_share < 1:
+            raise ValueError(f"screen_share must be in [0, 1), got {self.screen_share}")
+        if self.screen_margin < 0:
+            raise ValueError(f"screen_margin must be >= 0, got {self.screen_margin}")
 
     @property
     def pairs(self) -> int:
@@ -225,18 +362,34 @@ class Race:
 
     @property
     def intervals(self) -> int:
-        """Every interval the race may read: each look of each pair's difference and of each candidate's Sr."""
+        """Every Sr interval the race may read: each look of each pair's difference and of each candidate's Sr."""
         return self.looks * (self.pairs + len(self.names))
 
     @property
+    def screen_intervals(self) -> int:
+        """The KL screen's intervals: one look at every pair (0 without a screen)."""
+        return self.pairs if self.screen_share > 0 else 0
+
+    @property
+    def sr_alpha(self) -> float:
+        return (1 - self.level) * (1 - self.screen_share)
+
+    @property
     def difference_level(self) -> float:
-        """Each difference interval's level: one Bonferroni split of ``1 - level`` over ``intervals``."""
-        return anytime.look_level(self.level, self.intervals)
+        """Each Sr difference interval's level: Sr's share of alpha split (Bonferroni) over ``intervals``."""
+        return anytime.look_level(1 - self.sr_alpha, self.intervals)
 
     @property
     def sr_level(self) -> float:
         """Each candidate's Sr interval's level: the same split as the differences' (one error budget)."""
-        return anytime.look_level(self.level, self.intervals)
+        return anytime.look_level(1 - self.sr_alpha, self.intervals)
+
+    @property
+    def screen_level(self) -> float | None:
+        """Each KL screen interval's (and sign test's) level: the screen's share of alpha over the pairs."""
+        if self.screen_share == 0:
+            return None
+        return anytime.look_level(1 - (1 - self.level) * self.screen_share, self.screen_intervals)
 
     @property
     def alive(self) -> list[str]:
@@ -257,10 +410,13 @@ class Race:
         dense: anytime.TaskItems,
         models: Mapping[str, anytime.TaskItems],
         tasks: Sequence[str],
+        kl: Mapping[str, Mapping[Any, float]] | None = None,
     ) -> dict[str, Any]:
         """Round ``round_`` (1-based) is scored: ``models[name]`` holds each live candidate's items so far,
-        ``dense`` the dense model's. Updates the standings, drops what the evidence separates, and decides
-        whether the race is over. Returns the round's record."""
+        ``dense`` the dense model's; ``kl[name]``, when given, each candidate's per-document KL(dense ||
+        candidate) in nats/token (document id -> value). The first round given ``kl`` screens on it
+        (``_screen``); then the Sr looks among the candidates kept. Updates the standings, drops what the
+        evidence separates, and decides whether the race is over. Returns the round's record."""
         if self.done:
             raise ValueError(f"the race is over ({self.outcome})")
         if not 1 <= round_ <= self.looks:
@@ -268,16 +424,21 @@ class Race:
         for name in list(self.alive):
             if name not in models:
                 self.fail(name, round_, "no items")
-        live = self.alive
-        for name in live:
+        screened_out: dict[str, str] = {}
+        for name in self.alive:  # the screened-out candidates' Sr on the items they were scored on
             s = self.standings[name]
             got = anytime.delta_interval([dense, models[name]], tasks, anytime.retention(), self.sr_level)
             s.rounds, s.items = round_, sum(got["n"].values())
             s.sr, s.sr_ci = got["point"], got["ci"]
+        if kl is not None and self.screen_share > 0 and not self.screened:
+            screened_out = self._screen(round_, kl)
+        live = self.alive
         ranked = sorted(
             (n for n in live if self.standings[n].sr is not None), key=lambda n: -self.standings[n].sr
         )
         record: dict[str, Any] = {"round": round_, "alive": list(live), "dropped": {}, "leader": None}
+        if screened_out:
+            record["screened_out"] = screened_out
         if not ranked:
             self.outcome = "undefined"
             record["stop"] = "Sr is undefined for every candidate (e.g. a dense task mean of 0)"
@@ -338,16 +499,71 @@ class Race:
         self.rounds.append(record)
         return record
 
+    def _screen(self, round_: int, kl: Mapping[str, Mapping[Any, float]]) -> dict[str, str]:
+        """The KL screen's one look: every live candidate with per-document KL against the KL leader (the lowest
+        mean log KL); those whose interval lies above log(1 + screen_margin), with the sign test agreeing, are
+        screened out (a claim about KL). Candidates without KL, or with fewer than ``min_screen_documents``
+        documents shared with the leader, are not screened. Returns {name: why} of those screened out."""
+        self.screened = True
+        level = self.screen_level
+        assert level is not None
+        have = {n: kl[n] for n in self.alive if kl.get(n)}
+        for name in self.alive:
+            if name not in have:
+                s = self.standings[name]
+                s.screen, s.screen_why = "not screened", "no per-document KL"
+        if not have:
+            return {}
+        mean_log = {
+            n: float(np.mean(np.log(np.maximum(list(v.values()), KL_FLOOR)))) for n, v in have.items()
+        }
+        best = min(have, key=lambda n: mean_log[n])
+        out: dict[str, str] = {}
+        for name in have:
+            s = self.standings[name]
+            s.kl, s.kl_documents = math.exp(mean_log[name]), len(have[name])
+            if name == best:
+                s.screen, s.screen_why = "kept", "the KL leader (lowest geometric-mean KL to dense)"
+                continue
+            got = screen_interval(have[name], have[best], level, self.screen_margin)
+            s.kl_versus, s.kl_ratio, s.kl_ratio_ci, s.kl_sign_p = (
+                best,
+                got["ratio"],
+                got["ratio_ci"],
+                got["sign_p"],
+            )
+            s.kl_documents = got["n"]
+            if got["n"] < self.min_screen_documents:
+                s.screen = "not screened"
+                s.screen_why = f"only {got['n']} documents shared with {best} (the screen needs {self.min_screen_documents})"
+                continue
+            text = (
+                f"KL to dense {_ratio(got['ratio_ci'])} x {best}'s on {got['n']} documents "
+                f"(t, df {got['n'] - 1}, level {level:.6f}; sign test p {got['sign_p']:.2g}, {got['above']} of "
+                f"{got['n']} documents above)"
+            )
+            if got["apart"]:
+                s.alive, s.screened_round = False, round_
+                s.screen = "screened out"
+                s.screen_why = s.why = f"screened out by KL at round {round_}: {text}"
+                out[name] = s.why
+            else:
+                s.screen, s.screen_why = "kept", f"not separated from {best} by KL: {text}"
+        return out
+
     def _conclude(self) -> None:
         """Each candidate's verdict once the race is over: what was claimed about it, and from which interval."""
         margin = verdicts.margin_text(self.margin)
         for s in self.standings.values():
             if s.why and s.why.startswith("failed"):
                 s.verdict, s.reason = "failed", s.why
+            elif s.screen == "screened out":
+                s.verdict, s.reason = "screened out", s.screen_why
             elif not s.alive:
                 s.verdict, s.reason = "dropped", s.why
             elif self.outcome == "winner":
-                s.verdict, s.reason = "winner", "every other candidate was dropped or failed"
+                s.verdict = "winner"
+                s.reason = "every other candidate was screened out by KL (farther from dense), dropped on Sr or failed"
             elif s.name == self.leader:
                 if self.outcome == "equivalent":
                     s.verdict = "equivalent"
@@ -391,9 +607,18 @@ class Race:
         return self.alive if self.outcome in ("equivalent", "not separated") else []
 
     @property
+    def screened_out(self) -> list[str]:
+        return [n for n in self.names if self.standings[n].screen == "screened out"]
+
+    @property
     def claim(self) -> str | None:
         """What the race concludes, in words: a winner, a set shown equivalent, or None (no claim)."""
         if self.outcome == "winner":
+            if self.screened_out:
+                return (
+                    f"{self.winner} keeps the most among the candidates the KL screen kept (every other one was "
+                    f"dropped on Sr); screened out as farther from dense in KL: {', '.join(self.screened_out)}"
+                )
             return f"{self.winner} keeps the most (every other candidate was separated from it)"
         if self.outcome == "equivalent":
             return (
@@ -419,14 +644,35 @@ class Race:
             "claim": self.claim,
             "leader": self.leader,
             "intervals": self.intervals,
+            "screen_share": self.screen_share,
+            "screen_level": self.screen_level,
+            "screen_intervals": self.screen_intervals,
+            "screen_margin": self.screen_margin,
+            "screened": self.screened,
+            "screened_out": self.screened_out,
             "standings": {n: asdict(s) for n, s in self.standings.items()},
             "rounds": self.rounds,
-            "method": (
-                f"{anytime.METHOD}; one error budget of {1 - self.level:.2g} split (Bonferroni) over "
-                f"{self.intervals} intervals: {self.looks} rounds x ({self.pairs} pairs' differences + "
-                f"{len(self.names)} candidates' Sr)"
-            ),
+            "method": self.method,
         }
+
+    @property
+    def method(self) -> str:
+        alpha = 1 - self.level
+        sr = (
+            f"Sr: {anytime.METHOD}, {self.sr_alpha:.4g} of it over {self.intervals} intervals ({self.looks} rounds "
+            f"x ({self.pairs} pairs' differences + {len(self.names)} candidates' Sr))"
+        )
+        if not self.screen_share:
+            return f"one error budget of {alpha:.2g} split (Bonferroni); no KL screen; {sr}"
+        return (
+            f"one error budget of {alpha:.2g} split (Bonferroni): KL screen {alpha * self.screen_share:.4g} over "
+            f"{self.screen_intervals} intervals (one look at {self.pairs} pairs: paired mean log per-document KL, "
+            f"Student t with documents - 1 df, and the exact sign test); {sr}"
+        )
+
+
+def _ratio(ci: Sequence[float] | None) -> str:
+    return "n/a" if not ci else f"[{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
 # -------------------------------------------------------------------------------------------------- pareto

@@ -6,7 +6,8 @@ logits themselves. The forward reads the same documents as the benchmark's perpl
 Task objects, benchmark.limit applied: ``held_out_documents``) and cuts them as lm-eval's rolling
 log-likelihood does (``rolling_windows``: disjoint windows of benchmark.max_length tokens, each predicted
 token scored once). Each document starts as the tokenizer starts a text (``document_ids``): one BOS where
-the tokenizer adds one, none where it adds none (lm-eval 0.4.13 prefixes a BOS of its own besides, issue 27).
+the tokenizer adds one, none where it adds none (lm-eval 0.4.13 put a second BOS before Gemma's text; jcexp
+fixes that in lm_eval_worker.one_bos, issue 27).
 
 The dense model's side is computed once per baseline key and cached (jcexp/scoring.py), as its top-k
 log-probabilities and the log of the remaining mass (``Distributions``): the KL is then the bucketed KL of
@@ -62,9 +63,10 @@ def window_log_probs(model, ids: list[int], max_length: int):
     """(targets, log-probabilities [tokens, vocab] in float32) for each rolling window of ``ids``, computed on
     the device the model's weights are on."""
     device = next(model.parameters()).device
+    model.eval()  # as lm-eval's HFLM sets it
     for start, end in rolling_windows(len(ids), max_length):
         inputs = torch.tensor([ids[start - 1 : end - 1]], device=device)
-        logits = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits[0]
+        logits = model(input_ids=inputs, attention_mask=torch.ones_like(inputs), use_cache=False).logits[0]
         yield torch.tensor(ids[start:end], device=device), torch.log_softmax(logits.float(), dim=-1)
 
 

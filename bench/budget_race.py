@@ -12,6 +12,17 @@ grid's best or within the equivalence margin of it.
 The grid's wall time is (1) + (2): what the grid computes, but it would start one job per candidate rather than
 one per candidate and round, so this overstates it by those extra starts; the evaluation seconds do not.
 `--model tiny_random` checks that the script runs; its numbers mean nothing.
+
+The race screens on per-document KL to dense and confirms on Sr (jcexp/race.py). Which statistic ranks the
+recipes as the full-suite Sr does is measured here on the real run: each candidate's geometric-mean KL (the
+screen's statistic, read from its round-1 result) against its Sr on all items, as Spearman's rank correlation
+and whether the KL leader is the grid's best by Sr or within the margin of it (``kl_vs_sr``). The per-item
+log-likelihood margin of the correct answer is not measured: items.json keeps each item's metric value only.
+
+    python -m bench.budget_race --simulate [--reps 200]
+
+runs no model: a simulation of the same race (6 candidates, 237 + 197 items in 4 rounds of 64 per task, 15
+documents) on made-up items and KL whose assumptions are in ``simulate``'s docstring and in its output.
 """
 
 from __future__ import annotations
@@ -94,6 +105,7 @@ def race_and_grid(tcr: float, model: str, root: Path, common: list[str]) -> dict
     grid_items = sum(v["items"] for v in full.values())
     best = max(full, key=lambda n: full[n]["sr"] if full[n]["sr"] is not None else -1)
     r = state["race"]
+    kl = {n: s.get("kl") for n, s in r["standings"].items() if s.get("kl") is not None}
     chosen = r["winner"] or r["leader"]
     gap = full[best]["sr"] - full[chosen]["sr"] if chosen in full else None
     return {
@@ -120,11 +132,177 @@ def race_and_grid(tcr: float, model: str, root: Path, common: list[str]) -> dict
         "race_eval_s": round(race_eval, 1),
         "grid_eval_s": round(grid_eval, 1),
         "race_state": str(sweep / "budget.json"),
+        "screened_out": r.get("screened_out") or [],
+        "kl_vs_sr": kl_vs_sr(kl, {n: v["sr"] for n, v in full.items()}, r["margin"]),
         "standings": {
             n: {**s, "full_sr": full[n]["sr"], "full_sr_ci": full[n]["sr_ci"]}
             for n, s in r["standings"].items()
         },
     }
+
+
+def spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None under 3 pairs."""
+    import numpy as np
+
+    if len(a) < 3:
+        return None
+
+    def ranks(x: list[float]) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=float)
+        for v in np.unique(x):  # ties share their mean rank
+            r[x == v] = r[x == v].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kl_vs_sr(kl: dict[str, float], sr: dict[str, float | None], margin: float) -> dict[str, Any]:
+    """Does the screen's statistic rank the candidates as Sr on all items does? Spearman of -KL against Sr,
+    and the KL leader's Sr gap to the grid's best (within the margin or not)."""
+    names = [n for n in kl if sr.get(n) is not None]
+    if not names:
+        return {"candidates": 0, "spearman": None, "kl_leader": None}
+    best = max(names, key=lambda n: sr[n])
+    leader = min(names, key=lambda n: kl[n])
+    gap = sr[best] - sr[leader]
+    return {
+        "candidates": len(names),
+        "spearman": spearman([-kl[n] for n in names], [sr[n] for n in names]),
+        "kl_leader": leader,
+        "sr_best": best,
+        "kl_leader_gap_points": 100 * gap,
+        "kl_leader_within_margin": gap <= margin + 1e-12,
+    }
+
+
+# The full-suite Sr of the 6 candidates per target (bench/results/budget_race_smollm2_135m.md, 2026-12-06,
+# before issue 26/27's changes), the dense SmolLM2's accuracy on the first 100 items of each task (its cached
+# baseline), and the spread of log per-document KL over the 15 documents (sparsegpt 25% + gptq w4 on SmolLM2,
+# outputs/issue27: 0.101): the simulation's inputs.
+SIM_SR = {
+    0.8125: [0.900, 0.888, 0.879, 0.873, 0.671, 0.575],
+    0.875: [0.803, 0.767, 0.605, 0.572, 0.268, 0.252],
+}
+SIM_TASKS = {"jc_lastword": (237, 0.39), "jc_nextsentence": (197, 0.55)}
+SIM_DOCS, SIM_DOC_SD, SIM_KL_REF = 15, 0.10, 0.43
+
+
+def simulate(reps: int, seed: int = 0) -> dict[str, Any]:
+    """The screen-and-confirm race on made-up items and KL, per target and per ``tau``. Assumptions, stated in
+    the output: (1) the candidates' true Sr are the grid's full-suite Sr above; (2) dense answers are right with
+    the measured rates; a candidate turns a right dense answer wrong with probability q and a wrong one right
+    with 0.05, q set so its expected Sr is the true one, independently of the other candidates given the dense
+    answers (real candidates share flips, which helps Sr: this is conservative for the Sr side); (3) per
+    document, log KL = mu_c + d_j + e_cj, d_j ~ N(0, 0.10) (the measured spread, shared by every candidate),
+    e_cj ~ N(0, 0.05) (assumed); (4) mu_c = log 0.43 + log((1 - Sr_c) / (1 - Sr_ref)) + tau z_c, z_c ~ N(0, 1):
+    KL proportional to the accuracy lost, times a recipe-level disagreement of tau e-folds (tau = 0: KL ranks as
+    Sr does; the real tau is what the SmolLM2 rerun measures). Reported per (target, tau): Spearman of -KL
+    against the true Sr, the outcome (winner / equivalent / no claim), whether the winner (or, without one,
+    the claimed set) contains the true Sr best or one within the margin, and the race's items over the
+    grid's (KL counted as its 15 prose documents per candidate; the grid 6 x 449)."""
+    import numpy as np
+
+    from jcexp import race
+
+    rng = np.random.default_rng(seed)
+    chunk, looks = 64, 4
+    out_rows = []
+    for tcr, srs in SIM_SR.items():
+        names = [f"c{i}" for i in range(len(srs))]
+        true = dict(zip(names, srs, strict=True))
+        best = max(true.values())
+        grid = len(names) * (sum(n for n, _ in SIM_TASKS.values()) + SIM_DOCS)
+        for tau in (0.0, 0.1, 0.25, 0.5):
+            tally = {"winner": 0, "equivalent": 0, "no claim": 0, "good": 0, "share": [], "rho": []}
+            for _ in range(reps):
+                dense, models = {}, {n: {} for n in names}
+                for task, (n, p) in SIM_TASKS.items():
+                    d = rng.random(n) < p
+                    dense[task] = d.astype(float)
+                    for name in names:
+                        q = 1 - true[name] + (1 - p) * 0.05 / p
+                        u = rng.random(n)
+                        models[name][task] = np.where(d, u >= q, u < 0.05).astype(float)
+                ref = 1 - srs[0]
+                mu = {n: np.log(SIM_KL_REF) + np.log((1 - true[n]) / ref) + tau * rng.normal() for n in names}
+                doc = rng.normal(0, SIM_DOC_SD, SIM_DOCS)
+                kl = {
+                    n: {
+                        str(j): float(v)
+                        for j, v in enumerate(np.exp(mu[n] + doc + rng.normal(0, 0.05, SIM_DOCS)))
+                    }
+                    for n in names
+                }
+                tally["rho"].append(spearman([-mu[n] for n in names], [true[n] for n in names]))
+                r = race.Race(names, looks)
+                for k in range(1, looks + 1):
+                    take = {
+                        name: {t: dict(enumerate(v[t][: k * chunk])) for t in SIM_TASKS}
+                        for name, v in models.items()
+                        if name in r.alive
+                    }
+                    r.look(
+                        k,
+                        {t: dict(enumerate(v[: k * chunk])) for t, v in dense.items()},
+                        take,
+                        list(SIM_TASKS),
+                        kl=kl,
+                    )
+                    if r.done:
+                        break
+                claimed = (
+                    [r.winner]
+                    if r.outcome == "winner"
+                    else r.unseparated
+                    if r.outcome == "equivalent"
+                    else []
+                )
+                tally[r.outcome if r.outcome in ("winner", "equivalent") else "no claim"] += 1
+                tally["good"] += bool(claimed) and any(best - true[n] <= r.margin for n in claimed)
+                used = sum(s.items + SIM_DOCS for s in r.standings.values()) + SIM_DOCS * len(names)
+                tally["share"].append(used / grid)
+            out_rows.append(
+                {
+                    "tcr": tcr,
+                    "tau": tau,
+                    "spearman": round(float(np.mean(tally["rho"])), 3),
+                    "winner": tally["winner"] / reps,
+                    "equivalent": tally["equivalent"] / reps,
+                    "no_claim": tally["no claim"] / reps,
+                    "claim_within_margin_of_best": tally["good"] / reps,
+                    "items_share_mean": round(float(np.mean(tally["share"])), 3),
+                    "items_share_max": round(float(np.max(tally["share"])), 3),
+                }
+            )
+    payload = {
+        "machine": machine(),
+        "reps": reps,
+        "seed": seed,
+        "assumptions": simulate.__doc__,
+        "rows": out_rows,
+    }
+    md = [
+        "# The budget race's KL screen, simulated (no model)",
+        "",
+        f"`python -m bench.budget_race --simulate --reps {reps}` (seed {seed}); {payload['machine']['cpu']}, "
+        f"{payload['machine']['cores']} cores, {payload['machine']['date']}. Shares are over {reps} races; "
+        f"a share's 95% Monte Carlo half-width is at most {1.96 * 0.5 / reps**0.5:.3f}.",
+        "",
+        "Assumptions (the real SmolLM2 measurement needs `python -m bench.budget_race`):",
+        "",
+        *["    " + line.strip() for line in (simulate.__doc__ or "").splitlines()],
+        "",
+        table(out_rows, list(out_rows[0])),
+    ]
+    write("budget_screen_simulation", payload, "\n".join(md) + "\n")
+    return payload
 
 
 def main() -> None:
@@ -134,6 +312,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=None, help="outputs (default: a temp dir)")
     parser.add_argument("--shared-models", type=Path, default=None, help="converted models to reuse")
     parser.add_argument("--num-samples", type=int, default=16, help="calibration windows (the study's 16)")
+    parser.add_argument("--simulate", action="store_true", help="the screen's simulation only (no model)")
+    parser.add_argument("--reps", type=int, default=200, help="simulated races per setting (--simulate)")
     args = parser.parse_args()
     root = args.root or Path(tempfile.mkdtemp(prefix="jcexp-budget-"))
     if args.shared_models:  # the GGUF conversion is set-up, not part of either side
@@ -148,6 +328,9 @@ def main() -> None:
     ]
     if args.model == "tiny_random":
         common += ["benchmark=tiny", "benchmark.limit=null", "calibration.seq_len=64"]
+    if args.simulate:
+        simulate(args.reps)
+        return
     rows = [race_and_grid(t, args.model, root, common) for t in args.tcr]
     payload = {"machine": machine(), "model": args.model, "root": str(root), "rows": rows}
     columns = [

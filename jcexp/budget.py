@@ -32,6 +32,28 @@ def scored_items(result: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return items.scores(dense), items.scores(own)
 
 
+def document_kl(result: dict[str, Any]) -> dict[str, float]:
+    """The run's per-document KL(dense || compressed) in nats per token, "task/doc" -> KL (the KL sum over the
+    document's scored tokens divided by their number; jcexp/items.py's ``divergence``), what the race's screen
+    reads; {} when the run recorded none (no perplexity task, or a result from before distribution-level
+    retention)."""
+    per_document = items.divergence(items.read(result["run_dir"]))
+    return {doc: v[0] / v[1] for doc, v in per_document.items() if v[1] > 0}
+
+
+def kl_items(result: dict[str, Any], kl: dict[str, float]) -> float:
+    """The KL's cost in items, by issue 26's rule: the share of the held-out prose its documents cover, times
+    the prose's documents (the perplexity tasks' items, ``n_samples`` "original"). The KL forward reads each
+    document it covers whole (jcexp/divergence.py), so the share of documents is the share of the tokens."""
+    own = items.read(result["run_dir"]) or {}
+    prose = sum(
+        ((result.get("n_samples") or {}).get(t) or {}).get("original", 0) for t in own.get("perplexity", {})
+    )
+    if not prose or not kl:
+        return 0.0
+    return min(1.0, len(kl) / prose) * prose
+
+
 def measured(result: dict[str, Any], recipe: race.Recipe, group_size: int | None) -> dict[str, Any]:
     """What a candidate's result measured, for budget.md: bits per weight (the value bits of the kept weights,
     the scale and zero-point bits read from the saved checkpoint, the mask), sparsity, its compute time."""
@@ -52,8 +74,11 @@ def measured(result: dict[str, Any], recipe: race.Recipe, group_size: int | None
             for k, v in stages.items()
             if k in ("prune", "quantize", "load_pruned") and not v.get("from_cache")
         ),
+        # The KL forward ("kld") is evaluation too: every round's job runs it again on the same documents.
         "eval_seconds": sum(
-            (v.get("seconds") or 0.0) for k, v in stages.items() if k in ("eval", "eval_dense")
+            (v.get("seconds") or 0.0)
+            for k, v in stages.items()
+            if k in ("eval", "eval_dense", "kld", "kld_dense")
         )
         if not result.get("resumed_from")
         else 0.0,
@@ -84,7 +109,13 @@ def markdown(state: dict[str, Any]) -> str:
         f"`benchmark.ci_chunk={state['chunk']}` items per task.",
         "",
     ]
-    if r["outcome"] == "winner":
+    if r["outcome"] == "winner" and r.get("screened_out"):
+        lines.append(
+            f"**Claim: {r['winner']} wins** among the candidates the KL screen kept (every other one was "
+            f"dropped on Sr); screened out as farther from the dense model in KL (a claim about KL, not Sr): "
+            f"{', '.join(r['screened_out'])}."
+        )
+    elif r["outcome"] == "winner":
         lines.append(f"**Claim: {r['winner']} wins** (every other candidate was separated from it).")
     elif r["outcome"] == "equivalent":
         lines.append(
@@ -104,8 +135,9 @@ def markdown(state: dict[str, Any]) -> str:
         lines.append(f"**No result: {r['outcome']}.**")
     lines += [
         "",
-        "| candidate | TCr | bits/weight | Sr | Sr interval | vs leader | rounds | items | status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| candidate | TCr | bits/weight | KL (nats/token) | KL / KL leader's | Sr | Sr interval | vs leader | rounds "
+        "| items | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(
         state["candidates"],
@@ -128,8 +160,11 @@ def markdown(state: dict[str, Any]) -> str:
         if c.get("bits_source") == "estimated":
             bits += " (est.)"
         sr = "n/a" if s["sr"] is None else f"{s['sr']:.3f}"
+        kl = "" if s.get("kl") is None else f"{s['kl']:.3g}"
+        ratio = "" if s.get("kl_ratio_ci") is None else f"{s['kl_ratio']:.2f} [{s['kl_ratio_ci'][0]:.2f}, "
+        ratio += "" if s.get("kl_ratio_ci") is None else f"{s['kl_ratio_ci'][1]:.2f}]"
         lines.append(
-            f"| {c['name']} | {c['tcr']:.4f} | {bits} | {sr} | {_ci(s['sr_ci'])} | {diff} | "
+            f"| {c['name']} | {c['tcr']:.4f} | {bits} | {kl} | {ratio} | {sr} | {_ci(s['sr_ci'])} | {diff} | "
             f"{s['rounds']} | {s['items']} | {status} |"
         )
     if state.get("excluded"):
@@ -145,7 +180,17 @@ def markdown(state: dict[str, Any]) -> str:
         "## How it was decided",
         "",
         f"Rounds evaluate every surviving candidate on the next `ci_chunk` items of one seeded order "
-        f"(seed {state['seed']}); the dense model's items are scored once and shared. A candidate is dropped when "
+        f"(seed {state['seed']}); the dense model's items are scored once and shared. "
+        + (
+            "The first round screens on each candidate's per-document KL to the dense model on the held-out "
+            "prose (KL column: geometric mean over documents): a candidate whose interval of KL / the KL "
+            "leader's lies above 1 (Student t on the documents' log ratios, df = documents - 1, and the exact "
+            f"sign-flip test, each at level {r['screen_level']:.6f}) is screened out, a claim about KL only; the "
+            "claims about Sr are made among the candidates kept. "
+            if r.get("screen_level") and r.get("screened")
+            else "No KL screen (no candidate recorded per-document KL). "
+        )
+        + f"A candidate is dropped when "
         f"the interval of its Sr minus the leader's lies below 0 (and the two disagree on at least "
         f"{r['min_discordant']} items); survivors whose intervals against the leader all lie inside the margin "
         f"(with the same floor) are claimed equivalent. Intervals: {r['method']}; each difference at level "
@@ -158,8 +203,10 @@ def markdown(state: dict[str, Any]) -> str:
         f"from the saved checkpoint (est.: 16 per group), and the mask (1 bit per weight unstructured, "
         f"log2 C(M, N) / M for N:M).",
         "",
-        f"Items scored: {state['items']['race']} by the race ({state['items']['grid']} for the whole grid, "
-        f"{state['items']['share']:.0%}). Compression: {state['seconds']['compress']:.1f} s, evaluation "
+        f"Items scored: {state['items']['race']:g} by the race ({state['items']['grid']} for the whole grid, "
+        f"{state['items']['share']:.0%}; the KL counted as the share of the held-out prose it covers times its "
+        f"documents, once per candidate: {state['items'].get('kl', 0):g} of the race's). "
+        f"Compression: {state['seconds']['compress']:.1f} s, evaluation "
         f"{state['seconds']['eval']:.1f} s (this invocation; reused rounds cost nothing).",
     ]
     return "\n".join(lines) + "\n"

@@ -12,10 +12,13 @@ the candidate-vs-leader comparison is paired by document: ``d_j = log KL_c(j) - 
 comparison is scale-free, documents whose KL is large for both do not dominate, and per-document KL is roughly
 log-normal, which a t interval suits), ``b`` the candidate with the lowest mean log KL (the KL leader). With few
 documents (15 on the offline suite) the interval is Student's t with ``n - 1`` degrees of freedom (quantile
-computed exactly here, ``t_quantile``), and a drop also needs the exact two-sided sign test on the same
-differences at the same level (``screen_interval``: with 15 documents all 15 must point the same way at six
-candidates' per-pair level), so neither a collapsed t interval nor one skewed document decides it, and at
-least ``MIN_SCREEN_DOCUMENTS`` documents. A candidate whose interval of (its mean log KL - the KL leader's) lies
+computed exactly here, ``t_quantile``), and a drop also needs the two-sided sign-flip (randomization) test of
+the same differences at the same level (``sign_flip_test``: exact, all 2^n sign patterns up to 16 documents,
+under the null that the two recipes' KLs are exchangeable per document; its smallest p-value is 2 / 2^n, so a
+collapsed t interval on few documents cannot decide), and at least ``MIN_SCREEN_DOCUMENTS`` documents. (An
+exact sign test in its place, tried first, needed all 15 documents to point the same way at six candidates'
+per-pair level: in the simulation of bench/budget_race.py it left two near candidates unscreened in about half
+of the races.) A candidate whose interval of (its mean log KL - the KL leader's) lies
 above ``log(1 + screen_margin)`` (0: strictly farther) is **screened out**: a claim about KL only ("farther
 from the dense model's predictions than the KL leader, on these documents"), recorded with that interval,
 never a claim about its Sr. The screen reads the KL once (the first round that has it): later rounds recompute
@@ -46,7 +49,7 @@ One error budget, ``alpha = 1 - level``, split over every interval the race coul
 them cover together with probability at least ``level`` and every claim above is valid however the race ran):
 ``screen_share`` of alpha (``SCREEN_SHARE`` = 1/4 by default: 0.0125 of 0.05) goes to the screen, one look at
 the ``P = C (C - 1) / 2`` pairs of ``C`` candidates (the KL leader is chosen by the data, so every pair counts),
-each KL interval and sign test at ``1 - screen_share alpha / P``; the rest (3/4: 0.0375) goes to Sr, over ``K``
+each KL interval and sign-flip test at ``1 - screen_share alpha / P``; the rest (3/4: 0.0375) goes to Sr, over ``K``
 rounds times the ``P`` pairs' differences plus the ``C`` candidates' own Sr intervals, each at
 ``1 - (1 - screen_share) alpha / (K (P + C))`` (the intervals of jcexp/anytime.py: a paired delta-method interval
 with pseudo-items, Bonferroni over the looks). Without per-document KL (``screen_share=0``, what the sweeper
@@ -59,6 +62,7 @@ runs the rounds.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -244,13 +248,38 @@ def t_quantile(level: float, df: int) -> float:
     return hi
 
 
-def sign_test(above: int, n: int) -> float:
-    """The exact two-sided sign test's p-value for ``above`` of ``n`` paired differences on one side."""
+FLIP_EXACT_UP_TO = 16  # documents: every one of the 2^n sign patterns; above, FLIP_DRAWS random ones
+FLIP_DRAWS = 1 << 16
+
+
+@functools.lru_cache(maxsize=8)
+def _signs(n: int) -> np.ndarray:
+    """Every pattern of n signs (2^n x n), or FLIP_DRAWS seeded random patterns when n > FLIP_EXACT_UP_TO."""
+    if n <= FLIP_EXACT_UP_TO:
+        return 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(float)
+    return np.random.default_rng(n).choice([-1.0, 1.0], size=(FLIP_DRAWS, n))
+
+
+def sign_flip_test(d: Sequence[float]) -> float:
+    """The two-sided sign-flip (randomization) test of mean 0 for paired differences ``d``: the share of sign
+    patterns whose |mean| reaches the observed one. Exact for any n under the null that each difference is as
+    likely positive as negative (the two recipes' KLs exchangeable per document); the smallest p-value is
+    2 / 2^n (0.25 on 3 documents), so differences all alike, whose t interval has width 0, cannot decide on
+    few documents. Over FLIP_EXACT_UP_TO documents a Monte Carlo p-value, (1 + hits) / (1 + draws), still valid."""
+    d = np.asarray(d, dtype=float)
+    n = len(d)
     if n == 0:
         return 1.0
-    k = max(above, n - above)
-    tail = sum(math.comb(n, j) for j in range(k, n + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    observed = abs(float(d.sum()))
+    tol = 1e-12 * max(1.0, observed)
+    if n <= FLIP_EXACT_UP_TO:
+        # Every pattern's sum as the outer sum of the two halves' pattern sums (2^h + 2^(n-h) products, not
+        # 2^n x n: the race calls this for every pair).
+        h = n // 2
+        sums = np.add.outer(_signs(h) @ d[:h], _signs(n - h) @ d[h:]) if h else _signs(n) @ d
+        return int((np.abs(sums) >= observed - tol).sum()) / 2**n
+    hits = int((np.abs(_signs(n) @ d) >= observed - tol).sum())
+    return (1 + hits) / (1 + FLIP_DRAWS)
 
 
 def screen_interval(
@@ -259,13 +288,15 @@ def screen_interval(
     """The screen's interval: (candidate's mean log per-document KL) - (the leader's), paired over the documents
     both have, Student's t with n - 1 degrees of freedom at ``level``; ``ratio`` and ``ratio_ci`` are its
     exponentials (the ratio of the geometric-mean KLs). ``above``: documents on which the candidate's log KL
-    exceeds the leader's by more than log(1 + ``margin``), ``sign_p`` the exact sign test of that count.
-    ``apart``: the interval lies above log(1 + margin) and the sign test is at ``1 - level`` or under (the
-    screen's drop needs both). Values are nats/token per document."""
+    exceeds the leader's by more than log(1 + ``margin``); ``flip_p`` the sign-flip test of the differences less
+    log(1 + margin) (``sign_flip_test``). ``apart``: the interval lies above log(1 + margin) and the sign-flip
+    test is at ``1 - level`` or under (the screen's drop needs both: the t interval is approximate with few
+    documents, the sign-flip test exact under its null and never decided by a collapsed interval). Values are
+    nats/token per document."""
     docs = [d for d in candidate if d in leader]
     n = len(docs)
     out: dict[str, Any] = {"n": n, "point": None, "ci": None, "ratio": None, "ratio_ci": None, "level": level}
-    out.update({"above": None, "sign_p": None, "apart": False})
+    out.update({"above": None, "flip_p": None, "apart": False})
     if n < 2:
         return out
     d = np.log(np.maximum([candidate[i] for i in docs], KL_FLOOR)) - np.log(
@@ -276,7 +307,7 @@ def screen_interval(
     ci = [point - half, point + half]
     floor = math.log1p(margin)
     above = int((d > floor).sum())
-    sign_p = sign_test(above, n)
+    flip_p = sign_flip_test(d - floor)
     return {
         **out,
         "point": point,
@@ -284,8 +315,8 @@ def screen_interval(
         "ratio": math.exp(point),
         "ratio_ci": [math.exp(ci[0]), math.exp(ci[1])],
         "above": above,
-        "sign_p": sign_p,
-        "apart": ci[0] > floor and 2 * above > n and sign_p <= 1 - level,
+        "flip_p": flip_p,
+        "apart": ci[0] > floor and point > floor and flip_p <= 1 - level,
     }
 
 
@@ -314,7 +345,7 @@ class Standing:
     kl_versus: str | None = None
     kl_ratio: float | None = None
     kl_ratio_ci: list[float] | None = None
-    kl_sign_p: float | None = None
+    kl_flip_p: float | None = None
     screened_round: int | None = None
     screen: str | None = None  # "screened out", "kept" or "not screened", with why in screen_why
     screen_why: str | None = None
@@ -386,7 +417,7 @@ class Race:
 
     @property
     def screen_level(self) -> float | None:
-        """Each KL screen interval's (and sign test's) level: the screen's share of alpha over the pairs."""
+        """Each KL screen interval's (and sign-flip test's) level: the screen's share of alpha over the pairs."""
         if self.screen_share == 0:
             return None
         return anytime.look_level(1 - (1 - self.level) * self.screen_share, self.screen_intervals)
@@ -501,7 +532,7 @@ class Race:
 
     def _screen(self, round_: int, kl: Mapping[str, Mapping[Any, float]]) -> dict[str, str]:
         """The KL screen's one look: every live candidate with per-document KL against the KL leader (the lowest
-        mean log KL); those whose interval lies above log(1 + screen_margin), with the sign test agreeing, are
+        mean log KL); those whose interval lies above log(1 + screen_margin), with the sign-flip test agreeing, are
         screened out (a claim about KL). Candidates without KL, or with fewer than ``min_screen_documents``
         documents shared with the leader, are not screened. Returns {name: why} of those screened out."""
         self.screened = True
@@ -526,12 +557,8 @@ class Race:
                 s.screen, s.screen_why = "kept", "the KL leader (lowest geometric-mean KL to dense)"
                 continue
             got = screen_interval(have[name], have[best], level, self.screen_margin)
-            s.kl_versus, s.kl_ratio, s.kl_ratio_ci, s.kl_sign_p = (
-                best,
-                got["ratio"],
-                got["ratio_ci"],
-                got["sign_p"],
-            )
+            s.kl_versus, s.kl_ratio, s.kl_ratio_ci = best, got["ratio"], got["ratio_ci"]
+            s.kl_flip_p = got["flip_p"]
             s.kl_documents = got["n"]
             if got["n"] < self.min_screen_documents:
                 s.screen = "not screened"
@@ -539,7 +566,7 @@ class Race:
                 continue
             text = (
                 f"KL to dense {_ratio(got['ratio_ci'])} x {best}'s on {got['n']} documents "
-                f"(t, df {got['n'] - 1}, level {level:.6f}; sign test p {got['sign_p']:.2g}, {got['above']} of "
+                f"(t, df {got['n'] - 1}, level {level:.6f}; sign-flip test p {got['flip_p']:.2g}, {got['above']} of "
                 f"{got['n']} documents above)"
             )
             if got["apart"]:
@@ -667,7 +694,7 @@ class Race:
         return (
             f"one error budget of {alpha:.2g} split (Bonferroni): KL screen {alpha * self.screen_share:.4g} over "
             f"{self.screen_intervals} intervals (one look at {self.pairs} pairs: paired mean log per-document KL, "
-            f"Student t with documents - 1 df, and the exact sign test); {sr}"
+            f"Student t with documents - 1 df, and the sign-flip test); {sr}"
         )
 
 

@@ -107,8 +107,12 @@ class WandbTracker:
             "items",
             "alive",
             "why",
-            "verdict",  # what the race concluded about it (jcexp/race.py: winner, dropped, equivalent, no claim)
+            "verdict",  # jcexp/race.py: winner, screened out, dropped, equivalent, no claim
             "reason",
+            "kl",  # geometric-mean per-document KL to dense, nats/token (the race's screen)
+            "kl_ratio",  # its KL / the KL leader's, with the screen's interval
+            "kl_ratio_lo",
+            "kl_ratio_hi",
         ]
         rows = []
         for c in state["candidates"]:
@@ -127,6 +131,9 @@ class WandbTracker:
                     s["why"],
                     s.get("verdict"),
                     s.get("reason"),
+                    s.get("kl"),
+                    s.get("kl_ratio"),
+                    *(s.get("kl_ratio_ci") or [None, None]),
                 ]
             )
         payload: dict[str, Any] = {
@@ -142,6 +149,7 @@ class WandbTracker:
                 "claim": r.get("claim"),
                 "winner": r["winner"],
                 "unseparated": ", ".join(r["unseparated"]),
+                "screened_out": ", ".join(r.get("screened_out") or []),
                 "frontier": ", ".join(state.get("frontier") or []),
                 "items_share": state["items"]["share"],
             }

@@ -84,22 +84,29 @@ SAME = [
 ]
 
 
-def test_a_clearly_worse_candidate_is_dropped_in_an_early_round(bench):
+# The held-out prose as a perplexity task beside the dense-choice items: each run records per-document KL to
+# dense on its 15 documents (jcexp/divergence.py), which the race screens on.
+PROSE = ["+benchmark.perplexity.jc_prose_ppl='word_perplexity,none'"]
+
+
+def test_a_clearly_worse_candidate_is_screened_out_by_kl_in_the_first_round(bench):
     root, benchmark = bench
     sweep = root / "worse"
-    state = _race(root, [*WORSE, *benchmark], sweep)
+    state = _race(root, [*WORSE, *benchmark, *PROSE], sweep)
     r = state["race"]
     assert [c["name"] for c in state["candidates"]] == ["rtn w2 g64", "rtn w4 g64"]
     bad = r["standings"]["rtn w2 g64"]
-    assert not bad["alive"] and bad["dropped_round"] <= 3 < r["looks"], bad
-    assert bad["diff_ci"][1] < 0 and "below rtn w4 g64" in bad["why"]
-    assert r["outcome"] == "winner" and r["winner"] == "rtn w4 g64"
+    assert r["screened"] and r["screen_share"] == 0.25 and r["screened_out"] == ["rtn w2 g64"]
+    assert not bad["alive"] and bad["screened_round"] == 1 < r["looks"], bad
+    assert bad["kl_versus"] == "rtn w4 g64" and bad["kl_ratio_ci"][0] > 1 and bad["kl_documents"] == 15
+    assert r["outcome"] == "winner" and r["winner"] == "rtn w4 g64" and len(r["rounds"]) == 1
     text = (sweep / "budget.md").read_text()
-    assert "**Claim: rtn w4 g64 wins**" in text and "below rtn w4 g64 at round" in text
-    assert bad["verdict"] == "dropped" and r["standings"]["rtn w4 g64"]["verdict"] == "winner"
+    assert "**Claim: rtn w4 g64 wins** among the candidates the KL screen kept" in text
+    assert "screened out by KL at round 1" in text
+    assert bad["verdict"] == "screened out" and r["standings"]["rtn w4 g64"]["verdict"] == "winner"
     assert (sweep / "budget.png").stat().st_size > 0
-    # Fewer items than the grid: the dropped candidate stopped early, and nothing past the winner's last round.
-    assert state["items"]["race"] < state["items"]["grid"]
+    # Fewer items than the grid; the KL counted once per candidate as its 15 prose documents.
+    assert state["items"]["kl"] == 2 * 15 and state["items"]["race"] < state["items"]["grid"]
     # Every round's job went through the launcher, each in its own directory with its result.
     assert len(list(sweep.glob("*/result.json"))) == r["standings"]["rtn w4 g64"]["rounds"] + bad["rounds"]
 
@@ -231,11 +238,13 @@ def _synthetic_state() -> dict:
 
     rng = np.random.default_rng(0)
     dense = (rng.random(128) < 0.8).astype(float)
-    models = {"a": dense.copy(), "b": np.where(rng.random(128) < 0.5, 1 - dense, dense)}
-    r = race.Race(["a", "b"], looks=2)
+    models = {"a": dense.copy(), "b": np.where(rng.random(128) < 0.5, 1 - dense, dense), "c": dense.copy()}
+    r = race.Race(["a", "b", "c"], looks=2)
     split = {"t": None}
     items = lambda v: {"t": dict(enumerate(v[:64]))}  # noqa: E731
-    r.look(1, items(dense), {n: items(v) for n, v in models.items()}, list(split))
+    # c answers as a does, but its per-document KL to dense is 3x a's on 15 documents: screened out by KL.
+    kl = {n: {str(j): f * (1 + j / 10) for j in range(15)} for n, f in (("a", 0.1), ("b", 0.1), ("c", 0.3))}
+    r.look(1, items(dense), {n: items(v) for n, v in models.items()}, list(split), kl=kl)
     return {
         "target": {"what": "TCr", "value": 0.8125, "tolerance": 0.02},
         "model": "synthetic",
@@ -246,10 +255,11 @@ def _synthetic_state() -> dict:
         "candidates": [
             {"name": "a", "tcr": 0.8125, "bits_per_weight": 4.3, "bits_source": "measured scales"},
             {"name": "b", "tcr": 0.8125, "bits_per_weight": 3.2, "bits_source": "estimated"},
+            {"name": "c", "tcr": 0.8125, "bits_per_weight": 4.6, "bits_source": "estimated"},
         ],
         "excluded": [{"name": "c", "why": "not expressible: nf4 is 4-bit only"}],
         "race": r.to_dict(),
-        "items": {"race": 256, "grid": 512, "share": 0.5},
+        "items": {"race": 192 + 45, "kl": 45, "grid": 3 * 128, "share": 237 / 384},
         "seconds": {"compress": 1.0, "eval": 2.0},
     }
 
@@ -262,7 +272,15 @@ def test_budget_records_and_the_w_and_b_run(tmp_path):
     state = budget.write_outputs(tmp_path, _synthetic_state())
     text = (tmp_path / "budget.md").read_text()
     assert "**Claim: a wins**" in text and "below a at round 1" in text and "nf4 is 4-bit only" in text
-    assert state["frontier"] == ["b", "a"]  # b: fewer bits, lower Sr; a: more bits, higher Sr
+    # The screen's verdict, its interval of KL / the KL leader's, and what the screened-out claim is about.
+    assert "among the candidates the KL screen kept" in text and "a claim about KL, not Sr): c." in text
+    assert "screened out: screened out by KL at round 1: KL to dense [" in text and "| 3.00 [" in text
+    assert state["race"]["standings"]["c"]["verdict"] == "screened out"
+    assert (
+        "45 of the race's" in text and "The first round screens on each candidate's per-document KL" in text
+    )
+    # b: fewer bits, lower Sr; a: more bits, higher Sr (c: a's Sr, more bits)
+    assert state["frontier"] == ["b", "a"]
     assert (tmp_path / "budget.png").stat().st_size > 0
     logged = WandbTracker(mode="offline", dir=str(tmp_path / "wandb"), group="g").log_budget(
         state, tmp_path / "budget.png", name="budget_g"

@@ -148,7 +148,7 @@ class BudgetSweeper(Sweeper):
 
     # ------------------------------------------------------------------------------------------------ race
     def sweep(self, arguments: List[str]) -> Any:
-        from jcexp import budget
+        from jcexp import budget, race
         from jcexp.race import Race
         from jcexp.results import RESULT_FILE, read_json
 
@@ -207,6 +207,7 @@ class BudgetSweeper(Sweeper):
         job_idx, k = 0, 0
         seconds = {"compress": 0.0, "eval": 0.0}
         items_used: dict = {}
+        kl_used: dict = {}  # the KL's items per candidate (counted once: the screen reads it once)
         last: dict = {}
         measured: dict = {}  # each candidate's last result, as budget.measured reads it
         while rce is None or not rce.done:
@@ -216,7 +217,7 @@ class BudgetSweeper(Sweeper):
             log.info("budget race: round %d, %d candidate(s)", k, len(jobs))
             returns = self.launcher.launch(jobs, initial_job_idx=job_idx)
             job_idx += len(jobs)
-            models, dense, failed = {}, None, {}
+            models, dense, failed, kl = {}, None, {}, {}
             for name, ret in zip(alive, returns, strict=True):
                 # The job returns Sr; its record is result.json in its directory (a reused job's too).
                 value = read_json(_job_dir(ret) / RESULT_FILE)
@@ -229,6 +230,11 @@ class BudgetSweeper(Sweeper):
                 seconds["compress"] += got.pop("compress_seconds")
                 seconds["eval"] += got.pop("eval_seconds")
                 items_used[name] = sum(v["effective"] for v in (value.get("n_samples") or {}).values())
+                # Per-document KL to dense: the race's screen reads it once (the first round), so it is counted
+                # once per candidate, as the share of the held-out prose it covers (jcexp/budget.kl_items).
+                kl[name] = budget.document_kl(value)
+                if name not in kl_used:
+                    kl_used[name] = budget.kl_items(value, kl[name])
             if rce is None:
                 looks = max((v["benchmark"]["sequential"]["looks_planned"] for v in last.values()), default=1)
                 rce = Race(
@@ -237,6 +243,9 @@ class BudgetSweeper(Sweeper):
                     level=float(b.level),
                     margin=margin,
                     min_discordant=int(self.config.benchmark.ci_min_discordant),
+                    # One error budget: a share for the KL screen only when the first round recorded KL (known
+                    # before any interval is read; without it all of alpha goes to Sr).
+                    screen_share=race.SCREEN_SHARE if any(kl.values()) else 0.0,
                 )
             for name, cause in failed.items():
                 rce.fail(name, k, cause)
@@ -244,7 +253,7 @@ class BudgetSweeper(Sweeper):
                 rce.outcome = "none left"
             else:
                 tasks = sorted(dense)
-                record = rce.look(k, dense, models, tasks)
+                record = rce.look(k, dense, models, tasks, kl={n: v for n, v in kl.items() if v} or None)
                 log.info(
                     "budget race: round %d leader %s, dropped %s%s",
                     k,
@@ -253,13 +262,14 @@ class BudgetSweeper(Sweeper):
                     f"; stop: {record['stop']}" if "stop" in record else "",
                 )
             state["rounds_run"].append(k)
-            self._snapshot(state, rce, candidates, last, measured, items_used, seconds, sweep_dir)
+            self._snapshot(state, rce, candidates, last, measured, items_used, kl_used, seconds, sweep_dir)
             if self.max_rounds is not None and k >= self.max_rounds and not rce.done:
                 log.info("budget race: stopped after round %d (hydra.sweeper.max_rounds)", k)
                 break
         assert rce is not None
         state = budget.write_outputs(
-            sweep_dir, self._snapshot(state, rce, candidates, last, measured, items_used, seconds, sweep_dir)
+            sweep_dir,
+            self._snapshot(state, rce, candidates, last, measured, items_used, kl_used, seconds, sweep_dir),
         )
         self._track(state, sweep_dir)
         winner = state["race"]["winner"]
@@ -271,8 +281,12 @@ class BudgetSweeper(Sweeper):
         log.info("budget race report: %s", sweep_dir / budget.MARKDOWN_FILE)
         return state
 
-    def _snapshot(self, state, rce, candidates, last, measured, items_used, seconds, sweep_dir) -> dict:
-        """The race so far, written after every round (budget.json)."""
+    def _snapshot(
+        self, state, rce, candidates, last, measured, items_used, kl_used, seconds, sweep_dir
+    ) -> dict:
+        """The race so far, written after every round (budget.json). Items: what each candidate scored (its
+        last round's items, over every task), plus its KL's share of the held-out prose times the prose's
+        documents, once; the grid: every candidate on every item, without a KL."""
         from jcexp import budget
 
         for entry, c in zip(state["candidates"], candidates, strict=True):
@@ -281,10 +295,12 @@ class BudgetSweeper(Sweeper):
         grid = max(
             (sum(v["original"] for v in (last[n].get("n_samples") or {}).values()) for n in last), default=0
         )
-        race_items = sum(items_used.values())
+        kl_items = sum(kl_used.values())
+        race_items = sum(items_used.values()) + kl_items
         state["race"] = rce.to_dict()
         state["items"] = {
             "race": race_items,
+            "kl": kl_items,
             "grid": grid * len(candidates),
             "share": race_items / (grid * len(candidates)) if grid else float("nan"),
         }

@@ -73,6 +73,7 @@ def test_grid_prunes_once_and_shares_the_baseline(grid):
         "fig2_quant_only.png",
         "fig5_joint_vs_quant.png",
         "fig3_srcr.png",
+        "kld.png",  # KL to the dense model and the flip rate, beside Sr (issue 26)
     }
 
 

@@ -363,17 +363,26 @@ def main() -> None:
             "",
             f"## TCr {row['tcr']}",
             "",
-            "| candidate | race Sr (items) | why | full Sr [95% CI] |",
-            "|---|---|---|---|",
+            "| candidate | KL (nats/token) | race Sr (items) | verdict | full Sr [95% CI] |",
+            "|---|---|---|---|---|",
         ]
         for name, s in sorted(row["standings"].items(), key=lambda kv: -(kv[1]["full_sr"] or -1)):
             ci = s["full_sr_ci"]
+            kl = "" if s.get("kl") is None else f"{s['kl']:.3g}"
+            verdict = f"{s.get('verdict')}: {s.get('reason')}" if s.get("verdict") else s["why"] or ""
             md.append(
-                f"| {name} | {s['sr']:.3f} ({s['items']}) | {s['why'] or ('alive' if s['alive'] else '')} | "
+                f"| {name} | {kl} | {s['sr']:.3f} ({s['items']}) | {verdict} | "
                 f"{s['full_sr']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |"
                 if s["sr"] is not None and s["full_sr"] is not None and ci
-                else f"| {name} | n/a | {s['why']} | n/a |"
+                else f"| {name} | {kl} | n/a | {verdict} | n/a |"
             )
+        k = row["kl_vs_sr"]
+        md += [
+            "",
+            f"KL against full-suite Sr: Spearman {k.get('spearman')}; the KL leader {k.get('kl_leader')} is "
+            f"{k.get('kl_leader_gap_points')} points below the grid's best {k.get('sr_best')} "
+            f"(within the margin: {k.get('kl_leader_within_margin')}).",
+        ]
     write(f"budget_race_{args.model}", payload, "\n".join(md) + "\n")
 
 

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="rows64,q_proj,down_proj")
     parser.add_argument("--repeats", type=int, default=2, help="each part's minimum over this many runs")
+    parser.add_argument("--name", default="estimate_columns", help="bench/results/<name>.{json,md}")
     args = parser.parse_args(argv)
     rows = [measure(s, args.repeats) for s in args.shapes.split(",")]
     ops = ops_per_column()
@@ -137,13 +138,13 @@ def main(argv: list[str] | None = None) -> None:
         "ops_per_column": ops,
     }
     md = (
-        f"`flock /tmp/jcexp-heavy.lock python -m bench.case_b_columns --repeats {args.repeats}` "
+        f"`python -m bench.case_b_columns --shapes {args.shapes} --repeats {args.repeats}` "
         f"({torch.get_num_threads()} threads; each part the minimum of {args.repeats} runs)\n\n"
     )
     md += table(rows, ["shape", "rows", "cols", "sweep_s", "factorize_s", "lazy_updates_s", "column_loop_s",
                        "loop_share", "us_per_column", "runs_s", "stock_sweep_s"])  # fmt: skip
     md += f"\n\nOperators per column of the loop (profiler, 256-row slice): {ops}."
-    write("estimate_columns", payload, md)
+    write(args.name, payload, md)
     print(md)
 
 

@@ -77,6 +77,11 @@ HEAD_ONLY = frozenset(
 )
 
 
+# Tails per forward of the tail pass, in units of batch_size: their logits are batch x continuation sized, far
+# below a stock batch's batch x request, so the tail pass takes more rows and runs fewer forwards.
+TAIL_ROWS = 2  # jcexp/memory.py: FLOOR_TAIL_ROWS
+
+
 @dataclass
 class _Group:
     """Requests that share a prefix: their distinct tails, and per request (index, tail row, targets)."""
@@ -159,21 +164,8 @@ class FloorMixin:
 
     @staticmethod
     def _batches(groups: list[_Group], size: int) -> list[list[_Group]]:
-        """Consecutive groups holding at most ``size`` distinct tails in all (one group alone when it has more:
-        its tails then run ``size`` at a time). Each batch's prefixes (at most ``size``) run in one forward."""
-        batches: list[list[_Group]] = []
-        current: list[_Group] = []
-        rows = 0
-        for group in groups:
-            n = len(group.tails)
-            if current and rows + n > size:
-                batches.append(current)
-                current, rows = [], 0
-            current.append(group)
-            rows += n
-        if current:
-            batches.append(current)
-        return batches
+        """Consecutive groups, ``size`` at a time: their prefixes (or whole requests) run in one forward."""
+        return [groups[i : i + size] for i in range(0, len(groups), size)]
 
     def _autocast(self):
         return torch.autocast(
@@ -184,33 +176,25 @@ class FloorMixin:
 
     @torch.no_grad()
     def _score(self, batch: list[_Group], size: int):
-        """Yield (request index, (loglikelihood, is_greedy)) for every request of ``batch``."""
+        """Yield (request index, (loglikelihood, is_greedy)) for every request of ``batch``.
+
+        First pass, one forward, right padded without a mask as stock's batches: the prefix of every group
+        with several tails (keys and values kept), and the whole request of every group with one tail (nothing
+        to share: its tail's hidden states are taken from this pass, saving the second forward). Then the tails
+        of the shared groups, ``TAIL_ROWS x size`` per forward (fewer, longer forwards: on a CPU each forward's
+        per-operation cost is paid per layer; the logits stay batch x continuation sized)."""
         from transformers import DynamicCache
 
         decoder = self.model.get_decoder()
         device = self.device
-        # Prefix pass: no head. Right padding without a mask, as stock's batches.
-        with_prefix = [g for g in batch if g.prefix]
-        cache = None
-        slot = {id(g): i for i, g in enumerate(with_prefix)}
-        if with_prefix:
-            width = max(len(g.prefix) for g in with_prefix)
-            ids = torch.zeros(len(with_prefix), width, dtype=torch.long, device=device)
-            for i, g in enumerate(with_prefix):
-                ids[i, : len(g.prefix)] = torch.tensor(g.prefix, dtype=torch.long, device=device)
-            cache = DynamicCache()  # no config: full layers, every position kept (module docstring)
-            with self._autocast():
-                decoder(input_ids=ids, past_key_values=cache, use_cache=True)
-        # Each tail's requests, answered as soon as its chunk is scored: one chunk's log-probs live at a time.
+        head_only = self._head_only()
         asked: dict[tuple[int, int], list[tuple[int, list[int]]]] = {}
         for g in batch:
             for index, row, targets in g.requests:
                 asked.setdefault((id(g), row), []).append((index, targets))
-        rows = [(g, row, tail) for g in batch for tail, row in g.tails.items()]
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            logp, greedy = self._tails([(g, tail) for g, _, tail in chunk], cache, slot, decoder)
-            for (g, row, _), lp, gr in zip(chunk, logp, greedy, strict=True):
+
+        def answer(rows, logp, greedy):
+            for (g, row), lp, gr in zip(rows, logp, greedy, strict=True):
                 for index, targets in asked[(id(g), row)]:
                     cont = torch.tensor(targets, dtype=torch.long, device=lp.device)
                     # As stock: per-position argmax equal to the continuation, log-probs gathered in the
@@ -218,7 +202,47 @@ class FloorMixin:
                     is_greedy = bool((gr == cont).all())
                     value = torch.gather(lp, 1, cont.unsqueeze(-1)).squeeze(-1).unsqueeze(0)
                     yield index, (float(value.sum()), is_greedy)
+
+        whole = {id(g) for g in batch if head_only and len(g.tails) == 1}
+        first = [(g, g.prefix + next(iter(g.tails)) if id(g) in whole else g.prefix) for g in batch]
+        first = [(g, seq) for g, seq in first if seq]
+        cache, slot = None, {}
+        if first:
+            width = max(len(seq) for _, seq in first)
+            ids = torch.zeros(len(first), width, dtype=torch.long, device=device)
+            for i, (_, seq) in enumerate(first):
+                ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+            shared = any(id(g) not in whole for g, _ in first)
+            cache = DynamicCache() if shared else None  # no config: full layers, every position kept
+            with self._autocast():
+                hidden = decoder(input_ids=ids, past_key_values=cache, use_cache=shared).last_hidden_state
+            slot = {id(g): i for i, (g, _) in enumerate(first) if id(g) not in whole}
+            direct = [(i, g) for i, (g, _) in enumerate(first) if id(g) in whole]
+            if direct:
+                lens = [len(next(iter(g.tails))) for _, g in direct]
+                picked = torch.cat(
+                    [
+                        hidden[i, len(g.prefix) : len(g.prefix) + n]
+                        for (i, g), n in zip(direct, lens, strict=True)
+                    ]
+                )
+                logp, greedy = self._logp(self._head(picked), lens)
+                yield from answer([(g, 0) for _, g in direct], logp, greedy)
+                del logp, greedy, picked
+            del hidden
+        # Each tail's requests, answered as soon as its chunk is scored: one chunk's log-probs live at a time.
+        rows = [(g, row, tail) for g in batch if id(g) not in whole for tail, row in g.tails.items()]
+        per = TAIL_ROWS * size
+        for start in range(0, len(rows), per):
+            chunk = rows[start : start + per]
+            logp, greedy = self._tails([(g, tail) for g, _, tail in chunk], cache, slot, decoder)
+            yield from answer([(g, row) for g, row, _ in chunk], logp, greedy)
             del logp, greedy
+
+    def _logp(self, logits: torch.Tensor, lens: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        greedy = logp.argmax(dim=-1)
+        return list(logp.split(lens)), list(greedy.split(lens))
 
     def _tails(self, chunk, cache, slot, decoder) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One forward of up to batch_size tails on their prefixes' keys and values; per row the log-softmax
@@ -260,9 +284,7 @@ class FloorMixin:
                 logits = self._head(hidden[valid])  # [real positions, vocab]
             else:
                 logits = self.model(input_ids=ids, logits_to_keep=0, **kwargs).logits[valid]
-        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
-        greedy = logp.argmax(dim=-1)
-        return list(logp.split(lens)), list(greedy.split(lens))
+        return self._logp(logits, lens)
 
     def _text_config(self):
         config = self.model.config

@@ -21,8 +21,8 @@ What each term is, and where it was checked (llm-compressor 0.14, lm-eval 0.4.13
   ``batch x (context + max_gen_toks) x 2 x layers x kv_heads x head_dim`` and only the last position's logits.
   With ``evaluator.floor`` (jcexp/hf_floor.py, the hf backend's default) loglikelihood requests take other
   shapes: up to ``batch`` distinct context prefixes run through the decoder with no head (their keys and values
-  kept, then copied once, left-padded, for up to ``batch`` continuation tails), and the logits and log-probs
-  exist only at the tails' positions, ``batch x longest continuation x vocab``, one chunk at a time.
+  kept, then copied once, left-padded, for up to ``2 x batch`` continuation tails), and the logits and log-probs
+  exist only at the tails' positions, ``2 x batch x longest continuation x vocab``, one chunk at a time.
 - compression (llm-compressor's sequential pipeline): the whole model stays in host RAM and one decoder layer
   is onloaded to the compression device with its Hessians (``in_features^2`` float32 per Linear) and the
   solver's workspace; the calibration activations between layers are cached on ``sequential_offload_device``
@@ -399,16 +399,22 @@ def _eval_parts(s: ModelShapes, w: Workload, batch: int, on_host: bool) -> dict[
     return parts
 
 
+# jcexp/hf_floor.py's TAIL_ROWS (not imported: this module stays free of torch): a tail pass runs this many
+# batches' worth of continuation tails.
+FLOOR_TAIL_ROWS = 2
+
+
 def _floor_parts(s: ModelShapes, e: EvalLoad, batch: int, per_token_act: int) -> dict[str, int]:
     """evaluator.floor's loglikelihood batch (jcexp/hf_floor.py): the prefix pass (``n`` prefixes of the longest
     request's length, no head), their keys and values and the tails' left-padded copy of them, then the tail
     pass's activations and its logits and log-probs at the tails' positions only (one chunk at a time)."""
     n = min(batch, e.loglikelihood_count)
+    rows = min(FLOOR_TAIL_ROWS * batch, e.loglikelihood_count)  # a tail pass's rows (hf_floor.TAIL_ROWS)
     length = e.loglikelihood[0]
     tail = min(length, max(e.loglikelihood_continuation, default=length))
     return {
-        "logits": n * tail * s.vocab * s.bytes_per_param,
-        "log_softmax": n * tail * s.vocab * s.bytes_per_param,
+        "logits": rows * tail * s.vocab * s.bytes_per_param,
+        "log_softmax": rows * tail * s.vocab * s.bytes_per_param,
         "activations": n * length * per_token_act + _attention(s, n, length),
         "kv_cache": 2 * n * length * s.kv_bytes_per_token,
     }

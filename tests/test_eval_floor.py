@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
+from jcexp import hf_floor, memory
 from jcexp import lm_eval_worker as worker
 from jcexp.evaluate import evaluate
 from jcexp.hf_floor import FloorHFLM, FloorMixin, split, with_floor
@@ -137,6 +138,21 @@ def test_each_context_runs_once_and_the_head_only_at_scored_positions(compose, n
             h.remove()
     assert calls == [(3, 19), (12, 4)]
     assert sum(torch.Size(s).numel() for s in head) == 3 * (1 + 2 + 3 + 4)
+    # A context with one continuation has nothing to share: its whole request runs once, in the first pass.
+    calls.clear(), head.clear()
+    hooks = [
+        model.get_decoder().register_forward_pre_hook(
+            lambda _m, _a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+        ),
+        model.get_output_embeddings().register_forward_hook(lambda _m, a, _o: head.append(a[0].shape[:-1])),
+    ]
+    try:
+        floor._loglikelihood_tokens(reqs[3::4], disable_tqdm=True)  # the 4-token continuation of each context
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [(3, 23)] and sum(torch.Size(s).numel() for s in head) == 3 * 4
+    assert hf_floor.TAIL_ROWS == memory.FLOOR_TAIL_ROWS  # the preflight counts the tail pass's rows
 
 
 @pytest.mark.parametrize(

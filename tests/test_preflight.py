@@ -96,8 +96,8 @@ def test_loglikelihood_peak_holds_the_previous_batch():
 
 def test_floor_logits_follow_the_continuation_not_the_request(compose):
     """evaluator.floor (jcexp/hf_floor.py): logits and log-probs at the tails' positions only, batch x longest
-    continuation x vocab; Gemma 3's vocabulary at batch 8 on 250-token requests with 30-token continuations
-    keeps about an eighth of stock's logits. The hf evaluators set it, vLLM and floor=false do not."""
+    continuation x vocab, 2 x batch tails at a time; Gemma 3's vocabulary at batch 8 on 250-token requests with
+    30-token continuations keeps a sixth of stock's logits. The hf evaluators set it, vLLM and floor=false do not."""
     gemma = replace(SHAPES, vocab=262_144, hidden=640)
     ev = EvalLoad(
         batch=8,
@@ -112,7 +112,7 @@ def test_floor_logits_follow_the_continuation_not_the_request(compose):
         return part(est, "eval", "logits") + part(est, "eval", "log_softmax")
 
     assert logits(stock) == 3 * 8 * 250 * gemma.vocab * 4  # batch i's logits and log-probs, batch i-1's
-    assert logits(floor) == 2 * 8 * 30 * gemma.vocab * 4
+    assert logits(floor) == 2 * (2 * 8) * 30 * gemma.vocab * 4  # a tail pass takes 2 x batch tails
     assert part(floor, "eval", "kv_cache") == 2 * 8 * 250 * gemma.kv_bytes_per_token
     assert part(floor, "eval", "activations") == part(stock, "eval", "activations")
     assert memory.estimate_from_dict(floor.to_dict()).to_dict() == floor.to_dict()

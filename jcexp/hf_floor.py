@@ -263,15 +263,19 @@ class FloorMixin:
             # Left-padded to the longest prefix: a query's distance to each cached key stays the true one.
             mask = torch.zeros(n, past + width, dtype=torch.long, device=device)
             source = torch.tensor([slot.get(id(g), 0) for g, _ in chunk], device=device)
+            # Row r's cached position j - (past - p_r) lands at j; the positions left of it are masked (they
+            # take position 0's values). One gather per tensor and layer: on a CPU, per-row copies cost more
+            # per operation than they move.
+            shift = (
+                torch.arange(past, device=device).unsqueeze(0)
+                - (past - torch.tensor(plen, device=device))[:, None]
+            )
+            index = shift.clamp(min=0)[:, None, :, None]
             rows_cache = DynamicCache()
             for layer, entry in enumerate(cache.layers):
-                keys = entry.keys.new_zeros(n, *entry.keys.shape[1:2], past, entry.keys.shape[-1])
-                values = entry.values.new_zeros(n, *entry.values.shape[1:2], past, entry.values.shape[-1])
-                picked_k, picked_v = entry.keys.index_select(0, source), entry.values.index_select(0, source)
-                for r, p in enumerate(plen):
-                    if p:
-                        keys[r, :, past - p :] = picked_k[r, :, :p]
-                        values[r, :, past - p :] = picked_v[r, :, :p]
+                k, v = entry.keys.index_select(0, source), entry.values.index_select(0, source)
+                keys = k.gather(2, index.expand(n, k.shape[1], past, k.shape[-1]))
+                values = v.gather(2, index.expand(n, v.shape[1], past, v.shape[-1]))
                 rows_cache.update(keys, values, layer)
             for r, p in enumerate(plen):
                 mask[r, past - p : past + lens[r]] = 1

@@ -172,7 +172,7 @@ def _pairs(claim) -> list[tuple[str, str]]:
     return [tuple(x if x == "dense" else x["config_hash"] for x in pair) for pair in claim.compared()]
 
 
-def test_issue_27_claims_read_the_paper_s_runs(tmp_path):
+def test_issue_27_claims_read_the_paper_s_runs(tmp_path, monkeypatch):
     """Each claim of issue 27 item 4: its expectation, the runs it reads and the pairs its discordance floor
     counts; the MATH row is judged as untestable and left out of the family."""
     study_root = _study(tmp_path, extra=True)
@@ -222,11 +222,20 @@ def test_issue_27_claims_read_the_paper_s_runs(tmp_path):
     math = by["MATH is the task most sensitive to compression, in every experiment"]
     assert math.untestable == paper_study.MATH_UNTESTABLE and math.papers
 
+    # A spy on the family (the real function runs): the untestable row never reaches it, even as an undefined
+    # statistic that the family would drop on its own.
+    passed: list[int] = []
+    real = paired.family_intervals
+    monkeypatch.setattr(
+        paired,
+        "family_intervals",
+        lambda models, stats, **kw: passed.append(len(stats)) or real(models, stats, **kw),
+    )
     judged, family = paper_study.judge(paper_study.Study(study_root), margin=0.05, resamples=200)
     jb = _by_text(judged)
     assert jb[math.text].verdict == paper_study.MATH_UNTESTABLE and jb[math.text].adjusted is None
     measured = [j for j in judged if j.claim.papers and "ci_adjusted" in j.result]
-    assert family == len(measured) and math.text not in {j.claim.text for j in measured}
+    assert family == len(measured) == passed[0] and math.text not in {j.claim.text for j in measured}
     # The statistics are what their text says, on the runs' own Sr (all items shared here).
     sr = {r["config_hash"]: r["metrics"]["sr"] for r in paper_study.Study(study_root).runs}
     est = jb[

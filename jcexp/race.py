@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from jcexp import anytime, metrics, verdicts
+from jcexp import anytime, metrics, paired, verdicts
 
 SCALE_BITS = 16  # one fp16/bf16 scale per group (compressed-tensors stores them in the model's 16-bit dtype)
 DEFAULT_TCR_TOLERANCE = 0.02
@@ -488,7 +488,7 @@ class Race:
             d = anytime.delta_interval_aligned(aligned, anytime.difference(), self.difference_level)
             # The floor counts the items on which the candidate and the leader disagree, not those on which
             # either differs from the dense model (a candidate identical to the leader counts 0).
-            disagree = sum(int((a[1] != a[2]).sum()) for a in aligned.values())
+            disagree = paired.discordant(aligned, [(1, 2)])
             s.versus, s.diff, s.diff_ci, s.discordant = leader, d["point"], d["ci"], disagree
             if d["ci"] is None:
                 inside_margin, open_question = False, True

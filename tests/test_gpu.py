@@ -84,3 +84,22 @@ def test_smollm2_point_scored_by_vllm_agrees_with_hf(compose, tmp_path):
     comparison = vllm_comparison(hf, vllm)
     assert comparison["tolerance"] == VLLM_TOLERANCE and comparison["rows"]
     assert comparison["disagreements"] == [], comparison["disagreements"]
+
+
+@pytest.mark.parametrize("name", ["tiny_random", "tiny_gemma3"])
+def test_floor_evaluator_scores_as_stock_on_cuda(compose, name):
+    """What a forward does on the GPU: jcexp/hf_floor.py's shared-context, head-at-scored-positions path against
+    lm-eval's stock HFLM on the same cuda:0 model (tests/test_eval_floor.py checks the same on CPU)."""
+    from .test_eval_floor import TOL, _load, _pair, _token_requests
+
+    _, model, tokenizer = _load(compose, name)
+    # Greedy continuations are found on CPU, before the move.
+    reqs = _token_requests(model, model.config.vocab_size)
+    model.to("cuda:0")
+    stock, floor = _pair(model, tokenizer, batch_size=3)
+    want = stock._loglikelihood_tokens(reqs, disable_tqdm=True)
+    got = floor._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    diff = max(abs(a[0] - b[0]) for a, b in zip(want, got, strict=True))
+    assert diff <= TOL, f"{name} on cuda: max |loglik diff| {diff}"
+    assert [a[1] for a in got] == [b[1] for b in want]

@@ -49,6 +49,7 @@ EXPERIMENTS = (
     "simple_quantizers",
     "case_ab",
     "onepass_vs_sequential",
+    "error_analysis",
 )
 TIMING_FILE = "study_timing.json"
 

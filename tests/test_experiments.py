@@ -70,7 +70,8 @@ def hashes(points: list[_SweepJob]) -> list[str]:
 S33 = 33.333
 # experiment -> the (sparsity, mask, bits, quantizer) of each point it sweeps (in any order).
 EXPECTED = {
-    "case_ab": [(25, None, 4, "gptq")] * 3 + [(S33, None, 3, "gptq")] * 3,  # x quant.case A, B, joint
+    # x quant.case A, B, joint
+    "case_ab": [(s, None, b, "gptq") for s, b in ((25, 4), (S33, 3), (50, 8)) for _ in "ABj"],
     "error_analysis": [(s, None, b, "gptq") for s in (0, 10, 25, S33, 50) for b in (4, 3)],
     # Table VII's pairs at equal TCr: 75% (50%+8 vs 4), 81.25% (25%+4 vs 3), 87.5% (33.3%+3 vs 2).
     "joint_tcr": [

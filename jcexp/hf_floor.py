@@ -77,8 +77,9 @@ HEAD_ONLY = frozenset(
 )
 
 
-# Tails per forward of the tail pass, in units of batch_size: their logits are batch x continuation sized, far
-# below a stock batch's batch x request, so the tail pass takes more rows and runs fewer forwards.
+# The tail pass's positions per forward, in units of batch_size x the longest continuation: their logits are
+# batch x continuation sized, far below a stock batch's batch x request, so the tail pass takes more rows and
+# runs fewer forwards.
 TAIL_ROWS = 2  # jcexp/memory.py: FLOOR_TAIL_ROWS
 
 
@@ -97,6 +98,11 @@ class _Group:
     @property
     def length(self) -> int:
         return len(self.prefix) + max(len(t) for t in self.tails)
+
+    @property
+    def first_width(self) -> int:
+        """Its row's width in the first pass: the prefix alone if its tails are shared, else the request."""
+        return len(self.prefix) if len(self.tails) > 1 else self.length
 
 
 def split(context: list[int], continuation: list[int], max_length: int) -> tuple[list[int], list[int]]:
@@ -147,14 +153,24 @@ class FloorMixin:
             prefix, tail = split(context, continuation, self.max_length)
             key = tuple(prefix)
             groups.setdefault(key, _Group(key)).add(i, tuple(tail), continuation)
-        # Longest first, as stock sorts: the first batch sets the memory peak, and any OOM happens at once.
-        ordered = sorted(groups.values(), key=lambda g: (-g.length, g.prefix))
+        # Widest first pass first (stock sorts longest first): batches of like widths, the widest at once.
+        ordered = sorted(groups.values(), key=lambda g: (-g.first_width, g.prefix))
         answers: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(
             total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests"
         )
-        for batch in self._batches(ordered, int(self.batch_size)):
-            for index, answer in self._score(batch, int(self.batch_size)):
+        # Batches and chunks are sized by tokens, within the shapes the preflight counts (jcexp/memory.py,
+        # _floor_parts): a first pass of batch_size rows of the longest request, a tail pass of TAIL_ROWS x
+        # batch_size rows of the longest continuation. Counting rows instead let short requests that follow a
+        # long one run a few at a time, and tails of unequal length padded to the longest of a mixed chunk:
+        # on the offline next-sentence task half of the tail pass was padding (bench/eval_floor.py).
+        size = int(self.batch_size)
+        budget = _Budget(
+            tokens=size * max(g.length for g in ordered),
+            positions=TAIL_ROWS * size * max(len(t) for g in ordered for t in g.tails),
+        )
+        for batch in self._batches(ordered, budget.tokens):
+            for index, answer in self._score(batch, budget):
                 answers[index] = answer
                 self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
                 pbar.update(1)
@@ -163,9 +179,16 @@ class FloorMixin:
         return answers  # type: ignore[return-value]
 
     @staticmethod
-    def _batches(groups: list[_Group], size: int) -> list[list[_Group]]:
-        """Consecutive groups, ``size`` at a time: their prefixes (or whole requests) run in one forward."""
-        return [groups[i : i + size] for i in range(0, len(groups), size)]
+    def _batches(groups: list[_Group], tokens: int) -> list[list[_Group]]:
+        """Consecutive groups whose prefixes (or whole requests) run in one forward: as many as fit ``tokens``
+        at the batch's longest request (prefix and tail: their keys and values are kept)."""
+        batches: list[list[_Group]] = []
+        for g in groups:
+            if batches and (len(batches[-1]) + 1) * max(g.length, *(b.length for b in batches[-1])) <= tokens:
+                batches[-1].append(g)
+            else:
+                batches.append([g])
+        return batches
 
     def _autocast(self):
         return torch.autocast(
@@ -175,14 +198,15 @@ class FloorMixin:
         )
 
     @torch.no_grad()
-    def _score(self, batch: list[_Group], size: int):
+    def _score(self, batch: list[_Group], budget: _Budget):
         """Yield (request index, (loglikelihood, is_greedy)) for every request of ``batch``.
 
         First pass, one forward, right padded without a mask as stock's batches: the prefix of every group
         with several tails (keys and values kept), and the whole request of every group with one tail (nothing
         to share: its tail's hidden states are taken from this pass, saving the second forward). Then the tails
-        of the shared groups, ``TAIL_ROWS x size`` per forward (fewer, longer forwards: on a CPU each forward's
-        per-operation cost is paid per layer; the logits stay batch x continuation sized)."""
+        of the shared groups, longest first, as many per forward as ``budget`` allows (fewer, longer forwards:
+        on a CPU each forward's per-operation cost is paid per layer; the logits stay batch x continuation
+        sized; sorted, a forward's tails are of about one length and little of it is padding)."""
         from transformers import DynamicCache
 
         decoder = self.model.get_decoder()
@@ -217,24 +241,31 @@ class FloorMixin:
             with self._autocast():
                 hidden = decoder(input_ids=ids, past_key_values=cache, use_cache=shared).last_hidden_state
             slot = {id(g): i for i, (g, _) in enumerate(first) if id(g) not in whole}
-            direct = [(i, g) for i, (g, _) in enumerate(first) if id(g) in whole]
-            if direct:
-                lens = [len(next(iter(g.tails))) for _, g in direct]
-                picked = torch.cat(
-                    [
-                        hidden[i, len(g.prefix) : len(g.prefix) + n]
-                        for (i, g), n in zip(direct, lens, strict=True)
-                    ]
-                )
+            direct = [(i, g, len(next(iter(g.tails)))) for i, (g, _) in enumerate(first) if id(g) in whole]
+            # The head on the scored positions, at most budget.positions at a time (the preflight's logits).
+            for part in _chunks(direct, lambda rows: sum(n for *_, n in rows) <= budget.positions):
+                lens = [n for *_, n in part]
+                picked = torch.cat([hidden[i, len(g.prefix) : len(g.prefix) + n] for i, g, n in part])
                 logp, greedy = self._logp(self._head(picked), lens)
-                yield from answer([(g, 0) for _, g in direct], logp, greedy)
+                yield from answer([(g, 0) for _, g, _ in part], logp, greedy)
                 del logp, greedy, picked
             del hidden
         # Each tail's requests, answered as soon as its chunk is scored: one chunk's log-probs live at a time.
         rows = [(g, row, tail) for g in batch if id(g) not in whole for tail, row in g.tails.items()]
-        per = TAIL_ROWS * size
-        for start in range(0, len(rows), per):
-            chunk = rows[start : start + per]
+        rows.sort(key=lambda r: (-len(r[2]), slot.get(id(r[0]), -1)))
+
+        def fits(chunk) -> bool:
+            # rows x width positions (logits, activations); rows x longest prefix (the left-padded cache copy,
+            # no larger than the first pass's cache); a tail shorter than 3/4 of the chunk's width starts the
+            # next forward (less padding than one forward more costs, on the offline suite's tails)
+            n, width = len(chunk), len(chunk[0][2])
+            return (
+                n * width <= budget.positions
+                and n * max(len(g.prefix) for g, *_ in chunk) <= budget.tokens
+                and 4 * len(chunk[-1][2]) >= 3 * width
+            )
+
+        for chunk in _chunks(rows, fits):
             logp, greedy = self._tails([(g, tail) for g, _, tail in chunk], cache, slot, decoder)
             yield from answer([(g, row) for g, row, _ in chunk], logp, greedy)
             del logp, greedy
@@ -307,6 +338,26 @@ class FloorMixin:
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """A forward's size limits: ``tokens`` (rows x width of a first pass, and of a tail pass's cache copy) and
+    ``positions`` (rows x width of a tail pass, and scored positions per head application)."""
+
+    tokens: int
+    positions: int
+
+
+def _chunks(items: list, fits) -> list[list]:
+    """Consecutive runs of ``items``, each as long as ``fits`` allows (and at least one item)."""
+    out: list[list] = []
+    for item in items:
+        if out and fits([*out[-1], item]):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
 
 
 class FloorHFLM(FloorMixin, HFLM):

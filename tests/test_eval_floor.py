@@ -115,7 +115,8 @@ class Recorder:
 @pytest.mark.parametrize("name", MODELS)
 def test_each_context_runs_once_and_the_head_only_at_scored_positions(compose, name):
     """3 contexts of 20 tokens, 4 continuations each (1 to 4 tokens): one forward of the 3 prefixes (19 tokens),
-    one of the 12 tails (4 wide), and the head on the 3 x (1+2+3+4) scored positions alone."""
+    the 12 tails longest first in forwards of like widths (4 and 3, then 2, then 1: a tail under 3/4 of the
+    forward's width starts the next), and the head on the 3 x (1+2+3+4) scored positions alone."""
     _, model, tokenizer = _load(compose, name)
     g = torch.Generator().manual_seed(1)
     reqs = []
@@ -136,7 +137,7 @@ def test_each_context_runs_once_and_the_head_only_at_scored_positions(compose, n
     finally:
         for h in hooks:
             h.remove()
-    assert calls == [(3, 19), (12, 4)]
+    assert calls == [(3, 19), (6, 4), (3, 2), (3, 1)]
     assert sum(torch.Size(s).numel() for s in head) == 3 * (1 + 2 + 3 + 4)
     # A context with one continuation has nothing to share: its whole request runs once, in the first pass.
     calls.clear(), head.clear()

@@ -399,8 +399,8 @@ def _eval_parts(s: ModelShapes, w: Workload, batch: int, on_host: bool) -> dict[
     return parts
 
 
-# jcexp/hf_floor.py's TAIL_ROWS (not imported: this module stays free of torch): a tail pass runs this many
-# batches' worth of continuation tails.
+# jcexp/hf_floor.py's TAIL_ROWS (not imported: this module stays free of torch): a tail pass holds at most this
+# many batches' worth of the longest continuation's positions (hf_floor sizes its forwards by these tokens).
 FLOOR_TAIL_ROWS = 2
 
 

@@ -140,15 +140,16 @@ def _retention_cells(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sig(x: float | None, digits: int = 3) -> str:
+    """Significant digits: a KL spans 1e-5 (a tiny model's 8 bit) to 1 nat, where fixed decimals print 0.0000."""
+    return "n/a" if x is None else f"{x:#.{digits}g}"
+
+
 def _kl_cell(row: dict[str, Any]) -> str:
     if row["kld"] is None:
         return "n/a"
-    ci = (
-        f" [{_fmt(row['kld_ci_lo'], 1, 4)}, {_fmt(row['kld_ci_hi'], 1, 4)}]"
-        if row["kld_ci_lo"] is not None
-        else ""
-    )
-    return f"{_fmt(row['kld'], 1, 4)}{ci}"
+    ci = f" [{_sig(row['kld_ci_lo'])}, {_sig(row['kld_ci_hi'])}]" if row["kld_ci_lo"] is not None else ""
+    return f"{_sig(row['kld'])}{ci}"
 
 
 def _flips_cell(row: dict[str, Any]) -> str:

@@ -109,7 +109,7 @@ def test_kl_top1_and_flips_stand_beside_sr_in_the_table_the_csv_and_a_plot(tmp_p
     """Distribution-level retention (result.json's ``retention``) in its own columns next to Sr, which keeps
     its own; a result written before it has none and reads n/a."""
     retention = {
-        (0, 4): {"kld": 0.0412, "kld_ci": [0.0371, 0.0455], "top1_agreement": 0.912, "flip_rate": 0.05},
+        (0, 4): {"kld": 2.1e-05, "kld_ci": [1.87e-05, 2.43e-05], "top1_agreement": 0.912, "flip_rate": 0.05},
         (25, 4): {"kld": 0.1234, "kld_ci": [0.1101, 0.1390], "top1_agreement": 0.853, "flip_rate": 0.1},
     }
     for i, ((s, b), scores) in enumerate(POINTS.items()):
@@ -123,9 +123,10 @@ def test_kl_top1_and_flips_stand_beside_sr_in_the_table_the_csv_and_a_plot(tmp_p
     main([str(tmp_path)])
     md = (tmp_path / "report.md").read_text()
     assert "| Sr [95% CI] | KL nats/token [95% CI] | top-1 agree | flips lost/gained (rate) | Sr1 |" in md
-    assert "| 0.818 | 0.1234 [0.1101, 0.1390] | 85.3% | -7 +3 (10.0%) | n/a | 0.205 |" in md
+    assert "| 0.818 | 0.123 [0.110, 0.139] | 85.3% | -7 +3 (10.0%) | n/a | 0.205 |" in md
+    assert "2.10e-05 [1.87e-05, 2.43e-05]" in md  # a tiny KL keeps its digits (4 decimals printed 0.0000)
     assert "| 0.601 | n/a | n/a | n/a | n/a |" in md  # 3 bit: written before retention existed
     rows = {r["config"]: r for r in csv.DictReader(open(tmp_path / "report.csv"))}
-    assert float(rows["4bit"]["kld"]) == 0.0412 and float(rows["4bit"]["flip_rate"]) == 0.05
+    assert float(rows["4bit"]["kld"]) == 2.1e-05 and float(rows["4bit"]["flip_rate"]) == 0.05
     assert rows["4bit"]["sr"] and rows["3bit"]["kld"] == ""
     assert (tmp_path / "plots" / "kld.png").is_file() and "![kld](plots/kld.png)" in md

@@ -55,7 +55,10 @@ TIMING_FILE = "study_timing.json"
 
 
 def run_study(root: Path, overrides: list[str], experiments: tuple[str, ...] = EXPERIMENTS) -> dict[str, Any]:
-    timings = {}
+    """Each experiment in turn on one root; study_timing.json is rewritten after each, so a study stopped
+    partway keeps the wall time of what finished (and a rerun of the rest adds to it)."""
+    path = root / TIMING_FILE
+    timings = (json.loads(path.read_text()).get("experiments") or {}) if path.exists() else {}
     for exp in experiments:
         start = time.time()
         cmd = [
@@ -68,8 +71,9 @@ def run_study(root: Path, overrides: list[str], experiments: tuple[str, ...] = E
         ]
         code = subprocess.call(cmd, cwd=ROOT)
         timings[exp] = {"seconds": round(time.time() - start, 1), "returncode": code}
-    record = {"experiments": timings, "total_seconds": sum(t["seconds"] for t in timings.values())}
-    (root / TIMING_FILE).write_text(json.dumps(record, indent=1))
+        record = {"experiments": timings, "total_seconds": sum(t["seconds"] for t in timings.values())}
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
     return record
 
 

@@ -2,6 +2,7 @@
 synthetic study: result.json files and per-item sidecars written here with known effects, no model. Mocks
 nothing: the study is read from disk as the real one is."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -426,3 +427,26 @@ def test_two_models_form_one_family_and_a_claim_for_both_needs_both(tmp_path):
     assert paper_study.both_verdict(["holds", "inconclusive"]) == "inconclusive"
     assert paper_study.both_verdict(["holds", "not measured"]) == "not measured"
     assert paper_study.both_verdict(["does not hold", "not measured"]) == "does not hold"
+
+
+def test_a_study_stopped_partway_keeps_the_wall_time_of_what_finished(tmp_path, monkeypatch):
+    """bench/paper_study run: study_timing.json is written after each experiment, and a rerun adds to it
+    (the launches are faked: the record is what is tested, not the runs)."""
+    calls = []
+
+    def fake_call(cmd, cwd):
+        exp = next(a.split("=", 1)[1] for a in cmd if a.startswith("experiment="))
+        calls.append(exp)
+        if exp == "joint_tcr":
+            raise KeyboardInterrupt  # stopped during the third experiment
+        return 0
+
+    monkeypatch.setattr(paper_study.subprocess, "call", fake_call)
+    with pytest.raises(KeyboardInterrupt):
+        paper_study.run_study(tmp_path, [], ("pruning_only", "quantization_only", "joint_tcr"))
+    record = json.loads((tmp_path / paper_study.TIMING_FILE).read_text())
+    assert list(record["experiments"]) == ["pruning_only", "quantization_only"]
+    monkeypatch.setattr(paper_study.subprocess, "call", lambda cmd, cwd: 0)
+    paper_study.run_study(tmp_path, [], ("joint_tcr",))
+    record = json.loads((tmp_path / paper_study.TIMING_FILE).read_text())
+    assert list(record["experiments"]) == ["pruning_only", "quantization_only", "joint_tcr"]

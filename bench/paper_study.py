@@ -706,6 +706,14 @@ def models_markdown(
     ]
     for tag, study in studies.items():
         md += [f"SrCr_j on {tag}:", "", *srcr_rows(study), ""]
+    md += [
+        "Does KL to the dense model (the race's screen) rank the recipes as Sr does? At each TCr the study "
+        "measured several recipes of (point estimates over the study's items and documents; descriptive, no "
+        "interval):",
+        "",
+        *kl_rank_rows(studies, margin),
+        "",
+    ]
     return "\n".join(md)
 
 
@@ -716,7 +724,7 @@ def case_rows(study: Study) -> list[str]:
         "| point | case | Sr [95% CI] | pruned weights still 0 | perplexity (dense in brackets) |",
         "|---|---|---|---|---|",
     ]
-    for s, b in ((25, 4), (33.333, 3)):
+    for s, b in ((25, 4), (33.333, 3), (50, 8)):
         for variant, name in (
             ("gptq", "B (the paper's tool, default)"),
             ("Case A", "A"),
@@ -735,6 +743,37 @@ def case_rows(study: Study) -> list[str]:
                 + f" | {'n/a' if kept is None else f'{100 * kept:.1f}%'} | "
                 + (f"{ppl['value']:.1f} ({ppl['baseline']:.1f})" if ppl else "n/a")
                 + " |"
+            )
+    return out
+
+
+def kl_rank_rows(studies: dict[str, Study], margin: float = verdicts.DEFAULT_MARGIN) -> list[str]:
+    """Issue 26: per model and TCr, the study's recipes at that TCr ranked by KL(dense || compressed) on the
+    held-out prose against their Sr on the scored items: Spearman's rank correlation of -KL with Sr (n/a under
+    3 recipes), and the Sr gap from the lowest-KL recipe to the best-Sr one (bench/budget_race.kl_vs_sr, the
+    race's own check). One row per TCr, and one over every compressed point of the model."""
+    from bench.budget_race import kl_vs_sr
+
+    out = [
+        "| model | TCr | recipes | Spearman(-KL, Sr) | lowest KL | best Sr | Sr gap (points) | within margin |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for tag, study in studies.items():
+        by_tcr: dict[float, dict[str, tuple[float, float]]] = {}
+        for r in study.runs:
+            kl, sr = (r.get("retention") or {}).get("kld"), sr_of(r)
+            if kl is not None and sr is not None and tcr_of(r) > 0:
+                by_tcr.setdefault(round(tcr_of(r), 4), {})[label(r)] = (kl, sr)
+        every = {n: v for group in by_tcr.values() for n, v in group.items()}
+        for tcr, group in [*sorted(by_tcr.items()), (None, every)]:
+            if len(group) < 2:
+                continue
+            k = kl_vs_sr({n: v[0] for n, v in group.items()}, {n: v[1] for n, v in group.items()}, margin)
+            rho = "n/a" if k["spearman"] is None else f"{k['spearman']:+.2f}"
+            where = "every point" if tcr is None else f"{100 * tcr:.4g}%"
+            out.append(
+                f"| {tag} | {where} | {k['candidates']} | {rho} | {k['kl_leader']} | {k['sr_best']} | "
+                f"{k['kl_leader_gap_points']:.1f} | {'yes' if k['kl_leader_within_margin'] else 'no'} |"
             )
     return out
 

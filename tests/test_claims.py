@@ -450,3 +450,27 @@ def test_a_study_stopped_partway_keeps_the_wall_time_of_what_finished(tmp_path, 
     paper_study.run_study(tmp_path, [], ("joint_tcr",))
     record = json.loads((tmp_path / paper_study.TIMING_FILE).read_text())
     assert list(record["experiments"]) == ["pruning_only", "quantization_only", "joint_tcr"]
+
+
+def test_kl_ranks_recipes_as_sr_or_not(tmp_path):
+    """kl_rank_rows (issue 26: does the race's screen rank recipes as Sr does?): KL set by the same drop that
+    set Sr ranks them as Sr does; KL inverted picks the worst recipe at TCr 81.25% (25% + 4 bit vs 3 bit)."""
+    root = _study(tmp_path)
+
+    def set_kl(kl_of) -> str:
+        for path in root.glob("multirun/x/*/result.json"):
+            r = json.loads(path.read_text())
+            r["retention"] = {"kld": kl_of(GRID[path.parent.name][-1])}
+            atomic_write_json(path, r)
+        return "\n".join(paper_study.kl_rank_rows({"m": paper_study.Study(root)}, margin=0.05))
+
+    def cells(md: str, where: str) -> list[str]:
+        return next(line for line in md.splitlines() if f"| {where} |" in line).strip("| ").split(" | ")
+
+    same = set_kl(lambda drop: 0.01 + drop)
+    tcr81, every = cells(same, "81.25%"), cells(same, "every point")
+    assert tcr81[2] == "3" and tcr81[-1] == "yes"  # 25% + 4 bit (B and A) and 3 bit
+    assert every[2] == "11" and float(every[3]) > 0.9
+    inverted = set_kl(lambda drop: 1.01 - drop)
+    tcr81, every = cells(inverted, "81.25%"), cells(inverted, "every point")
+    assert tcr81[4] == "3bit" and tcr81[-1] == "no" and float(every[3]) < -0.9

@@ -122,6 +122,9 @@ class Claim:
     margin_scale: float = 1.0
     # Why the claim cannot be tested here at all (its verdict then, and it is left out of the family).
     untestable: str | None = None
+    # A threshold claim (Sr above this fixed value, not a comparison of runs): exempt from the discordance floor
+    # (jcexp/verdicts.py says why; tests/test_claims.py simulates its error at the threshold).
+    threshold: float | None = None
 
     def compared(self) -> list[tuple[Any, Any]]:
         return self.pairs if self.pairs is not None else list(zip(self.runs, self.runs[1:], strict=False))
@@ -211,6 +214,7 @@ def claims(study: Study) -> list[Claim]:
                 lambda m: _sr(m, r) - STRONG_FLOOR,
                 f"Sr({_label(r)}) - {STRONG_FLOOR:g}",
                 pairs=[(r, "dense")],
+                threshold=STRONG_FLOOR,
             )
         )
 
@@ -437,7 +441,8 @@ def claims(study: Study) -> list[Claim]:
 
 FLOOR_NOTE = (
     f"A claim also needs at least {verdicts.MIN_DISCORDANT} items on which the compared runs disagree "
-    "(jcexp/verdicts.py's discordance floor); below it the verdict is inconclusive and says so."
+    "(jcexp/verdicts.py's discordance floor); below it the verdict is inconclusive and says so. Threshold "
+    "claims (Sr above 0.75) are exempt: few disagreements with the dense model are evidence for them."
 )
 
 
@@ -507,15 +512,16 @@ def judge_models(
                 )
                 judged.append(Judged(c, {"undefined": why}, "not measured", None))
                 continue
-            res = found[f"{tag}/{ok.index(c)}"]
+            floor = 0 if c.threshold is not None else verdicts.MIN_DISCORDANT
+            res = {**found[f"{tag}/{ok.index(c)}"], "floor": floor}
             n = res["discordant"]
             own_margin = margin * c.margin_scale
             adjusted = (
-                verdicts.claim_verdict(c.expect, res["ci_adjusted"], own_margin, discordant=n)
+                verdicts.claim_verdict(c.expect, res["ci_adjusted"], own_margin, discordant=n, floor=floor)
                 if c.papers
                 else None
             )
-            own_verdict = verdicts.claim_verdict(c.expect, res["ci"], own_margin, discordant=n)
+            own_verdict = verdicts.claim_verdict(c.expect, res["ci"], own_margin, discordant=n, floor=floor)
             judged.append(Judged(c, res, own_verdict, adjusted))
     family = max((found[k].get("family", 0) for k in papers), default=0)
     return out, family
@@ -567,7 +573,8 @@ def _ci_text(ci: list[float] | None) -> str:
 
 def _floor_text(res: dict[str, Any]) -> str:
     """' (only 4 items on which the compared runs disagree ...)' when the discordance floor decided."""
-    why = verdicts.below_floor(res.get("discordant")) if res.get("ci") is not None else None
+    floor = res.get("floor", verdicts.MIN_DISCORDANT)
+    why = verdicts.below_floor(res.get("discordant"), floor) if res.get("ci") is not None else None
     return f" ({why})" if why else ""
 
 

@@ -12,7 +12,10 @@ Every claim, whatever its interval says, also needs evidence in the items themse
 ``MIN_DISCORDANT`` items on which the compared runs disagree. Below that floor the verdict is **inconclusive**
 (``below_floor`` says why). The same floor applies to "=", ">" and "<", in the claims table, ``report
 --compare``, and the budget race; every caller passes the count of items on which the two runs it compares
-differ (not items on which either differs from the dense model).
+differ (not items on which either differs from the dense model). One kind of claim is exempt (``floor=0``): a
+threshold claim, Sr above a fixed value such as 0.75, whose null (Sr at or below the value) is far from "the
+runs agree", so few disagreements are evidence for it, not a degenerate case (a model that agrees with the
+dense one on all but 5 of 200 items keeps far more than 0.75); its error is simulated in tests/test_claims.py.
 
 Pure: no numpy, no torch, no I/O.
 """
@@ -47,7 +50,10 @@ def inside(ci: Sequence[float], margin: float) -> bool:
 
 
 def below_floor(discordant: int | None, floor: int = MIN_DISCORDANT) -> str | None:
-    """Why a claim on ``discordant`` disagreeing items cannot be decided, or None when the floor is met."""
+    """Why a claim on ``discordant`` disagreeing items cannot be decided, or None when the floor is met
+    (always for ``floor`` 0, a threshold claim's)."""
+    if floor <= 0:
+        return None
     if discordant is None:
         return "the number of items on which the runs disagree is unknown"
     if discordant < floor:
@@ -77,7 +83,12 @@ def difference_word(
 
 
 def claim_verdict(
-    expect: str, ci: Sequence[float] | None, margin: float = DEFAULT_MARGIN, *, discordant: int | None
+    expect: str,
+    ci: Sequence[float] | None,
+    margin: float = DEFAULT_MARGIN,
+    *,
+    discordant: int | None,
+    floor: int = MIN_DISCORDANT,
 ) -> str:
     """The verdict on a claim about a difference d, from d's interval.
 
@@ -85,12 +96,12 @@ def claim_verdict(
     hold when it lies on the other side, else inconclusive. '=' (equivalent within the margin): holds when the
     interval lies inside ±margin, does not hold when it lies wholly outside it, else inconclusive.
     ``discordant``: items on which the compared runs disagree; below ``MIN_DISCORDANT`` the verdict is
-    inconclusive whatever the interval (``below_floor`` gives the reason)."""
+    inconclusive whatever the interval (``below_floor`` gives the reason); ``floor`` 0 for a threshold claim."""
     if expect not in (">", "<", "="):
         raise ValueError(f"expect must be '>', '<' or '=', got {expect!r}")
     if ci is None:
         return UNDEFINED
-    if below_floor(discordant):
+    if below_floor(discordant, floor):
         return INCONCLUSIVE
     lo, hi = ci
     if expect == "=":

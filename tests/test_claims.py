@@ -474,3 +474,34 @@ def test_kl_ranks_recipes_as_sr_or_not(tmp_path):
     inverted = set_kl(lambda drop: 1.01 - drop)
     tcr81, every = cells(inverted, "81.25%"), cells(inverted, "every point")
     assert tcr81[4] == "3bit" and tcr81[-1] == "no" and float(every[3]) < -0.9
+
+
+@pytest.mark.parametrize(
+    ("lost", "holds_at_least", "holds_at_most"),
+    [(0.25, 0.0, 0.025), (0.02, 0.95, 1.0), (0.0, 1.0, 1.0)],
+)
+def test_threshold_claims_skip_the_floor_and_keep_their_error(lost, holds_at_least, holds_at_most):
+    """ "Sr > 0.75" (row 1's graceful degradation) on 2 x 100 items, dense accuracy 0.6, 500 replicates. At the
+    threshold (the model loses 25% of the dense model's right answers: true Sr 0.75) the claim holds in at most
+    2.5% + 2 Monte Carlo SE of them (one side of a 95% interval). A model that loses 2% (true Sr 0.98, 1 to 5
+    disagreeing items) or none (identical: the regularized interval, never [1, 1]) has it hold nearly always,
+    which the discordance floor of 10 made impossible (with the floor: 0 of 500)."""
+    rng = np.random.default_rng(27)
+    reps, holds, floored = 500, 0, 0
+    for _ in range(reps):
+        dense = {t: (rng.random(100) < 0.6).astype(float) for t in TASKS}
+        pruned = {t: np.where((v == 1) & (rng.random(100) < lost), 0.0, v) for t, v in dense.items()}
+        models = {
+            k: {t: dict(enumerate(v.tolist())) for t, v in m.items()}
+            for k, m in (("dense", dense), ("p", pruned))
+        }
+        stats = {"floor": lambda m: metrics.semantic_retention(m["p"], m["dense"]) - 0.75}
+        e = paired.family_intervals(
+            models, stats, resamples=0, reads={"floor": ["dense", "p"]}, compared={"floor": [("p", "dense")]}
+        )["floor"]
+        holds += verdicts.claim_verdict(">", e["ci"], discordant=e["discordant"], floor=0) == "holds"
+        floored += verdicts.claim_verdict(">", e["ci"], discordant=e["discordant"]) == "holds"
+    se = (0.025 * 0.975 / reps) ** 0.5
+    assert holds_at_least <= holds / reps <= holds_at_most + 2 * se, holds / reps
+    if lost < 0.25:
+        assert floored / reps < 0.05  # what the floor did to a near-dense model

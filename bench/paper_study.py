@@ -713,6 +713,10 @@ def models_markdown(
     ]
     for tag, study in studies.items():
         md += [f"SrCr_j on {tag}:", "", *srcr_rows(study), ""]
+    for tag, study in studies.items():
+        cases = case_rows(study)
+        if len(cases) > 2:  # a header alone: case_ab did not run there
+            md += [f"GPTQ's cases after pruning on {tag}:", "", *cases, ""]
     md += [
         "Does KL to the dense model (the race's screen) rank the recipes as Sr does? At each TCr the study "
         "measured several recipes of (point estimates over the study's items and documents; descriptive, no "

@@ -10,14 +10,16 @@ one root, so the result index and the pruned-model cache are shared, and records
 side of 0 and "does not hold" on the other side; a claimed equivalence holds only when the interval lies inside
 ±margin; anything else is "inconclusive". Each verdict is given twice: from the claim's own interval, and
 adjusted for the family of the paper's claims (Bonferroni with the regularized paired delta-method interval,
-jcexp.paired.family_intervals). No interval of zero width decides anything, and a claim on fewer than
-jcexp.verdicts.MIN_DISCORDANT items on which its runs disagree is inconclusive.
+jcexp.paired.family_intervals). No interval of zero width decides anything, and a claim comparing runs on
+fewer than jcexp.verdicts.MIN_DISCORDANT items on which they disagree is inconclusive (threshold claims, Sr
+above a fixed value, are exempt where their null implies that many disagreements: ``Claim.threshold``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -59,6 +61,7 @@ def run_study(root: Path, overrides: list[str], experiments: tuple[str, ...] = E
     partway keeps the wall time of what finished (and a rerun of the rest adds to it)."""
     path = root / TIMING_FILE
     timings = (json.loads(path.read_text()).get("experiments") or {}) if path.exists() else {}
+    record = {"experiments": timings, "total_seconds": sum(t["seconds"] for t in timings.values())}
     for exp in experiments:
         start = time.time()
         cmd = [
@@ -73,7 +76,11 @@ def run_study(root: Path, overrides: list[str], experiments: tuple[str, ...] = E
         timings[exp] = {"seconds": round(time.time() - start, 1), "returncode": code}
         record = {"experiments": timings, "total_seconds": sum(t["seconds"] for t in timings.values())}
         root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
+        # A kill mid-write leaves the previous record (temp file, then rename); the experiments in run order,
+        # which atomic_write_json's sorted keys would lose.
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
     return record
 
 
@@ -442,7 +449,8 @@ def claims(study: Study) -> list[Claim]:
 FLOOR_NOTE = (
     f"A claim also needs at least {verdicts.MIN_DISCORDANT} items on which the compared runs disagree "
     "(jcexp/verdicts.py's discordance floor); below it the verdict is inconclusive and says so. Threshold "
-    "claims (Sr above 0.75) are exempt: few disagreements with the dense model are evidence for them."
+    f"claims (Sr above {STRONG_FLOOR:g}) are exempt where at the threshold the model would disagree with the "
+    "dense one on that many items: few disagreements are then evidence for them."
 )
 
 
@@ -512,7 +520,12 @@ def judge_models(
                 )
                 judged.append(Judged(c, {"undefined": why}, "not measured", None))
                 continue
-            floor = 0 if c.threshold is not None else verdicts.MIN_DISCORDANT
+            # A threshold claim skips the floor only where, at the threshold, the model would disagree with
+            # the dense one on at least the floor's count of items (its null is then far from "they agree");
+            # on a small suite it keeps the floor.
+            dense_right = sum(sum(v.values()) for v in models.get(f"{tag}/dense", {}).values())
+            exempt = c.threshold is not None and (1 - c.threshold) * dense_right >= verdicts.MIN_DISCORDANT
+            floor = 0 if exempt else verdicts.MIN_DISCORDANT
             res = {**found[f"{tag}/{ok.index(c)}"], "floor": floor}
             n = res["discordant"]
             own_margin = margin * c.margin_scale
@@ -718,9 +731,9 @@ def models_markdown(
         if len(cases) > 2:  # a header alone: case_ab did not run there
             md += [f"GPTQ's cases after pruning on {tag}:", "", *cases, ""]
     md += [
-        "Does KL to the dense model (the race's screen) rank the recipes as Sr does? At each TCr the study "
-        "measured several recipes of (point estimates over the study's items and documents; descriptive, no "
-        "interval):",
+        "Does KL to the dense model (the race's screen) rank the recipes as Sr does? Per TCr at which the study "
+        "ran several recipes (one per label), and over every point (that row mostly ranks how much a point "
+        "compresses); point estimates over the study's items and documents, descriptive, no interval:",
         "",
         *kl_rank_rows(studies, margin),
         "",

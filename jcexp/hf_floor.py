@@ -14,12 +14,14 @@ continuations of one context).
   into a *prefix* (every input position whose output is not scored: the truncated context less its last
   token) and a *tail* (the context's last token and the continuation less its last token: exactly the scored
   positions). Requests are grouped by prefix tokens, so a context shared by k continuations runs once.
-- Prefix pass: up to ``batch_size`` distinct prefixes through the decoder (``model.get_decoder()``), right
+- Prefix pass: distinct prefixes, as many as fit ``batch_size`` x the longest request in tokens, through the
+  decoder (``model.get_decoder()``), right
   padded without a mask as stock pads (causal attention: padding never reaches a real position), no head at
   all, keys and values kept in a ``DynamicCache`` built without the model config, so sliding-window layers keep
   every position (a config-built cache drops what slid out of the window, which a padded shorter row would
   still need).
-- Tail pass: up to ``batch_size`` distinct tails, each on its prefix's keys and values, laid out
+- Tail pass: distinct tails, longest first, as many as fit ``TAIL_ROWS x batch_size`` x the longest
+  continuation in positions, each on its prefix's keys and values, laid out
   left-padded to the batch's longest prefix. Left padding keeps every row's distance between a query and a
   cached key equal to the true one, which the sliding-window mask reads from cache positions; the padding is
   masked out and RoPE positions are passed explicitly. The head and the log-softmax then run on the tail's
@@ -139,6 +141,8 @@ class FloorMixin:
         )
         if stock:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        if not requests:
+            return []
         groups: dict[tuple[int, ...], _Group] = {}
         longer = sum(len(ctx) + len(cont) > self.max_length + 1 for _, ctx, cont in requests)
         if longer:
@@ -183,11 +187,14 @@ class FloorMixin:
         """Consecutive groups whose prefixes (or whole requests) run in one forward: as many as fit ``tokens``
         at the batch's longest request (prefix and tail: their keys and values are kept)."""
         batches: list[list[_Group]] = []
+        longest = 0  # the current batch's longest request
         for g in groups:
-            if batches and (len(batches[-1]) + 1) * max(g.length, *(b.length for b in batches[-1])) <= tokens:
+            if batches and (len(batches[-1]) + 1) * max(longest, g.length) <= tokens:
                 batches[-1].append(g)
+                longest = max(longest, g.length)
             else:
                 batches.append([g])
+                longest = g.length
         return batches
 
     def _autocast(self):
@@ -255,9 +262,10 @@ class FloorMixin:
         rows.sort(key=lambda r: (-len(r[2]), slot.get(id(r[0]), -1)))
 
         def fits(chunk) -> bool:
-            # rows x width positions (logits, activations); rows x longest prefix (the left-padded cache copy,
-            # no larger than the first pass's cache); a tail shorter than 3/4 of the chunk's width starts the
-            # next forward (less padding than one forward more costs, on the offline suite's tails)
+            # rows x width positions (logits, activations, the tails' own keys and values); rows x longest
+            # prefix (the left-padded cache copy, within the first pass's token budget); a tail shorter than 3/4
+            # of the chunk's width starts the next forward (less padding than one forward more costs, on the
+            # offline suite's tails)
             n, width = len(chunk), len(chunk[0][2])
             return (
                 n * width <= budget.positions
@@ -276,7 +284,7 @@ class FloorMixin:
         return list(logp.split(lens)), list(greedy.split(lens))
 
     def _tails(self, chunk, cache, slot, decoder) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """One forward of up to batch_size tails on their prefixes' keys and values; per row the log-softmax
+        """One forward of a chunk of tails on their prefixes' keys and values; per row the log-softmax
         at its real positions ([tail length, vocab]) and its argmax."""
         from transformers import DynamicCache
 

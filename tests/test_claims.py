@@ -505,3 +505,15 @@ def test_threshold_claims_skip_the_floor_and_keep_their_error(lost, holds_at_lea
     assert holds_at_least <= holds / reps <= holds_at_most + 2 * se, holds / reps
     if lost < 0.25:
         assert floored / reps < 0.05  # what the floor did to a near-dense model
+
+
+def test_a_near_dense_point_holds_its_threshold_claim_through_judge(tmp_path):
+    """judge() wires Claim.threshold to the floor's exemption: 25% pruning that loses 0.5% of the dense model's
+    right answers (a handful of disagreeing items, under the floor of 10) keeps more than 0.75 of it."""
+    study = paper_study.Study(_study(tmp_path, drops={"p25": 0.005}))
+    judged, _ = paper_study.judge(study, margin=0.05, resamples=200)
+    j = next(
+        j for j in judged if j.claim.text.startswith("Pruning degrades gracefully up to 33.333%: 25% keeps")
+    )
+    assert j.result["discordant"] < verdicts.MIN_DISCORDANT and j.result["floor"] == 0
+    assert j.verdict == j.adjusted == "holds"

@@ -204,3 +204,34 @@ def test_evaluators_use_it_and_the_hash_does_not_change(compose):
     assert issubclass(with_floor(type("Custom", (HFLM,), {})), FloorMixin)
     with pytest.raises(TypeError):
         with_floor(object)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forwards_stay_within_the_token_budgets_the_preflight_counts(compose, name):
+    """Every first-pass forward holds at most batch_size x the longest request tokens, every tail forward at
+    most TAIL_ROWS x batch_size x the longest continuation positions (jcexp/memory.py _floor_parts' shapes),
+    and the empty request list answers nothing."""
+    _, model, tokenizer = _load(compose, name)
+    size = 3
+    _, floor = _pair(model, tokenizer, size)
+    assert floor._loglikelihood_tokens([], disable_tqdm=True) == []
+    g = torch.Generator().manual_seed(2)
+    # 30 three-token continuations of one two-token context: the tail pass's position budget binds (18)
+    many = [(("m", str(i)), [5, 6], torch.randint(4, 512, (3,), generator=g).tolist()) for i in range(30)]
+    for reqs in (_token_requests(model, model.config.vocab_size), many):
+        longest = max(min(len(c) + len(k), MAX_LENGTH + 1) - 1 for _, c, k in reqs)
+        longest_cont = max(len(k) for _, _, k in reqs)
+        first, tails = [], []
+
+        def record(_m, _a, kw, first=first, tails=tails):
+            rows, width = kw["input_ids"].shape
+            (tails if "position_ids" in kw else first).append(rows * width)
+
+        hook = model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            floor._loglikelihood_tokens(reqs, disable_tqdm=True)
+        finally:
+            hook.remove()
+        assert first and tails
+        assert max(first) <= size * longest
+        assert max(tails) <= hf_floor.TAIL_ROWS * size * longest_cont

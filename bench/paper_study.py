@@ -508,6 +508,7 @@ def judge_models(
     out: dict[str, list[Judged]] = {}
     for tag, (all_claims, runnable, ok) in plans.items():
         judged = out.setdefault(tag, [])
+        dense_right = sum(sum(v.values()) for v in models.get(f"{tag}/dense", {}).values())
         for c in all_claims:
             if c.untestable is not None:  # its verdict is why; never in the family
                 judged.append(Judged(c, {"undefined": c.untestable}, c.untestable, None))
@@ -520,12 +521,11 @@ def judge_models(
                 )
                 judged.append(Judged(c, {"undefined": why}, "not measured", None))
                 continue
-            # A threshold claim skips the floor only where, at the threshold, the model would disagree with
-            # the dense one on at least the floor's count of items (its null is then far from "they agree");
-            # on a small suite it keeps the floor.
-            dense_right = sum(sum(v.values()) for v in models.get(f"{tag}/dense", {}).values())
-            exempt = c.threshold is not None and (1 - c.threshold) * dense_right >= verdicts.MIN_DISCORDANT
-            floor = 0 if exempt else verdicts.MIN_DISCORDANT
+            floor = (
+                verdicts.MIN_DISCORDANT
+                if c.threshold is None
+                else verdicts.threshold_floor(c.threshold, dense_right)
+            )
             res = {**found[f"{tag}/{ok.index(c)}"], "floor": floor}
             n = res["discordant"]
             own_margin = margin * c.margin_scale

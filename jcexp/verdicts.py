@@ -11,11 +11,11 @@ A difference that could not be computed is **undefined**, with its reason.
 Every claim, whatever its interval says, also needs evidence in the items themselves: at least
 ``MIN_DISCORDANT`` items on which the compared runs disagree. Below that floor the verdict is **inconclusive**
 (``below_floor`` says why). The same floor applies to "=", ">" and "<", in the claims table, ``report
---compare``, and the budget race; every caller passes the count of items on which the two runs it compares
-differ (not items on which either differs from the dense model). One kind of claim is exempt (``floor=0``): a
-threshold claim, Sr above a fixed value such as 0.75, whose null (Sr at or below the value) is far from "the
-runs agree", so few disagreements are evidence for it, not a degenerate case (a model that agrees with the
-dense one on all but 5 of 200 items keeps far more than 0.75); its error is simulated in tests/test_claims.py.
+--compare``, and the budget race; every caller passes the count of items on which the two runs it compares differ
+(not items on which either differs from the dense model). One kind of claim is exempt (``threshold_floor``): a
+threshold claim, Sr above a fixed value such as 0.75, whose null (Sr at or below the value) is far from "the runs
+agree", so few disagreements are evidence for it, not a degenerate case (a model that agrees with the dense one on
+all but 5 of 200 items keeps far more than 0.75); its error is simulated in tests/test_claims.py.
 
 Pure: no numpy, no torch, no I/O.
 """
@@ -59,6 +59,13 @@ def below_floor(discordant: int | None, floor: int = MIN_DISCORDANT) -> str | No
     if discordant < floor:
         return f"only {discordant} items on which the compared runs disagree (a claim needs {floor})"
     return None
+
+
+def threshold_floor(threshold: float, dense_right: float, floor: int = MIN_DISCORDANT) -> int:
+    """The floor for a threshold claim (Sr above ``threshold``): 0 where, at the threshold, the model would
+    disagree with the dense one on at least ``floor`` of the dense model's ``dense_right`` right answers (its
+    null is then far from "the runs agree"); else ``floor`` (a small suite keeps it)."""
+    return 0 if (1 - threshold) * dense_right >= floor else floor
 
 
 def difference_word(

@@ -106,8 +106,10 @@ def race_and_grid(tcr: float, model: str, root: Path, common: list[str]) -> dict
     best = max(full, key=lambda n: full[n]["sr"] if full[n]["sr"] is not None else -1)
     r = state["race"]
     kl = {n: s.get("kl") for n, s in r["standings"].items() if s.get("kl") is not None}
-    chosen = r["winner"] or r["leader"]
+    # An undecided race has no choice: its leader is only the highest point estimate, reported as such.
+    chosen, leader = r["winner"], r["leader"]
     gap = full[best]["sr"] - full[chosen]["sr"] if chosen in full else None
+    leader_gap = full[best]["sr"] - full[leader]["sr"] if leader in full else None
     return {
         "tcr": tcr,
         "candidates": len(state["candidates"]),
@@ -116,11 +118,13 @@ def race_and_grid(tcr: float, model: str, root: Path, common: list[str]) -> dict
         "winner": r["winner"],
         "unseparated": r["unseparated"],
         "race_choice": chosen,
+        "leader": leader,
         "grid_best": best,
         "grid_best_sr": full[best]["sr"],
         "race_choice_full_sr": full.get(chosen, {}).get("sr"),
         "gap_points": None if gap is None else 100 * gap,
         "within_margin": None if gap is None else gap <= r["margin"] + 1e-12,
+        "leader_gap_points": None if leader_gap is None else 100 * leader_gap,
         "margin": r["margin"],
         "race_items": race_items,
         "grid_items": grid_items,
@@ -305,39 +309,15 @@ def simulate(reps: int, seed: int = 0) -> dict[str, Any]:
     return payload
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2_135m")
-    parser.add_argument("--tcr", type=float, nargs="+", default=[0.8125, 0.875])
-    parser.add_argument("--root", type=Path, default=None, help="outputs (default: a temp dir)")
-    parser.add_argument("--shared-models", type=Path, default=None, help="converted models to reuse")
-    parser.add_argument("--num-samples", type=int, default=16, help="calibration windows (the study's 16)")
-    parser.add_argument("--simulate", action="store_true", help="the screen's simulation only (no model)")
-    parser.add_argument("--reps", type=int, default=200, help="simulated races per setting (--simulate)")
-    args = parser.parse_args()
-    root = args.root or Path(tempfile.mkdtemp(prefix="jcexp-budget-"))
-    if args.shared_models:  # the GGUF conversion is set-up, not part of either side
-        warm_models(root / "cache", args.shared_models)
-    common = [
-        f"model={args.model}",
-        "benchmark=offline",
-        f"calibration.num_samples={args.num_samples}",
-        "logger=none",
-        f"paths.root={root}",
-        f"paths.cache_dir={root / 'cache'}",
-    ]
-    if args.model == "tiny_random":
-        common += ["benchmark=tiny", "benchmark.limit=null", "calibration.seq_len=64"]
-    if args.simulate:
-        simulate(args.reps)
-        return
-    rows = [race_and_grid(t, args.model, root, common) for t in args.tcr]
-    payload = {"machine": machine(), "model": args.model, "root": str(root), "rows": rows}
+def render(payload: dict[str, Any]) -> str:
+    """The markdown table of a payload (also for --render, so a stored run's table follows this code)."""
+    model, rows = payload["model"], payload["rows"]
     columns = [
         "tcr",
         "candidates",
         "outcome",
         "race_choice",
+        "leader",
         "grid_best",
         "gap_points",
         "within_margin",
@@ -351,12 +331,13 @@ def main() -> None:
         "compress_s",
     ]
     md = [
-        f"# Budget race vs exhaustive grid ({args.model})",
+        f"# Budget race vs exhaustive grid ({model})",
         "",
         f"{payload['machine']['cpu']}, {payload['machine']['cores']} cores, {payload['machine']['date']}; "
-        f"`python -m bench.budget_race --model {args.model}`",
+        f"`python -m bench.budget_race --model {model}`",
         "",
-        table(rows, columns),
+        # "none": an undecided race chose nothing; its leader (the highest point estimate) is its own column.
+        table([{**r, "race_choice": r.get("race_choice") or "none (no claim)"} for r in rows], columns),
     ]
     for row in rows:
         md += [
@@ -383,7 +364,45 @@ def main() -> None:
             f"{k.get('kl_leader_gap_points')} points below the grid's best {k.get('sr_best')} "
             f"(within the margin: {k.get('kl_leader_within_margin')}).",
         ]
-    write(f"budget_race_{args.model}", payload, "\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2_135m")
+    parser.add_argument("--tcr", type=float, nargs="+", default=[0.8125, 0.875])
+    parser.add_argument("--root", type=Path, default=None, help="outputs (default: a temp dir)")
+    parser.add_argument("--shared-models", type=Path, default=None, help="converted models to reuse")
+    parser.add_argument("--num-samples", type=int, default=16, help="calibration windows (the study's 16)")
+    parser.add_argument("--simulate", action="store_true", help="the screen's simulation only (no model)")
+    parser.add_argument("--reps", type=int, default=200, help="simulated races per setting (--simulate)")
+    parser.add_argument(
+        "--render", type=Path, default=None, help="rewrite the markdown of a stored JSON only"
+    )
+    args = parser.parse_args()
+    if args.render:
+        payload = json.loads(args.render.read_text())
+        write(payload.pop("benchmark"), payload, render(payload))
+        return
+    root = args.root or Path(tempfile.mkdtemp(prefix="jcexp-budget-"))
+    if args.shared_models:  # the GGUF conversion is set-up, not part of either side
+        warm_models(root / "cache", args.shared_models)
+    common = [
+        f"model={args.model}",
+        "benchmark=offline",
+        f"calibration.num_samples={args.num_samples}",
+        "logger=none",
+        f"paths.root={root}",
+        f"paths.cache_dir={root / 'cache'}",
+    ]
+    if args.model == "tiny_random":
+        common += ["benchmark=tiny", "benchmark.limit=null", "calibration.seq_len=64"]
+    if args.simulate:
+        simulate(args.reps)
+        return
+    rows = [race_and_grid(t, args.model, root, common) for t in args.tcr]
+    payload = {"machine": machine(), "model": args.model, "root": str(root), "rows": rows}
+    write(f"budget_race_{args.model}", payload, render(payload))
 
 
 if __name__ == "__main__":

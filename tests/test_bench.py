@@ -33,3 +33,16 @@ def test_benchmark_runs_and_writes_its_table(tmp_path, bench, args):
     assert data["machine"]["cores"] and (tmp_path / f"{bench}.md").read_text().startswith(f"### {bench}")
     if bench == "overhead":
         assert data["runs"][0]["same_scores"] is True  # both sides did the same work
+
+
+def test_budget_race_table_names_no_choice_for_an_undecided_race():
+    """Issue 26: an undecided race's leader is only the highest point estimate, never reported as its choice."""
+    from bench.budget_race import render
+
+    standing = {"kl": 0.4, "sr": 0.88, "items": 256, "verdict": "no claim", "reason": "r", "why": None}
+    standings = {"a": {**standing, "full_sr": 0.90, "full_sr_ci": [0.83, 0.97]}}
+    row = {"tcr": 0.8125, "candidates": 2, "outcome": "not separated", "race_choice": None, "leader": "a"}
+    row |= {"grid_best": "a", "standings": standings, "kl_vs_sr": {}}
+    md = render({"model": "m", "machine": {"cpu": "c", "cores": 2, "date": "d"}, "rows": [row]})
+    line = next(x for x in md.splitlines() if x.startswith("| 0.812"))
+    assert line.split(" | ")[3:5] == ["none (no claim)", "a"]

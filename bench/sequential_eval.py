@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> None:
             f"Evaluation seconds: {total['eval_s_full']:.1f} full, {total['eval_s_seq']:.1f} sequential; "
             f"items (compressed): {total['items_full']} full, {total['items_seq']} sequential; "
             f"wall: {wall['full']:.0f} s full"
-            + (" (found again in --work: its evaluation seconds are the earlier run's)" if args.work else "")
+            # Only a full side that was found again (not computed) carries an earlier run's seconds.
+            + (
+                " (found again in --work: its evaluation seconds are the earlier run's)"
+                if all(r.get("resumed_from") for r in sides["full"])
+                else ""
+            )
             + f", {wall['sequential']:.0f} s sequential.",
             f"Every verdict the same: {'yes' if same else 'NO'}",
             "",

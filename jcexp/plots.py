@@ -148,20 +148,33 @@ def _error_plot(runs: list[Result], title: str, path: Path) -> Path | None:
     ax.legend(fontsize=7)
     if ratios:
         ax = axes[0][1]
-        pts = sorted((point(r)[0], r["measured"]["errors"]["case_ratio"]) for r in ratios)
-        xs = [x for x, _ in pts]
-        ax.errorbar(
-            xs,
-            [c["layer_median"] for _, c in pts],
-            yerr=[
-                [c["layer_median"] - c["layer_min"] for _, c in pts],
-                [c["layer_max"] - c["layer_median"] for _, c in pts],
-            ],
-            fmt="s",
-            capsize=3,
-            label="measured, layer median (min-max)",
-        )
-        ax.plot(xs, [c["pooled"] for _, c in pts], "o", label="measured, pooled")
+        # One series per bit width: the error-analysis grid has two at every sparsity (and dicts do not sort).
+        by_bits: dict[float, list[tuple[float, dict[str, float]]]] = {}
+        for r in ratios:
+            s, _, b = point(r)
+            by_bits.setdefault(b, []).append((s, r["measured"]["errors"]["case_ratio"]))
+        for i, (b, pts) in enumerate(sorted(by_bits.items())):
+            pts.sort(key=lambda t: t[0])
+            xs = [x + 0.8 * (i - (len(by_bits) - 1) / 2) for x, _ in pts]  # side by side, not on top
+            bar = ax.errorbar(
+                xs,
+                [c["layer_median"] for _, c in pts],
+                yerr=[
+                    [c["layer_median"] - c["layer_min"] for _, c in pts],
+                    [c["layer_max"] - c["layer_median"] for _, c in pts],
+                ],
+                fmt="s",
+                capsize=3,
+                label=f"{b:g} bit: layer median (min-max)",
+            )
+            ax.plot(
+                xs,
+                [c["pooled"] for _, c in pts],
+                "o",
+                color=bar[0].get_color(),
+                mfc="none",
+                label=f"{b:g} bit: pooled",
+            )
         ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="eq. 7's limit as p -> 0")
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("Case A / Case B, ||(W_p - W^)X||^2")
